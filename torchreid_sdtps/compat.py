@@ -1,0 +1,132 @@
+"""The only module that knows torchreid's two package layouts.
+
+``torchreid==0.2.5`` on PyPI keeps its modules under ``torchreid.reid.*`` and exposes
+``torchreid.data``, ``torchreid.models``... as *attributes* of the top-level package
+(``import torchreid.models`` fails there). Upstream deep-person-reid keeps them directly under
+``torchreid.*``. Everything below reaches torchreid through attribute access on the top-level
+package only, so both layouts work; the rest of the plugin goes through these helpers.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Callable
+
+__all__ = [
+    "torchreid", "layout", "data", "datasets", "models", "engine", "losses", "metrics",
+    "optim", "utils", "image_dataset_base", "image_dataset_registry",
+    "register_image_dataset", "model_factory", "build_transforms",
+]
+
+
+def torchreid() -> ModuleType:
+    """Return the imported top-level ``torchreid`` package (either layout)."""
+    return importlib.import_module("torchreid")
+
+
+def layout() -> str:
+    """``"pypi"`` for the ``torchreid.reid.*`` repackaging, ``"upstream"`` otherwise."""
+    return "pypi" if hasattr(torchreid(), "reid") else "upstream"
+
+
+def _sub(name: str) -> Any:
+    tr = torchreid()
+    try:
+        return getattr(tr, name)
+    except AttributeError as exc:  # pragma: no cover - broken install
+        raise ImportError(
+            f"torchreid at {getattr(tr, '__file__', '?')} has no attribute '{name}'; "
+            "expected torchreid==0.2.5 (PyPI) or deep-person-reid>=1.4"
+        ) from exc
+
+
+def data() -> Any:
+    """``torchreid.data``."""
+    return _sub("data")
+
+
+def datasets() -> Any:
+    """``torchreid.data.datasets`` (the module holding the dataset registry)."""
+    return data().datasets
+
+
+def models() -> Any:
+    """``torchreid.models``."""
+    return _sub("models")
+
+
+def engine() -> Any:
+    """``torchreid.engine``."""
+    return _sub("engine")
+
+
+def losses() -> Any:
+    """``torchreid.losses``."""
+    return _sub("losses")
+
+
+def metrics() -> Any:
+    """``torchreid.metrics``."""
+    return _sub("metrics")
+
+
+def optim() -> Any:
+    """``torchreid.optim``."""
+    return _sub("optim")
+
+
+def utils() -> Any:
+    """``torchreid.utils``."""
+    return _sub("utils")
+
+
+def image_dataset_base() -> type:
+    """torchreid's ``ImageDataset`` class."""
+    return data().ImageDataset
+
+
+def image_dataset_registry() -> dict:
+    """The dict behind ``torchreid.data.register_image_dataset`` / ``init_image_dataset``."""
+    return getattr(datasets(), "__image_datasets")
+
+
+def register_image_dataset(name: str, cls: type) -> bool:
+    """Register ``cls`` under ``name``; idempotent. Returns True when newly registered.
+
+    torchreid's own ``register_image_dataset`` raises on a repeated name, so an already
+    registered identical object is skipped; a *different* object under a taken name raises.
+    """
+    registry = image_dataset_registry()
+    if registry.get(name) is cls:
+        return False
+    if name in registry:
+        raise ValueError(
+            f"dataset name '{name}' is already registered to {registry[name]!r}; "
+            f"refusing to replace it with {cls!r}"
+        )
+    data().register_image_dataset(name, cls)
+    return True
+
+
+def model_factory() -> dict:
+    """The dict behind ``torchreid.models.build_model``."""
+    return getattr(models(), "__model_factory")
+
+
+def register_model(name: str, fn: Callable) -> bool:
+    """Add a model factory to torchreid's ``build_model``; idempotent like datasets."""
+    factory = model_factory()
+    if factory.get(name) is fn:
+        return False
+    if name in factory:
+        raise ValueError(
+            f"model name '{name}' is already registered to {factory[name]!r}; "
+            f"refusing to replace it with {fn!r}"
+        )
+    factory[name] = fn
+    return True
+
+
+def build_transforms(*args: Any, **kwargs: Any) -> Any:
+    """``torchreid.data.transforms.build_transforms``."""
+    return data().transforms.build_transforms(*args, **kwargs)
