@@ -61,13 +61,22 @@ SCRIPT = textwrap.dedent("""
     with torch.no_grad():
         feat = model(torch.rand(2, 3, 3, 128, 64))
     assert feat.shape[0] == 2 and feat.dim() == 2, feat.shape
+    sys.path.insert(0, sys.argv[2])
+    from _trees import make_rgbnt201_tree
+    root = make_rgbnt201_tree(sys.argv[3], num_ids=4, cams=2, per_cam=2, size=(64, 32))
+    dm = torchreid.data.ImageDataManager(root=root, sources="rgbnt201", height=64, width=32,
+                                         use_gpu=False, workers=0, batch_size_train=4,
+                                         batch_size_test=4)
+    batch = next(iter(dm.train_loader))
+    assert tuple(batch["img"].shape) == (4, 3, 3, 64, 32), batch["img"].shape
     print("UPSTREAM-OK", compat.layout(), sorted(res))
 """)
 
 
-def test_upstream_layout_registers_and_builds(upstream_root):
+def test_upstream_layout_registers_builds_and_loads(upstream_root, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(upstream_root), str(REPO)]))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(upstream_root)], env=env,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(upstream_root),
+                           str(REPO / "tests"), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "UPSTREAM-OK upstream" in proc.stdout
