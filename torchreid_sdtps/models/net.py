@@ -1,0 +1,222 @@
+"""``SDTPSNet``: shared ViT -> global-local guide -> SDTPS -> two BNNeck heads (DESIGN §4).
+
+SDTPS *replaces* DeMo's HDM/ATM (mixture-of-experts) stages: there is no HDM, ATM or MoE code
+in this project, and any option asking for one is rejected (R3).
+
+Data flow, M modalities stacked in the input::
+
+    x (B, M, 3, H, W) -> backbone on (B*M, 3, H, W) -> cls g (B, M, C), patches P (B, M, N, C)
+      -> guide g' (B, M, C) -> SDTPS -> enhanced tokens T (B, M, N_c+1, C), f (B, M, C)
+      -> heads: BNNeck(sdtps = cat_m f_m) and BNNeck(ori = cat_m g'_m), each (B, M*C)
+
+Outputs follow torchreid's convention so its stock engines train and rank the model unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .. import dist as _dist
+from .backbone import build_backbone
+from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
+
+__all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "reject_moe_options",
+           "sdtps_clip_vit_b16", "sdtps_vit_b16", "sdtps_vit_tiny"]
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("softmax", "triplet")
+TEST_FEATURES = ("concat", "sdtps", "ori")
+NECK_FEATS = ("after", "before")
+_MOE_WORDS = ("hdm", "atm", "moe")
+
+
+def reject_moe_options(options: dict) -> None:
+    """Raise if any option name mentions HDM, ATM or MoE (any case): SDTPS replaces them (R3)."""
+    bad = sorted(k for k in options if any(w in str(k).lower() for w in _MOE_WORDS))
+    if bad:
+        raise ValueError(
+            f"unsupported option(s) {bad}: SDTPS replaces HDM/ATM in this project; there is no "
+            "HDM, ATM or MoE stage to enable (use the sdtps_* options: sdtps_ratio, aggr_ratio, "
+            "num_aggr, beta, selection, gumbel_noise, gumbel_tau, score_grad)")
+
+
+class BNNeck(nn.Module):
+    """BNNeck (Luo et al. 2019, as in TransReID): BatchNorm1d with a frozen zero bias, then a
+    bias-free Linear classifier. ``forward`` returns the normalised feature; the classifier is
+    applied by the caller only in training."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+        self.bn.bias.requires_grad_(False)
+        self.classifier = nn.Linear(dim, num_classes, bias=False)
+        nn.init.constant_(self.bn.weight, 1.0)  # weights_init_kaiming for BN
+        nn.init.constant_(self.bn.bias, 0.0)
+        nn.init.normal_(self.classifier.weight, std=0.001)  # weights_init_classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, D)
+        return self.bn(x)
+
+
+class SDTPSNet(nn.Module):
+    """Multi-modal re-id network with SDTPS token selection.
+
+    Args:
+        backbone: module with ``forward(x (B',3,H,W), cam_label) -> (cls (B',C), patches (B',N,C))``
+            and attributes ``out_dim`` (C) and ``num_patches`` (N of its real patch grid);
+            ``img_size`` (H, W), when present, is checked on the input.
+        num_classes: training identities (classifier width).
+        loss: ``"softmax"`` or ``"triplet"`` (what the training forward returns).
+        num_modalities: M, stacked along dim 1 of the input.
+        test_feature: eval feature: ``"concat"`` ([ori, sdtps], 2*M*C), ``"sdtps"`` or ``"ori"`` (M*C).
+        neck_feat: ``"after"`` (default) takes eval features after the BNNeck BatchNorm,
+            ``"before"`` the raw pooled features (TransReID's ``TEST.NECK_FEAT``).
+        sdtps_ratio, aggr_ratio, num_aggr, beta, selection, gumbel_noise, gumbel_tau, score_grad:
+            see :class:`~torchreid_sdtps.models.sdtps.SDTPS`; ``N_c = num_aggr`` or
+            ``round(N * sdtps_ratio * aggr_ratio)`` with N the backbone's real patch count.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax",
+                 num_modalities: int = 3, test_feature: str = "concat", neck_feat: str = "after",
+                 sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: Optional[int] = None,
+                 beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
+                 gumbel_tau: float = 0.1, score_grad: bool = False, **options: Any) -> None:
+        super().__init__()
+        reject_moe_options(options)
+        if options:
+            raise TypeError(f"SDTPSNet got unexpected option(s) {sorted(options)}")
+        for name, value, allowed in (("loss", loss, LOSSES), ("test_feature", test_feature, TEST_FEATURES),
+                                     ("neck_feat", neck_feat, NECK_FEATS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+        if aggr_ratio <= 0:
+            raise ValueError(f"aggr_ratio (alpha) must be > 0; got {aggr_ratio}")
+        self.loss, self.test_feature, self.neck_feat = loss, test_feature, neck_feat
+        self.num_modalities = num_modalities
+        self.backbone = backbone
+        self.img_size: Optional[Tuple[int, int]] = getattr(backbone, "img_size", None)
+        dim, n = int(backbone.out_dim), int(backbone.num_patches)
+        n_c = int(num_aggr) if num_aggr is not None else num_aggregated(n, sdtps_ratio, aggr_ratio)
+        self.guide = GlobalLocalGuide(dim, num_modalities)
+        self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=sdtps_ratio, beta=beta, selection=selection,
+                           gumbel_noise=gumbel_noise, gumbel_tau=gumbel_tau, score_grad=score_grad)
+        self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
+        self.neck_ori = BNNeck(num_modalities * dim, num_classes)
+        self.feature_dim = (2 if test_feature == "concat" else 1) * num_modalities * dim
+        if _dist.is_main_process():  # R10: one line per model build, rank 0 only
+            logger.info("SDTPSNet: %.2fM params (guide %.3fM, SDTPS %.3fM), M=%d, C=%d, N=%d, K=%d, "
+                        "N_c=%d, selection=%s", _count(self) / 1e6, _count(self.guide) / 1e6,
+                        _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, sdtps_ratio),
+                        n_c, selection)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        m = self.num_modalities
+        h, w = self.img_size if self.img_size is not None else ("H", "W")
+        ok = (isinstance(x, torch.Tensor) and x.dim() == 5 and x.shape[1] == m and x.shape[2] == 3
+              and (self.img_size is None or tuple(x.shape[-2:]) == tuple(self.img_size)))
+        if not ok:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"SDTPSNet expects input of shape (B, M, 3, H, W) = (B, {m}, 3, {h}, {w}) "
+                             f"with M={m} modalities stacked in dim 1; got {got}")
+
+    def forward_features(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None) -> dict:
+        """Everything before the heads, as a dict of tensors (see :meth:`extract`)."""
+        self._check_input(x)
+        b, m = x.shape[:2]
+        if cam_label is not None:
+            cam_label = torch.as_tensor(cam_label, device=x.device).reshape(-1)
+            if cam_label.shape[0] != b:
+                raise ValueError(f"cam_label must have shape ({b},) for a batch of {b}; "
+                                 f"got {tuple(cam_label.shape)}")
+            cam_label = cam_label.repeat_interleave(m)  # (B*M,), matches x.flatten(0, 1)
+        cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
+        cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)
+        guide = self.guide(cls, patches)  # g' (B, M, C)
+        out = self.sdtps(patches, guide)
+        return {"cls": cls, "global": guide, "tokens": out.tokens, "masks": out.mask,
+                "soft_masks": out.soft_mask, "scores": out.score,
+                "sdtps": out.feature.flatten(1), "ori": guide.flatten(1)}  # (B, M*C) each
+
+    def _test_output(self, feats: dict) -> torch.Tensor:
+        if self.neck_feat == "after":
+            sdtps, ori = self.neck_sdtps(feats["sdtps"]), self.neck_ori(feats["ori"])
+        else:
+            sdtps, ori = feats["sdtps"], feats["ori"]
+        if self.test_feature == "sdtps":
+            return sdtps
+        return ori if self.test_feature == "ori" else torch.cat([ori, sdtps], dim=1)
+
+    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+                return_aux: bool = False) -> Any:
+        """Train: ``[logits_sdtps, logits_ori]`` (softmax) or ``(logits, [feat_sdtps, feat_ori])``
+        (triplet); eval: feature ``(B, D)``. ``return_aux=True`` returns ``(output, aux)``."""
+        feats = self.forward_features(x, cam_label)
+        if not self.training:
+            output: Any = self._test_output(feats)
+        else:
+            logits = [self.neck_sdtps.classifier(self.neck_sdtps(feats["sdtps"])),
+                      self.neck_ori.classifier(self.neck_ori(feats["ori"]))]  # (B, num_classes) x2
+            output = logits if self.loss == "softmax" else (logits, [feats["sdtps"], feats["ori"]])
+        if not return_aux:
+            return output
+        aux = {"masks": feats["masks"], "soft_masks": feats["soft_masks"], "scores": feats["scores"],
+               "tokens": feats["tokens"], "ratio": float(self.sdtps.ratio)}
+        return output, aux
+
+    def extract(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None) -> dict:
+        """Per-modality outputs for analysis (R6): ``global`` g' (B,M,C), ``cls`` (B,M,C),
+        ``tokens`` (B,M,N_c+1,C), ``masks`` (B,M,N), ``scores`` (B,M,N), ``feature`` (B,D).
+
+        Runs in the current mode (call ``model.eval()`` first for deterministic masks and the
+        ranking feature) and under the caller's grad mode.
+        """
+        feats = self.forward_features(x, cam_label)
+        keys = ("global", "cls", "tokens", "masks", "scores")
+        return {**{k: feats[k] for k in keys}, "feature": self._test_output(feats)}
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Factories (torchreid's signature; registered through the plugin's entry points)
+# --------------------------------------------------------------------------------------------
+def _build(variant: str, img_size: Union[int, Tuple[int, int]], num_classes: int, loss: str,
+           pretrained: Union[bool, str], num_cameras: int = 0, **kwargs: Any) -> SDTPSNet:
+    """Build the backbone (extra kwargs are backbone overrides) and wrap it in :class:`SDTPSNet`."""
+    reject_moe_options(kwargs)
+    if loss not in LOSSES:  # before the (possibly downloading) backbone build
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    net_keys = ("num_modalities", "test_feature", "neck_feat", "sdtps_ratio", "aggr_ratio", "num_aggr",
+                "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad")
+    net_kwargs = {k: kwargs.pop(k) for k in net_keys if k in kwargs}
+    backbone = build_backbone(variant, img_size=img_size, num_cameras=num_cameras,
+                              pretrained=pretrained, **kwargs)
+    return SDTPSNet(backbone, num_classes, loss=loss, **net_kwargs)
+
+
+def sdtps_clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
+                       use_gpu: bool = True, img_size: Union[int, Tuple[int, int]] = (256, 128),
+                       **kwargs: Any) -> SDTPSNet:
+    """SDTPS on CLIP ViT-B/16 (C=512 after the visual projection), 256x128 by default.
+    ``use_gpu`` is accepted for torchreid's signature; the engine moves the model."""
+    return _build("clip_vit_b16", img_size, num_classes, loss, pretrained, **kwargs)
+
+
+def sdtps_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
+                  use_gpu: bool = True, img_size: Union[int, Tuple[int, int]] = (256, 128),
+                  **kwargs: Any) -> SDTPSNet:
+    """SDTPS on ImageNet ViT-B/16 (C=768), 256x128 by default."""
+    return _build("vit_b16", img_size, num_classes, loss, pretrained, **kwargs)
+
+
+def sdtps_vit_tiny(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
+                   use_gpu: bool = True, img_size: Union[int, Tuple[int, int]] = (128, 64),
+                   **kwargs: Any) -> SDTPSNet:
+    """SDTPS on a 4-block ViT-Ti/16 (C=192), 128x64 by default: for CPUs and tests."""
+    return _build("vit_tiny", img_size, num_classes, loss, pretrained, **kwargs)
