@@ -1,0 +1,237 @@
+"""Tests of the synthetic tri-modal data set (generation, caching, atomicity, protocol, design)."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+
+import numpy as np
+import pytest
+
+import torchreid_sdtps  # noqa: F401  (registers synthetic_msreid with torchreid)
+from torchreid_sdtps import compat
+from torchreid_sdtps.data import synthetic as syn
+
+# 6 train + 4 test ids, 2 cameras, 2 images per id and camera: 24 + 16 samples.
+TINY = syn.SyntheticSpec(num_train_ids=6, num_test_ids=4, num_cameras=2, images_per_camera=2)
+NAME_RE = re.compile(r"^(\d{6})_cam(\d)_(\d{4})\.jpg$")
+
+
+def _snapshot(folder: str) -> dict[str, tuple[int, bytes]]:
+    """Relative path -> (mtime_ns, bytes) of every file below ``folder``."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = (os.stat(path).st_mtime_ns, f.read())
+    return out
+
+
+def _leftovers(root) -> list[str]:
+    prefix = f".{syn.DATASET_DIR}."
+    return [n for n in os.listdir(root) if n.startswith(prefix) and not n.endswith(".lock")]
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
+    a = _snapshot(syn.ensure_generated(tmp_path / "a", TINY, progress=False))
+    b = _snapshot(syn.ensure_generated(tmp_path / "b", TINY, progress=False))
+    assert len(a) == 3 * (24 + 16) + 2  # images + spec.json + identities.json
+    assert {k: v[1] for k, v in a.items()} == {k: v[1] for k, v in b.items()}
+    other = syn.SyntheticSpec(**{**TINY.to_dict(), "seed": 1})
+    c = _snapshot(syn.ensure_generated(tmp_path / "c", other, progress=False))
+    assert a.keys() == c.keys()
+    images = [k for k in a if k.endswith(".jpg")]
+    differing = sum(a[k][1] != c[k][1] for k in images)
+    assert differing == len(images)
+
+
+def test_rendering_does_not_depend_on_order():
+    cams = syn._camera_params(TINY)
+    attrs = syn.identity_attributes(TINY)
+    cam1 = {k: v[1] for k, v in cams.items()}
+    first = syn._render_sample(TINY, attrs[2], cam1, syn._rng(TINY.seed, syn._TAG_IMG, 3, 1, 0))
+    syn._render_sample(TINY, attrs[0], cam1, syn._rng(TINY.seed, syn._TAG_IMG, 1, 1, 1))
+    again = syn._render_sample(TINY, attrs[2], cam1, syn._rng(TINY.seed, syn._TAG_IMG, 3, 1, 0))
+    assert first.shape == (3, TINY.height, TINY.width, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    # NI and TI are grey images; RGB is not
+    assert (first[1:, ..., 0] == first[1:, ..., 2]).all()
+    assert not (first[0, ..., 0] == first[0, ..., 2]).all()
+
+
+def test_second_construction_reuses_the_tree(tmp_path):
+    ds = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, verbose=False)
+    folder = os.path.join(str(tmp_path), syn.DATASET_DIR)
+    before = _snapshot(folder)
+    inode = os.stat(folder).st_ino
+    again = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, mode="query", verbose=False)
+    assert _snapshot(folder) == before  # mtimes and bytes unchanged
+    assert os.stat(folder).st_ino == inode
+    assert [s[0] for s in again.query] == [s[0] for s in ds.query]
+    assert _leftovers(tmp_path) == []
+
+
+def test_spec_change_or_incomplete_tree_regenerates(tmp_path):
+    folder = syn.ensure_generated(tmp_path, TINY, progress=False)
+    first = _snapshot(folder)
+    changed = syn.SyntheticSpec(**{**TINY.to_dict(), "noise": (0.1, 0.1, 0.1)})
+    assert not syn.is_complete(folder, changed)
+    syn.ensure_generated(tmp_path, changed, progress=False)
+    with open(os.path.join(folder, syn.SPEC_FILE)) as f:
+        assert syn.SyntheticSpec.from_dict(json.load(f)["spec"]) == changed
+    second = _snapshot(folder)
+    assert first.keys() == second.keys()
+    assert all(first[k][1] != second[k][1] for k in first if k.endswith(".jpg"))
+    # a missing image makes the tree incomplete -> regenerated with the file back
+    victim = os.path.join(folder, "test", "TI", "000007_cam2_0001.jpg")
+    os.remove(victim)
+    assert not syn.is_complete(folder, changed)
+    syn.ensure_generated(tmp_path, changed, progress=False)
+    with open(victim, "rb") as f:
+        assert f.read() == second[os.path.relpath(victim, folder)][1]
+    # an unreadable spec.json too
+    with open(os.path.join(folder, syn.SPEC_FILE), "w") as f:
+        f.write("{not json")
+    syn.ensure_generated(tmp_path, changed, progress=False)
+    assert syn.is_complete(folder, changed)
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_mid_generation_leaves_nothing_behind(tmp_path, monkeypatch):
+    real = syn._render_sample
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(syn, "_render_sample", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        syn.ensure_generated(tmp_path, TINY, progress=False)
+    assert not os.path.exists(os.path.join(tmp_path, syn.DATASET_DIR))
+    assert _leftovers(tmp_path) == []
+
+    # with a valid tree in place, a failed regeneration keeps the old tree intact
+    monkeypatch.setattr(syn, "_render_sample", real)
+    folder = syn.ensure_generated(tmp_path, TINY, progress=False)
+    before = _snapshot(folder)
+    calls["n"] = 0
+    monkeypatch.setattr(syn, "_render_sample", failing)
+    changed = syn.SyntheticSpec(**{**TINY.to_dict(), "seed": 5})
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        syn.ensure_generated(tmp_path, changed, progress=False)
+    assert _snapshot(folder) == before and syn.is_complete(folder, TINY)
+    assert _leftovers(tmp_path) == []
+
+
+def _generate_in_child(root: str) -> None:
+    syn.ensure_generated(root, TINY, progress=False)
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork")
+def test_concurrent_processes_share_one_tree(tmp_path):
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_generate_in_child, args=(str(tmp_path),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    folder = os.path.join(str(tmp_path), syn.DATASET_DIR)
+    assert syn.is_complete(folder, TINY)
+    assert _leftovers(tmp_path) == []
+
+
+def test_layout_matches_rgbnt201_names(tmp_path):
+    folder = syn.ensure_generated(tmp_path, TINY, progress=False)
+    assert sorted(os.listdir(folder)) == ["identities.json", "spec.json", "test", "train"]
+    expected_pids = {"train": set(range(1, 7)), "test": set(range(7, 11))}
+    for split, n in (("train", 24), ("test", 16)):
+        listings = [sorted(os.listdir(os.path.join(folder, split, m))) for m in syn.MODALITIES]
+        assert listings[0] == listings[1] == listings[2] and len(listings[0]) == n
+        parsed = [NAME_RE.match(name) for name in listings[0]]
+        assert all(parsed)
+        assert {int(p.group(1)) for p in parsed} == expected_pids[split]
+        assert {int(p.group(2)) for p in parsed} == {1, 2}   # cameras 1-based in names
+        assert {int(p.group(3)) for p in parsed} == {0, 1}
+    with open(os.path.join(folder, syn.IDENTITY_FILE)) as f:
+        ids = json.load(f)
+    triples = [(v["RGB"], v["NI"], v["TI"]) for v in ids.values()]
+    assert len(ids) == 10 and len(set(triples)) == 10     # unique attribute triple per id
+    assert {v["split"] for k, v in ids.items() if int(k) <= 6} == {"train"}
+
+
+def test_dataset_protocol(tmp_path):
+    ds = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, verbose=False)
+    assert isinstance(ds, syn.RGBNT201)
+    assert ds.num_train_pids == 6 and len(ds.train) == 24
+    assert sorted({s[1] for s in ds.train}) == list(range(6))          # relabelled
+    assert ds.query == ds.gallery and len(ds.query) == 16
+    assert {s[1] for s in ds.query} == set(range(7, 11))               # disjoint from train
+    assert {s[2] for s in ds.query} == {0, 1}                          # 0-based cameras
+    for paths, pid, camid, _ in ds.query:
+        assert [os.path.basename(os.path.dirname(p)) for p in paths] == list(syn.MODALITIES)
+        assert any(g[1] == pid and g[2] != camid for g in ds.gallery)  # a true cross-camera match
+    item = ds[0]
+    assert tuple(item["img"].shape) == (3, 3, 128, 64)
+
+
+def test_image_data_manager_batch(tmp_path):
+    with syn.using_spec(TINY):
+        dm = compat.data().ImageDataManager(
+            root=str(tmp_path), sources="synthetic_msreid", height=128, width=64, use_gpu=False,
+            workers=0, batch_size_train=8, batch_size_test=8,
+            train_sampler="RandomIdentitySampler", num_instances=2,
+        )
+    assert syn.default_spec() == syn.SyntheticSpec()   # restored on exit
+    assert dm.num_train_pids == 6
+    batch = next(iter(dm.train_loader))
+    assert tuple(batch["img"].shape) == (8, 3, 3, 128, 64)
+    assert len(set(batch["pid"].tolist())) == 4        # 4 ids x 2 instances
+    loaders = dm.test_loader["synthetic_msreid"]
+    assert len(loaders["query"].dataset) == len(loaders["gallery"].dataset) == 16
+
+
+def test_default_spec_api_and_validation():
+    original = syn.default_spec()
+    prev = syn.set_default_spec(num_test_ids=3, seed=2)
+    try:
+        assert prev == original
+        assert syn.default_spec() == syn.SyntheticSpec(num_test_ids=3, seed=2)
+        syn.set_default_spec(seed=4)   # fields apply over the package defaults
+        assert syn.default_spec() == syn.SyntheticSpec(seed=4)
+        with syn.using_spec({"num_train_ids": 2}) as spec:
+            assert syn.default_spec() == spec == syn.SyntheticSpec(num_train_ids=2)
+        assert syn.default_spec() == syn.SyntheticSpec(seed=4)
+    finally:
+        syn.set_default_spec(original)
+    assert syn.default_spec() == original
+    with pytest.raises(ValueError, match="num_cameras"):
+        syn.SyntheticSpec(num_cameras=1)
+    with pytest.raises(ValueError, match="noise"):
+        syn.SyntheticSpec(noise=(0.1, 0.1))
+    with pytest.raises(ValueError, match="unique attribute triples"):
+        syn.SyntheticSpec(num_train_ids=30, values_per_modality=3)
+    with pytest.raises(ValueError, match="unknown field"):
+        syn.SyntheticSpec.from_dict({"num_ids": 3})
+    assert syn.SyntheticSpec.from_dict(TINY.to_dict()) == TINY
+
+
+def test_evidence_is_split_across_modalities(tmp_path):
+    """Raw-pixel NN: the three modalities together beat every single one, none is near perfect."""
+    spec = syn.SyntheticSpec(num_train_ids=1, num_test_ids=12, num_cameras=2,
+                             images_per_camera=3, values_per_modality=3)
+    folder = syn.ensure_generated(tmp_path, spec, progress=False)
+    raw = syn.raw_pixel_baseline(folder)
+    singles = [raw[m]["mAP"] for m in syn.MODALITIES]
+    assert raw["RGB+NI+TI"]["mAP"] > max(singles) + 0.05
+    assert max(r["mAP"] for r in raw.values()) < 0.7
+    oracle = syn.attribute_oracle(spec)
+    for m in syn.MODALITIES:   # one modality never identifies everyone...
+        assert oracle[m]["unique_fraction"] < 0.5 and oracle[m]["mAP"] < 0.6
+    assert oracle["RGB+NI+TI"]["unique_fraction"] == 1.0   # ...the triple does
+    assert oracle["RGB+NI+TI"]["mAP"] == pytest.approx(1.0)
