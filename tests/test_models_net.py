@@ -255,3 +255,28 @@ def test_pretrained_is_forwarded_to_the_backbone(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(Exception, match="nope.pth"):
         sdtps_vit_tiny(NUM_CLASSES, pretrained=str(missing), **SMALL)
+
+
+# ---------------------------------------------------------------- ablation baseline without SDTPS
+def test_use_sdtps_false_keeps_backbone_guide_and_ori_head_only():
+    model = _model("triplet", use_sdtps=False)
+    assert model.sdtps is None and model.neck_sdtps is None
+    assert not any(n.startswith(("sdtps.", "neck_sdtps.")) for n, _ in model.named_parameters())
+    full = _model("triplet")
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == (
+        sum(p.numel() for p in full.sdtps.parameters()) + sum(p.numel() for p in full.neck_sdtps.parameters()))
+    (logits, feats), aux = model.train()(_x(), return_aux=True)
+    assert [o.shape for o in logits] == [(B, NUM_CLASSES)] and [f.shape for f in feats] == [(B, M * C)]
+    assert aux["tokens"] is None and aux["masks"] is None and aux["soft_masks"] is None
+    assert aux["ratio"] is None
+    sum(o.sum() for o in logits).backward()  # trains end to end
+    assert model.guide.proj.weight.grad is not None
+    soft = _model("softmax", use_sdtps=False).train()(_x())
+    assert isinstance(soft, list) and len(soft) == 1
+    model.eval()
+    with torch.no_grad():
+        feat = model(_x())
+        torch.testing.assert_close(feat, model.neck_ori(model.forward_features(_x())["ori"]))
+    assert feat.shape == (B, M * C) == (B, model.feature_dim)
+    with pytest.raises(ValueError, match="use_sdtps"):
+        _model(use_sdtps=False, test_feature="sdtps")

@@ -1,0 +1,5 @@
+"""Engines: the plugin's ``ImageSDTPSEngine`` and torchreid's stock ones (re-exported)."""
+from .sdtps_engine import ImageSDTPSEngine
+from .stock import ImageSoftmaxEngine, ImageTripletEngine
+
+__all__ = ["ImageSDTPSEngine", "ImageSoftmaxEngine", "ImageTripletEngine"]

@@ -78,13 +78,18 @@ class SDTPSNet(nn.Module):
         sdtps_ratio, aggr_ratio, num_aggr, beta, selection, gumbel_noise, gumbel_tau, score_grad:
             see :class:`~torchreid_sdtps.models.sdtps.SDTPS`; ``N_c = num_aggr`` or
             ``round(N * sdtps_ratio * aggr_ratio)`` with N the backbone's real patch count.
+        use_sdtps: ``False`` builds the ablation baseline without SDTPS: backbone, guide and the
+            ``ori`` head only. Training returns ``[logits_ori]`` (or ``([logits_ori], [feat_ori])``),
+            the eval feature is ``ori`` (``test_feature="concat"`` then means ``ori`` alone) and
+            the aux/extract entries of SDTPS (``tokens``, ``masks``, ``scores``, ``ratio``) are ``None``.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax",
                  num_modalities: int = 3, test_feature: str = "concat", neck_feat: str = "after",
                  sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: Optional[int] = None,
                  beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
-                 gumbel_tau: float = 0.1, score_grad: bool = False, **options: Any) -> None:
+                 gumbel_tau: float = 0.1, score_grad: bool = False, use_sdtps: bool = True,
+                 **options: Any) -> None:
         super().__init__()
         reject_moe_options(options)
         if options:
@@ -95,6 +100,11 @@ class SDTPSNet(nn.Module):
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
         if aggr_ratio <= 0:
             raise ValueError(f"aggr_ratio (alpha) must be > 0; got {aggr_ratio}")
+        if not use_sdtps:
+            if test_feature == "sdtps":
+                raise ValueError("test_feature='sdtps' needs use_sdtps=True; the model without "
+                                 "SDTPS has only the 'ori' feature")
+            test_feature = "ori"
         self.loss, self.test_feature, self.neck_feat = loss, test_feature, neck_feat
         self.num_modalities = num_modalities
         self.backbone = backbone
@@ -102,16 +112,20 @@ class SDTPSNet(nn.Module):
         dim, n = int(backbone.out_dim), int(backbone.num_patches)
         n_c = int(num_aggr) if num_aggr is not None else num_aggregated(n, sdtps_ratio, aggr_ratio)
         self.guide = GlobalLocalGuide(dim, num_modalities)
-        self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=sdtps_ratio, beta=beta, selection=selection,
-                           gumbel_noise=gumbel_noise, gumbel_tau=gumbel_tau, score_grad=score_grad)
-        self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
+        self.use_sdtps = bool(use_sdtps)
+        self.sdtps: Optional[SDTPS] = None
+        self.neck_sdtps: Optional[BNNeck] = None
+        if self.use_sdtps:
+            self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=sdtps_ratio, beta=beta, selection=selection,
+                               gumbel_noise=gumbel_noise, gumbel_tau=gumbel_tau, score_grad=score_grad)
+            self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
         self.neck_ori = BNNeck(num_modalities * dim, num_classes)
         self.feature_dim = (2 if test_feature == "concat" else 1) * num_modalities * dim
         if _dist.is_main_process():  # R10: one line per model build, rank 0 only
             logger.info("SDTPSNet: %.2fM params (guide %.3fM, SDTPS %.3fM), M=%d, C=%d, N=%d, K=%d, "
                         "N_c=%d, selection=%s", _count(self) / 1e6, _count(self.guide) / 1e6,
                         _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, sdtps_ratio),
-                        n_c, selection)
+                        n_c, selection if self.use_sdtps else "none (use_sdtps=False)")
 
     def _check_input(self, x: torch.Tensor) -> None:
         m = self.num_modalities
@@ -136,12 +150,17 @@ class SDTPSNet(nn.Module):
         cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
         cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)
         guide = self.guide(cls, patches)  # g' (B, M, C)
+        if self.sdtps is None:  # ablation baseline: guide + ori head only
+            return {"cls": cls, "global": guide, "tokens": None, "masks": None, "soft_masks": None,
+                    "scores": None, "sdtps": None, "ori": guide.flatten(1)}
         out = self.sdtps(patches, guide)
         return {"cls": cls, "global": guide, "tokens": out.tokens, "masks": out.mask,
                 "soft_masks": out.soft_mask, "scores": out.score,
                 "sdtps": out.feature.flatten(1), "ori": guide.flatten(1)}  # (B, M*C) each
 
     def _test_output(self, feats: dict) -> torch.Tensor:
+        if self.sdtps is None:
+            return self.neck_ori(feats["ori"]) if self.neck_feat == "after" else feats["ori"]
         if self.neck_feat == "after":
             sdtps, ori = self.neck_sdtps(feats["sdtps"]), self.neck_ori(feats["ori"])
         else:
@@ -158,13 +177,15 @@ class SDTPSNet(nn.Module):
         if not self.training:
             output: Any = self._test_output(feats)
         else:
-            logits = [self.neck_sdtps.classifier(self.neck_sdtps(feats["sdtps"])),
-                      self.neck_ori.classifier(self.neck_ori(feats["ori"]))]  # (B, num_classes) x2
-            output = logits if self.loss == "softmax" else (logits, [feats["sdtps"], feats["ori"]])
+            names = ("sdtps", "ori") if self.sdtps is not None else ("ori",)
+            necks = {"sdtps": self.neck_sdtps, "ori": self.neck_ori}
+            logits = [necks[k].classifier(necks[k](feats[k])) for k in names]  # (B, num_classes) each
+            output = logits if self.loss == "softmax" else (logits, [feats[k] for k in names])
         if not return_aux:
             return output
+        ratio = float(self.sdtps.ratio) if self.sdtps is not None else None
         aux = {"masks": feats["masks"], "soft_masks": feats["soft_masks"], "scores": feats["scores"],
-               "tokens": feats["tokens"], "ratio": float(self.sdtps.ratio)}
+               "tokens": feats["tokens"], "ratio": ratio}
         return output, aux
 
     def extract(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None) -> dict:
@@ -179,8 +200,8 @@ class SDTPSNet(nn.Module):
         return {**{k: feats[k] for k in keys}, "feature": self._test_output(feats)}
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _count(module: Optional[nn.Module]) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +214,7 @@ def _build(variant: str, img_size: Union[int, Tuple[int, int]], num_classes: int
     if loss not in LOSSES:  # before the (possibly downloading) backbone build
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     net_keys = ("num_modalities", "test_feature", "neck_feat", "sdtps_ratio", "aggr_ratio", "num_aggr",
-                "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad")
+                "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad", "use_sdtps")
     net_kwargs = {k: kwargs.pop(k) for k in net_keys if k in kwargs}
     backbone = build_backbone(variant, img_size=img_size, num_cameras=num_cameras,
                               pretrained=pretrained, **kwargs)

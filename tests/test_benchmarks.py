@@ -1,0 +1,147 @@
+"""Smoke tests of the benchmark scripts: their tiny modes run and report the expected columns.
+
+No timing is asserted (the machine is shared); only structure, counts and consistency.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+BENCH_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks")
+
+
+def _load(name: str):
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    spec = importlib.util.spec_from_file_location(name, osp.join(BENCH_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_cost():
+    return _load("bench_cost")
+
+
+@pytest.fixture(scope="module")
+def study():
+    return _load("synthetic_study")
+
+
+# ----------------------------------------------------------------------------- bench_cost
+def test_bench_cost_smoke_reports_times_params_flops_memory(bench_cost, tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nkept text\n")
+    r = bench_cost.main(["--smoke", "--threads", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert set(r["train_step_s"]) == {"full", "backbone", "head"}
+    assert all(v > 0 for v in r["train_step_s"].values())
+    p = r["params"]
+    assert p["total"] == p["backbone"] + p["guide"] + p["sdtps_block"] + p["bnneck_bn"] + p["classifiers"]
+    assert p["sdtps_block"] == p["sdtps_score_mlp"] + p["sdtps_aggregation"]
+    # the guide is 3 x (LN 2C + Linear 2C -> C) at C = 48
+    c, m = 48, 3
+    assert p["guide"] == m * (2 * c * c + c) + m * 2 * 2 * c
+    f = r["flops"]
+    assert f["train_full"] > f["train_backbone"] > 0 and f["train_head"] > 0
+    assert f["train_full"] > f["forward_full"] > f["forward_backbone"] > 0
+    assert set(r["memory"]) == {"score_grad=False", "score_grad=True"}
+    for mem in r["memory"].values():
+        assert mem["saved_bytes"] > 0 and mem["peak_bytes"] > 0 and mem["method"]
+    for key in ("time_full_over_backbone", "params_full_over_backbone", "flops_train_full_over_backbone"):
+        assert r["ratios"][key] > 1.0 or key.startswith("time")
+    for column in ("training step (forward + backward)", "median time (s)", "FLOPs (G)",
+                   "ratio full / backbone", "SDTPS block", "whole head", "score_grad=False",
+                   "score_grad=True", "Targets"):
+        assert column in printed
+    assert sum(line.count("PASS") + line.count("FAIL") for line in r["report"].splitlines()) == 6
+    text = out.read_text()
+    assert text.startswith("# Results\n\nkept text\n")
+    assert text.count(bench_cost.BEGIN) == 1 and "Cost of SDTPS" in text
+    bench_cost.write_section(str(out), "replaced")  # idempotent section rewrite
+    text = out.read_text()
+    assert "Cost of SDTPS" not in text and "replaced" in text and "kept text" in text
+
+
+def test_bench_cost_rejects_bad_arguments(bench_cost):
+    with pytest.raises(SystemExit):
+        bench_cost.parse_args(["--iters", "0"])
+
+
+# ----------------------------------------------------------------------------- synthetic study
+def test_zero_modalities_wrapper_zeroes_training_and_eval_inputs(study):
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, cam_label=None, return_aux=False):
+            seen.append(x)
+            return x.sum()
+
+    wrapped = study.ZeroModalities(Probe(), (1, 2))
+    x = torch.ones(2, 3, 3, 4, 4)
+    for mode in (True, False):
+        wrapped.train(mode)
+        wrapped(x, cam_label=None, return_aux=True)
+    assert all(t[:, 1:].abs().sum() == 0 and (t[:, 0] == 1).all() for t in seen)
+    assert (x == 1).all()  # the caller's batch is untouched
+
+
+@pytest.mark.parametrize("zeroed, kept", [((1, 2), 0), ((0, 1), 2)])
+def test_zero_modalities_kept_feature_is_the_kept_modality_blocks(study, zeroed, kept):
+    from torchreid_sdtps.models.net import sdtps_vit_tiny
+
+    torch.manual_seed(0)
+    net = sdtps_vit_tiny(5, loss="triplet", pretrained=False, img_size=(64, 32), depth=1,
+                         embed_dim=48, num_heads=3, num_cameras=2).eval()
+    x = torch.randn(2, 3, 3, 64, 32)
+    x0 = x.clone()
+    x0[:, list(zeroed)] = 0
+    wrapped = study.ZeroModalities(net, zeroed, kept_feature=True).eval()
+    c, m = 48, 3
+    with torch.no_grad():
+        full = net(x0)  # concat = [ori (M*C), sdtps (M*C)]
+        torch.testing.assert_close(wrapped(x), torch.cat([full[:, kept * c:(kept + 1) * c],
+                                                          full[:, (m + kept) * c:(m + kept + 1) * c]], 1))
+        net.test_feature = "ori"
+        assert wrapped(x).shape == (2, c)
+        wrapped.kept_feature = False
+        assert wrapped(x).shape == (2, m * c)
+
+
+def test_study_smoke_runs_every_mechanism_and_writes_the_table(study, tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    res = study.main(["--smoke", "--threads", "1", "--root", str(tmp_path / "data"),
+                      "--settings", "sdtps_topk,no_sdtps,gumbel_0.5,ti_only", "--out", str(out),
+                      "--runs-file", str(tmp_path / "runs.jsonl")])
+    printed = capsys.readouterr().out
+    summary = res["summary"]
+    labels = list(summary)
+    assert labels[0].startswith("untrained")
+    trained = {(s["setting"], s["feature"]) for s in summary.values() if s["trained"]}
+    assert trained == {("sdtps_topk", "concat"), ("sdtps_topk", "sdtps"), ("sdtps_topk", "ori"),
+                       ("no_sdtps", "ori"), ("gumbel_0.5", "concat"), ("ti_only", "kept"),
+                       ("ti_only", "concat")}
+    for s in summary.values():
+        assert 0 <= s["mAP"] <= 100 and 0 <= s["R1"] <= 100 and s["n"] == 1
+    assert "| setting | seeds | mAP (%) | Rank-1 (%) |" in printed
+    assert "machine:" in printed and "command:" in printed and "Verdicts" in printed
+    assert "tri-modal SDTPS (concat) vs SDTPS top-K, TI only" in printed
+    assert "SDTPS (concat) vs no SDTPS (ori)" in printed
+    assert study.BEGIN in out.read_text()
+    # --runs-file resumes: nothing is retrained
+    again = study.main(["--smoke", "--threads", "1", "--root", str(tmp_path / "data"),
+                        "--settings", "sdtps_topk,no_sdtps,gumbel_0.5,ti_only",
+                        "--runs-file", str(tmp_path / "runs.jsonl")])
+    assert again["runs"] == res["runs"]
+
+
+def test_study_rejects_unknown_settings(study):
+    with pytest.raises(SystemExit):
+        study.parse_args(["--settings", "sdtps_topk,hdm"])

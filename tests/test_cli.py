@@ -1,0 +1,127 @@
+"""tools/train.py and tools/test.py: the shortened demo through the real CLI, checkpoint ->
+test reproduction, the missing-modality table, resume equality and name/config errors."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchreid_sdtps.engine import runner
+
+REPO = Path(__file__).resolve().parents[1]
+# a tiny synthetic set (6 + 6 ids, 2 cameras, 64x32) and small batches: seconds per epoch
+_SMALL = {"synthetic": dict(num_train_ids=6, num_test_ids=6, num_cameras=2, images_per_camera=2,
+                            height=64, width=32),
+          "data": dict(height=64, width=32), "train": dict(batch_size=8),
+          "sampler": dict(num_instances=2), "test": dict(batch_size=64)}
+TINY = [w for node, kv in _SMALL.items() for k, v in kv.items() for w in (f"{node}.{k}", str(v))]
+TINY += ["use_gpu", "False"]
+
+
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def _row(text: str, label: str) -> list[float]:
+    line = next(ln for ln in text.splitlines() if label in ln)
+    return [float(v) for v in re.findall(r"(\d+\.\d)%", line)]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli_data")
+
+
+def test_demo_cli_table_checkpoint_and_test_reproduces(data_root, tmp_path):
+    save = tmp_path / "demo"
+    common = ["data.root", str(data_root), "data.save_dir", str(save), *TINY]
+    proc = _run("train.py", *common, "train.max_epoch", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    # one table: header, untrained row, trained row, then the checkpoint path
+    header = next(ln for ln in out.splitlines() if ln.startswith("model "))
+    assert header.split() == ["model", "mAP", "R1", "R5", "R10"]
+    untrained, trained = _row(out, "untrained (random init)"), _row(out, "trained (2 epochs)")
+    assert len(untrained) == len(trained) == 4
+    assert out.index("untrained (random init)") < out.index("trained (2 epochs)") < \
+        out.index("checkpoint: ")
+    ckpt = Path(re.search(r"checkpoint: (\S+)", out).group(1))
+    assert ckpt == save / "model" / "model.pth.tar-2" and ckpt.is_file()
+    summary = json.loads((save / "results.json").read_text())
+    res = summary["trained"]["synthetic_msreid"]
+    assert [round(100 * res[k], 1) for k in ("mAP", "R1", "R5", "R10")] == trained
+    assert summary["checkpoint"] == str(ckpt)
+    # text log and tensorboard scalars in save_dir
+    (log,) = save.glob("train.log-*")
+    assert "trained (2 epochs)" in log.read_text()
+    assert list(save.glob("events.out.tfevents.*"))
+
+    # tools/test.py on the checkpoint reproduces the final metrics; --missing adds the table
+    proc = _run("test.py", *common, "--weights", str(ckpt), "--missing")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tested = json.loads((save / "test_results.json").read_text())
+    again = tested["results"]["synthetic_msreid"]
+    for key in ("mAP", "R1", "R5", "R10"):
+        assert again[key] == pytest.approx(res[key], abs=1e-6), key
+    table = proc.stdout[proc.stdout.index("Missing modalities"):]
+    for setting in ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI"):
+        assert re.search(rf"^{re.escape(setting)}\s+\d+\.\d%", table, re.M), setting
+    assert set(tested["missing"]["synthetic_msreid"]) == {
+        "none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI"}
+    assert tested["missing"]["synthetic_msreid"]["none"]["mAP"] == pytest.approx(res["mAP"])
+
+
+def _train(data_root, save, *extra):
+    return runner.main_train(["data.root", str(data_root), "data.save_dir", str(save), *TINY,
+                              "test.compare_untrained", "False", "sdtps.selection", "gumbel",
+                              *extra])
+
+
+def test_resume_matches_the_uninterrupted_run(data_root, tmp_path):
+    straight = _train(data_root, tmp_path / "straight", "train.max_epoch", "2")
+    first = _train(data_root, tmp_path / "first", "train.max_epoch", "1")
+    resumed = _train(data_root, tmp_path / "resumed", "train.max_epoch", "2",
+                     "model.resume", first["checkpoint"])
+    assert resumed["start_epoch"] == 1
+    a = straight["trained"]["synthetic_msreid"]
+    b = resumed["trained"]["synthetic_msreid"]
+    for key in ("mAP", "R1", "R5", "R10"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    wa = torch.load(straight["checkpoint"], map_location="cpu", weights_only=True)
+    wb = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=True)
+    for name, tensor in wa["state_dict"].items():
+        assert torch.allclose(tensor.float(), wb["state_dict"][name].float(), atol=1e-6), name
+    assert wa["optimizer"]["param_groups"][0]["lr"] == wb["optimizer"]["param_groups"][0]["lr"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["data.sources", "['nope']"], r"unknown dataset 'nope'.*registered datasets: .*'rgbnt201'"
+                                   r".*'synthetic_msreid'"),
+    (["model.name", "nope"], r"unknown model 'nope'.*registered models: .*'sdtps_vit_tiny'"),
+    (["sdtps.engine", "nope"], r"unknown engine 'nope'.*registered engines: .*'sdtps'.*"
+                               r"'softmax'.*'triplet'"),
+    (["model.hdm", "True"], r"SDTPS replaces HDM/ATM"),
+    (["train.lrr", "1"], r"unknown config key 'train.lrr'"),
+])
+def test_bad_names_and_keys_exit_2_with_the_choices(capsys, tmp_path, override, expected):
+    code = runner.cli("train", ["data.save_dir", str(tmp_path), *override])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tools/train.py: error: ") and re.search(expected, err), err
+
+
+def test_test_tool_without_checkpoint_and_unknown_option(capsys, tmp_path):
+    assert runner.cli("test", ["data.save_dir", str(tmp_path / "empty")]) == 2
+    assert "holds no model.pth.tar" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        runner.cli("train", ["--bogus", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized option '--bogus'" in capsys.readouterr().err

@@ -1,0 +1,202 @@
+"""yacs configuration: torchreid's key layout, strict merging, HDM/ATM refusal, the shipped
+configs, the kwargs helpers and the warm-up schedules."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from torchreid_sdtps import compat, config
+from torchreid_sdtps.config import ConfigError
+from torchreid_sdtps.engine.runner import WarmupLambda, WarmupLR, build_lr_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_torchreid_key_layout_is_present():
+    keys = set(config.iter_keys(config.get_default_config()))
+    required = [
+        "model.name", "model.pretrained", "model.load_weights", "model.resume",
+        "data.type", "data.root", "data.sources", "data.targets", "data.height", "data.width",
+        "data.workers", "data.transforms", "data.norm_mean", "data.norm_std", "data.save_dir",
+        "data.combineall", "sampler.train_sampler", "sampler.num_instances", "train.optim",
+        "train.lr", "train.weight_decay", "train.max_epoch", "train.start_epoch",
+        "train.batch_size", "train.lr_scheduler", "train.stepsize", "train.gamma", "train.seed",
+        "train.print_freq", "train.warmup_epoch", "loss.name", "loss.softmax.label_smooth",
+        "loss.triplet.margin", "loss.triplet.weight_t", "loss.triplet.weight_x",
+        "test.batch_size", "test.dist_metric", "test.normalize_feature", "test.eval_freq",
+        "test.rerank", "test.ranks", "test.missing_modalities",
+    ] + [f"sdtps.{k}" for k in (
+        "sdtps_ratio", "aggr_ratio", "num_aggr", "beta", "selection", "gumbel_noise",
+        "gumbel_tau", "score_grad", "test_feature", "weight_ratio", "weight_align",
+        "align_margin", "use_amp", "backbone_weights", "engine")]
+    assert not set(required) - keys, sorted(set(required) - keys)
+    assert not any(w in k.lower() for k in keys for w in ("hdm", "atm", "moe"))
+
+
+def test_unknown_key_in_yaml_names_key_file_and_suggestion(tmp_path):
+    path = _write(tmp_path, "train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        config.load_config(path)
+    msg = str(exc.value)
+    assert "'train.lrr'" in msg and path in msg and "did you mean 'train.lr'" in msg
+    path = _write(tmp_path, "trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'.*did you mean 'train'"):
+        config.load_config(path)
+
+
+def test_unknown_key_override_names_the_override():
+    with pytest.raises(ConfigError, match=r"unknown config key 'sdtps\.ratio' in command-line "
+                                          r"override 'sdtps\.ratio 0\.3'"):
+        config.load_config(opts=["sdtps.ratio", "0.3"])
+
+
+@pytest.mark.parametrize("text", [
+    "model:\n  hdm: true\n",
+    "MODEL:\n  HDM: True\n",
+    "sdtps:\n  use_atm: true\n",
+    "test:\n  Atm_Layers: 2\n",
+    "moe:\n  experts: 4\n",
+])
+def test_hdm_atm_in_yaml_refused(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        config.load_config(path)
+    msg = str(exc.value)
+    assert "SDTPS replaces HDM/ATM" in msg and path in msg
+
+
+@pytest.mark.parametrize("opts", [["model.hdm", "True"], ["MODEL.ATM", "1"],
+                                  ["sdtps.hdm_enabled", "False"]])
+def test_hdm_atm_override_refused(opts):
+    with pytest.raises(ConfigError, match=r"SDTPS replaces HDM/ATM") as exc:
+        config.load_config(opts=opts)
+    assert opts[0] in str(exc.value) and "command-line override" in str(exc.value)
+
+
+def test_values_are_typed_and_coerced(tmp_path):
+    cfg = config.load_config(opts=["train.lr", "1", "data.sources", "synthetic_msreid",
+                                   "sdtps.num_aggr", "8", "test.ranks", "[1, 5]"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.sources == ["synthetic_msreid"] and cfg.sdtps.num_aggr == 8
+    assert cfg.test.ranks == [1, 5] and cfg.is_frozen()
+    with pytest.raises(ConfigError, match=r"'train\.lr'.*expects float"):
+        config.load_config(opts=["train.lr", "fast"])
+    with pytest.raises(ConfigError, match=r"'test\.evaluate'.*expects bool"):
+        config.load_config(opts=["test.evaluate", "1"])
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        config.load_config(opts=["train.lr"])
+    with pytest.raises(ConfigError, match="sdtps.selection"):
+        config.load_config(opts=["sdtps.selection", "soft"])
+    with pytest.raises(ConfigError, match="is a section"):
+        config.load_config(_write(tmp_path, "train: 3\n"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        config.load_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = config.load_config(str(path))
+    assert cfg.sdtps.engine == "sdtps" and cfg.loss.name == "triplet"
+    if path.name != "synthetic_demo.yaml":
+        assert cfg.train.optim == "adam" and cfg.train.lr == pytest.approx(3.5e-4)
+        assert cfg.train.warmup_epoch > 0 and cfg.train.max_epoch == 50
+        assert cfg.sampler.train_sampler == "RandomIdentitySampler"
+        assert cfg.loss.softmax.label_smooth and cfg.loss.triplet.weight_x > 0
+        person = "rgbnt201" in path.name
+        assert (cfg.data.height, cfg.data.width) == ((256, 128) if person else (128, 256))
+
+
+def test_real_dataset_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"rgbnt201_sdtps_clip.yaml", "rgbnt100_sdtps_clip.yaml", "msvr310_sdtps_clip.yaml",
+            "synthetic_demo.yaml"} <= names
+
+
+def test_synthetic_demo_yaml_equals_embedded_demo():
+    from_yaml = config.load_config(str(REPO / "configs" / "synthetic_demo.yaml"))
+    embedded = config.load_config(demo=True)
+    assert from_yaml == embedded
+    raw = yaml.safe_load((REPO / "configs" / "synthetic_demo.yaml").read_text())
+    assert raw["model"]["name"] == "sdtps_vit_tiny"
+
+
+def test_synthetic_node_mirrors_the_spec():
+    from torchreid_sdtps.data.synthetic import SyntheticSpec
+
+    cfg = config.load_config(opts=["synthetic.num_train_ids", "5", "synthetic.noise",
+                                   "[0.0, 0.1, 0.2]"])
+    spec = config.synthetic_spec(cfg)
+    assert spec == SyntheticSpec(num_train_ids=5, noise=(0.0, 0.1, 0.2))
+
+
+def test_kwargs_helpers_match_torchreid_signatures():
+    cfg = config.load_config(str(REPO / "configs" / "rgbnt201_sdtps_clip.yaml"))
+    dm_params = inspect.signature(compat.data().ImageDataManager.__init__).parameters
+    assert set(config.datamanager_kwargs(cfg)) <= set(dm_params)
+    opt_params = inspect.signature(compat.optim().build_optimizer).parameters
+    assert set(config.optimizer_kwargs(cfg)) <= set(opt_params)
+    run_params = inspect.signature(compat.engine().Engine.run).parameters
+    assert set(config.engine_run_kwargs(cfg)) <= set(run_params)
+    factory = compat.model_factory()["sdtps_clip_vit_b16"]
+    model_kwargs = config.model_kwargs(cfg, num_cameras=4)
+    assert model_kwargs["img_size"] == (256, 128) and model_kwargs["num_cameras"] == 4
+    assert model_kwargs["pretrained"] is True and model_kwargs["loss"] == "triplet"
+    assert "num_classes" in inspect.signature(factory).parameters
+    from torchreid_sdtps.engine import ImageSDTPSEngine
+
+    eng_params = inspect.signature(ImageSDTPSEngine.__init__).parameters
+    assert set(config.engine_kwargs(cfg)) <= set(eng_params)
+    local = config.load_config(opts=["sdtps.backbone_weights", "/w/clip.pt"])
+    assert config.model_kwargs(local)["pretrained"] == "/w/clip.pt"
+
+
+def test_warmup_schedules():
+    cos = WarmupLambda("cosine", max_epoch=10, warmup_epoch=2, warmup_factor=0.1,
+                       min_lr_factor=0.0)
+    assert [round(cos(e), 4) for e in (0, 1, 2)] == [0.1, 0.55, 1.0]
+    assert cos(10) == pytest.approx(0.0) and 0 < cos(6) < 1
+    multi = WarmupLambda("multi_step", 50, warmup_epoch=5, stepsize=[30, 40], gamma=0.1)
+    assert multi(4) < 1 and multi(5) == 1 and multi(30) == pytest.approx(0.1)
+    assert multi(45) == pytest.approx(0.01)
+    step = WarmupLambda("single_step", 50, stepsize=[20], gamma=0.5)
+    assert (step(0), step(19), step(20), step(40)) == (1.0, 1.0, 0.5, 0.25)
+    with pytest.raises(ValueError, match="stepsize"):
+        WarmupLambda("multi_step", 10, stepsize=[])
+    with pytest.raises(ConfigError, match="lr_scheduler"):
+        build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), "poly")
+
+
+def test_torchreid_scheduler_without_warmup_and_resumable_warmup():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    plain = build_lr_scheduler(opt, "multi_step", stepsize=[3], gamma=0.1, max_epoch=5,
+                               warmup_epoch=0, min_lr_factor=0.0)
+    assert type(plain) is torch.optim.lr_scheduler.MultiStepLR  # torchreid's own
+    # warm-up + cosine: the checkpoint keeps the position, the config keeps the schedule
+    opt = torch.optim.SGD([param], lr=1.0)
+    short = build_lr_scheduler(opt, "warmup_cosine", max_epoch=2, warmup_epoch=1,
+                               warmup_factor=0.1)
+    assert isinstance(short, WarmupLR) and opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    opt.step()
+    short.step()
+    state = short.state_dict()
+    torch.save(state, "/dev/null")  # plain data only
+    opt2 = torch.optim.SGD([param], lr=1.0)
+    longer = build_lr_scheduler(opt2, "warmup_cosine", max_epoch=10, warmup_epoch=1,
+                                warmup_factor=0.1)
+    longer.load_state_dict(state)
+    assert longer.last_epoch == 1 and longer.lr_lambdas[0].max_epoch == 10
+    opt2.step()
+    longer.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(WarmupLambda("cosine", 10, 1, 0.1)(2))

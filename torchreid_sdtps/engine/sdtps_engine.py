@@ -1,0 +1,448 @@
+"""``ImageSDTPSEngine``: torchreid's triplet engine plus camera ids, SDTPS losses, AMP and
+the missing-modality table.
+
+What it adds to ``ImageTripletEngine`` (everything else, ``run()`` included, is torchreid's):
+
+- the batch's ``cam_label`` reaches the model in training *and* evaluation (SIE camera
+  embedding); ranking still uses ``camid``, the id of the data set's evaluation protocol;
+- loss = ``weight_x``·ID (label-smoothed CE) + ``weight_t``·triplet (both torchreid's)
+  + ``weight_ratio``·:class:`SelectionRatioLoss`
+  + ``weight_align``·:class:`CrossModalAlignmentLoss`, each reported in the loss summary
+  (``loss_x``, ``loss_t``, ``loss_ratio``, ``loss_align``), so torchreid's printed lines and
+  tensorboard scalars show them;
+- ``use_amp``: ``torch.autocast`` (float16) + ``GradScaler`` on CUDA; float32 on the CPU;
+- ``test()`` returns rank-1 like torchreid and fills ``last_results`` (mAP, CMC, R1/R5/R10
+  per target); :meth:`evaluate` returns that dict; :meth:`evaluate_missing` zeroes the named
+  modalities' input images in query and gallery (as DeMo does) and ranks each setting;
+- checkpoints in torchreid's format (``<save_dir>/model/model.pth.tar-<epoch>``, readable by
+  torchreid's ``resume_from_checkpoint`` / ``load_pretrained_weights``) that also hold the
+  Python/NumPy/torch RNG states and the AMP scaler; :meth:`resume` restores them all, and
+  evaluation leaves the RNG untouched, so a resumed run ends where an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import os.path as osp
+import random
+import tempfile
+import time
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import compat
+from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
+
+__all__ = [
+    "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
+    "set_rng_state", "rng_fork", "save_checkpoint_atomic", "parse_setting",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the missing-modality settings of DeMo's table ("none" = all modalities present)
+DEFAULT_MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI",
+                                             "NI+TI")
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, in types ``torch.load(weights_only=True)``
+    accepts (the NumPy key array becomes a tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos),
+                         int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(obj: Any) -> Any:
+    return tuple(_as_tuple(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+@contextlib.contextmanager
+def rng_fork() -> Iterator[None]:
+    """Run a block without disturbing the global RNG streams (evaluation, baselines)."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def save_checkpoint_atomic(state: dict[str, Any], save_dir: str, is_best: bool = False) -> str:
+    """torchreid's ``save_checkpoint`` layout (``model.pth.tar-<epoch>``), written atomically."""
+    os.makedirs(save_dir, exist_ok=True)
+    fpath = osp.join(save_dir, f"model.pth.tar-{state['epoch']}")
+    fd, tmp = tempfile.mkstemp(prefix=".model.pth.tar-", dir=save_dir)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, fpath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    if is_best:
+        best = osp.join(save_dir, "model-best.pth.tar")
+        fd, tmp = tempfile.mkstemp(prefix=".model-best.pth.tar", dir=save_dir)
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, best)
+    logger.info("Checkpoint saved to \"%s\"", fpath)
+    return fpath
+
+
+# ----------------------------------------------------------------------------- tables
+
+def parse_setting(setting: str, modalities: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the modalities ``setting`` zeroes: "none" -> (), "RGB+NI" -> (0, 1)."""
+    if setting.strip().lower() in ("none", "", "all"):
+        return ()
+    lower = [m.lower() for m in modalities]
+    out = []
+    for part in setting.split("+"):
+        name = part.strip().lower()
+        if name not in lower:
+            raise ValueError(f"missing-modality setting '{setting}': unknown modality "
+                             f"'{part.strip()}'; the data set has {tuple(modalities)}")
+        out.append(lower.index(name))
+    if len(set(out)) == len(modalities):
+        raise ValueError(f"missing-modality setting '{setting}' zeroes every modality "
+                         f"{tuple(modalities)}; at least one must remain")
+    return tuple(sorted(set(out)))
+
+
+def format_table(rows: dict[str, dict[str, float]], title: str = "",
+                 first: str = "setting") -> str:
+    """A plain-text table: one row per key, columns mAP then the rank columns, in %."""
+    cols = ["mAP"] + [k for k in next(iter(rows.values())) if k.startswith("R")]
+    width = max([len(first)] + [len(k) for k in rows]) + 2
+    lines = [title] if title else []
+    lines.append(f"{first:<{width}}" + "".join(f"{c:>8}" for c in cols))
+    lines.append("-" * (width + 8 * len(cols)))
+    for name, res in rows.items():
+        lines.append(f"{name:<{width}}" + "".join(f"{100 * res[c]:>7.1f}%" for c in cols))
+    return "\n".join(lines)
+
+
+def _float(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_float(v) for v in x)
+    return x
+
+
+_TripletBase = compat.engine().ImageTripletEngine
+
+
+class ImageSDTPSEngine(_TripletBase):
+    """Triplet engine for multi-modal SDTPS models (see the module doc).
+
+    Args (torchreid's ``ImageTripletEngine`` ones, plus):
+        weight_ratio: weight of the selection-ratio loss (zero contribution under top-K).
+        weight_align: weight of the cross-modal alignment loss.
+        align_margin: margin of the alignment ranking loss.
+        align_center: centre the tokens in the alignment loss (see its module doc).
+        use_amp: mixed precision on CUDA (ignored, with a log note, without CUDA).
+    """
+
+    def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
+                 margin: float = 0.3, weight_t: float = 1, weight_x: float = 1,
+                 scheduler: Any = None, use_gpu: bool = True, label_smooth: bool = True,
+                 weight_ratio: float = 1.0, weight_align: float = 0.5,
+                 align_margin: float = 0.2, align_center: bool = True,
+                 use_amp: bool = False) -> None:
+        super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
+                         weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
+                         label_smooth=label_smooth)
+        if weight_ratio < 0 or weight_align < 0:
+            raise ValueError(f"ImageSDTPSEngine: loss weights must be >= 0, got "
+                             f"weight_ratio={weight_ratio}, weight_align={weight_align}")
+        self.weight_ratio = float(weight_ratio)
+        self.weight_align = float(weight_align)
+        self.criterion_ratio = SelectionRatioLoss()
+        self.criterion_align = CrossModalAlignmentLoss(margin=align_margin, center=align_center)
+        if self.use_gpu:
+            self.model.cuda()  # in place: the optimizer keeps its parameter references
+        self.use_amp = bool(use_amp) and self.use_gpu
+        if use_amp and not self.use_gpu:
+            logger.info("use_amp=True ignored: CUDA is not in use, training in float32")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.last_results: dict[str, dict[str, Any]] = {}
+        self.last_checkpoint: Optional[str] = None
+        self._zeroed: tuple[int, ...] = ()
+        self._eval_cam: Optional[torch.Tensor] = None
+        # parameters the model froze itself (e.g. BNNeck biases); torchreid's
+        # open_all_layers() would unfreeze them every epoch
+        self._frozen = [p for p in model.parameters() if not p.requires_grad]
+
+    # ------------------------------------------------------------------ data parsing
+    @staticmethod
+    def _cam_label(data: dict) -> Optional[torch.Tensor]:
+        cam = data.get("cam_label")
+        return None if cam is None else torch.as_tensor(cam, dtype=torch.long)
+
+    def parse_data_for_train(self, data: dict) -> tuple:
+        """``(imgs (B,M,3,H,W), pids, cam_label or None)``."""
+        return data["img"], data["pid"], self._cam_label(data)
+
+    def parse_data_for_eval(self, data: dict) -> tuple:
+        """torchreid's ``(imgs, pids, camids)``; ``cam_label`` is kept for
+        :meth:`extract_features`, and the modalities of the current missing setting zeroed."""
+        imgs, pids, camids = data["img"], data["pid"], data["camid"]
+        self._eval_cam = self._cam_label(data)
+        if self._zeroed:
+            if imgs.dim() != 5:
+                raise ValueError(f"missing-modality evaluation needs images (B, M, 3, H, W), "
+                                 f"got shape {tuple(imgs.shape)}")
+            imgs = imgs.clone()
+            imgs[:, list(self._zeroed)] = 0
+        return imgs, pids, camids
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def extract_features(self, input: torch.Tensor) -> torch.Tensor:
+        """Features of one evaluation batch, with the batch's camera labels."""
+        cam, self._eval_cam = self._eval_cam, None
+        if cam is not None:
+            cam = cam.to(input.device)
+        with self._autocast():
+            feats = self.model(input, cam_label=cam)
+        return feats.float()
+
+    # ------------------------------------------------------------------ training
+    def two_stepped_transfer_learning(self, epoch: int, fixbase_epoch: int, open_layers: Any,
+                                      model: Any = None) -> None:
+        """torchreid's, then re-freeze the parameters the model froze at construction."""
+        super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers, model)
+        for p in self._frozen:
+            p.requires_grad_(False)
+
+    def forward_backward(self, data: dict) -> dict[str, float]:
+        """One optimisation step; returns the loss summary torchreid prints and logs."""
+        imgs, pids, cams = self.parse_data_for_train(data)
+        if self.use_gpu:
+            imgs, pids = imgs.cuda(), pids.cuda()
+            cams = cams.cuda() if cams is not None else None
+        with self._autocast():
+            out, aux = self.model(imgs, cam_label=cams, return_aux=True)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("ImageSDTPSEngine needs the model built with loss='triplet' "
+                             "(outputs (logits, features) in training)")
+        outputs, features = _float(out[0]), _float(out[1])
+
+        loss = torch.zeros((), device=pids.device)
+        summary: dict[str, float] = {}
+        if self.weight_t > 0:
+            loss_t = self.compute_loss(self.criterion_t, features, pids)
+            loss = loss + self.weight_t * loss_t
+            summary["loss_t"] = loss_t.item()
+        if self.weight_x > 0:
+            loss_x = self.compute_loss(self.criterion_x, outputs, pids)
+            loss = loss + self.weight_x * loss_x
+            summary["loss_x"] = loss_x.item()
+            summary["acc"] = compat.metrics().accuracy(outputs, pids)[0].item()
+        if self.weight_ratio > 0:
+            loss_r = self.criterion_ratio(aux.get("soft_masks"), ratio=aux.get("ratio"))
+            loss = loss + self.weight_ratio * loss_r.to(loss.device)
+            summary["loss_ratio"] = loss_r.item()
+        if self.weight_align > 0:
+            loss_a = self.criterion_align(aux["tokens"], pids)
+            loss = loss + self.weight_align * loss_a
+            summary["loss_align"] = loss_a.item()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at epoch {self.epoch + 1}, "
+                                     f"batch {getattr(self, 'batch_idx', 0) + 1}: {summary}")
+
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return summary
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _extract(self, loader: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        feats, pids, camids = [], [], []
+        for data in loader:
+            imgs, pid, camid = self.parse_data_for_eval(data)
+            if self.use_gpu:
+                imgs = imgs.cuda()
+            feats.append(self.extract_features(imgs).cpu())
+            pids.extend(torch.as_tensor(pid).tolist())
+            camids.extend(torch.as_tensor(camid).tolist())
+        if not feats:
+            raise ValueError(f"evaluation split of {type(loader.dataset).__name__} is empty")
+        return torch.cat(feats), np.asarray(pids), np.asarray(camids)
+
+    def _rank(self, q: tuple, g: tuple, dist_metric: str, normalize_feature: bool,
+              rerank: bool, use_metric_cuhk03: bool = False) -> tuple[np.ndarray, float, Any]:
+        metrics = compat.metrics()
+        qf, gf = q[0], g[0]
+        if normalize_feature:
+            qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+        distmat = metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
+        if rerank:
+            distmat = compat.utils().re_ranking(
+                distmat, metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
+                metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
+        cmc, mAP = metrics.evaluate_rank(distmat, q[1], g[1], q[2], g[2],
+                                         use_metric_cuhk03=use_metric_cuhk03)
+        return np.asarray(cmc), float(mAP), distmat
+
+    @staticmethod
+    def _summary(cmc: np.ndarray, mAP: float, ranks: Sequence[int]) -> dict[str, Any]:
+        res: dict[str, Any] = {"mAP": mAP}
+        for r in ranks:
+            res[f"R{r}"] = float(cmc[min(r, len(cmc)) - 1])
+        res["cmc"] = [float(c) for c in cmc]
+        return res
+
+    @torch.no_grad()
+    def _evaluate(self, dataset_name: str = "", query_loader: Any = None,
+                  gallery_loader: Any = None, dist_metric: str = "euclidean",
+                  normalize_feature: bool = False, visrank: bool = False,
+                  visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
+                  ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> tuple:
+        """torchreid's ``_evaluate`` flow (extract, distance, optional re-ranking, the stock
+        ``evaluate_rank`` with protocol camids); also records the full result."""
+        start = time.time()
+        q = self._extract(query_loader)
+        g = self._extract(gallery_loader)
+        cmc, mAP, distmat = self._rank(q, g, dist_metric, normalize_feature, rerank,
+                                       use_metric_cuhk03)
+        res = self._summary(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
+        res.update(num_query=len(q[1]), num_gallery=len(g[1]))
+        self.last_results[dataset_name] = res
+        logger.info("%s: query %d x %d, gallery %d x %d, %.1fs; mAP %.1f%%  %s",
+                    dataset_name, q[0].shape[0], q[0].shape[1], g[0].shape[0], g[0].shape[1],
+                    time.time() - start, 100 * mAP,
+                    "  ".join(f"Rank-{r} {100 * res[f'R{r}']:.1f}%" for r in ranks))
+        if self.writer is not None:
+            for r in (5, 10):
+                self.writer.add_scalar(f"Test/{dataset_name}/rank{r}", res[f"R{r}"], self.epoch)
+        if visrank:
+            compat.utils().visualize_ranked_results(
+                distmat, self.datamanager.fetch_test_loaders(dataset_name),
+                self.datamanager.data_type, width=self.datamanager.width,
+                height=self.datamanager.height,
+                save_dir=osp.join(save_dir, "visrank_" + dataset_name), topk=visrank_topk)
+        return cmc[0], mAP
+
+    def test(self, *args: Any, **kwargs: Any) -> float:
+        """torchreid's ``test`` (returns rank-1 of the last target) without touching the RNG;
+        :attr:`last_results` holds mAP, R1/R5/R10 and the CMC of every target."""
+        self.last_results = {}
+        with rng_fork():
+            return super().test(*args, **kwargs)
+
+    def evaluate(self, dataset_name: Optional[str] = None, **kwargs: Any) -> dict[str, Any]:
+        """Rank every target (or ``dataset_name``) and return ``{"mAP", "R1", "R5", "R10",
+        "cmc", ...}`` of that data set (the first target by default)."""
+        self.test(**kwargs)
+        name = dataset_name or next(iter(self.last_results))
+        if name not in self.last_results:
+            raise KeyError(f"'{name}' is not a test target; targets: {list(self.last_results)}")
+        return self.last_results[name]
+
+    def modalities(self, dataset_name: Optional[str] = None) -> tuple[str, ...]:
+        """Modality names of a test data set (class attribute ``modalities``)."""
+        name = dataset_name or next(iter(self.test_loader))
+        return tuple(getattr(self.test_loader[name]["query"].dataset, "modalities",
+                             ("RGB", "NI", "TI")))
+
+    @torch.no_grad()
+    def evaluate_missing(self, settings: Sequence[str] = DEFAULT_MISSING_SETTINGS,
+                         dataset_name: Optional[str] = None, dist_metric: str = "euclidean",
+                         normalize_feature: bool = False, rerank: bool = False,
+                         ranks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+        """Rank with the modalities named by each setting zeroed in query and gallery.
+
+        Returns ``{setting: {"mAP", "R1", "R5", "R10"}}`` (fractions) and logs the table.
+        """
+        name = dataset_name or next(iter(self.test_loader))
+        if name not in self.test_loader:
+            raise KeyError(f"'{name}' is not a test target; targets: {list(self.test_loader)}")
+        mods = self.modalities(name)
+        parsed = {s: parse_setting(s, mods) for s in settings}
+        loaders = self.test_loader[name]
+        rows: dict[str, dict[str, float]] = {}
+        self.set_model_mode("eval")
+        with rng_fork():
+            try:
+                for setting, zeroed in parsed.items():
+                    self._zeroed = zeroed
+                    cmc, mAP, _ = self._rank(self._extract(loaders["query"]),
+                                             self._extract(loaders["gallery"]), dist_metric,
+                                             normalize_feature, rerank)
+                    res = self._summary(cmc, mAP, ranks)
+                    res.pop("cmc")
+                    rows[setting] = res
+            finally:
+                self._zeroed = ()
+        logger.info("%s", format_table(rows, title=f"Missing modalities ({name}): zeroed "
+                                                    "inputs in query and gallery",
+                                       first="missing"))
+        return rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
+        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results), atomic write."""
+        for name in self.get_model_names():
+            state: dict[str, Any] = {
+                "state_dict": self._models[name].state_dict(),
+                "epoch": epoch + 1,
+                "rank1": float(rank1),
+                "optimizer": self._optims[name].state_dict(),
+                "rng_state": get_rng_state(),
+                "scaler": self.scaler.state_dict(),
+                "results": {k: {m: v for m, v in r.items() if m != "cmc"}
+                            for k, r in self.last_results.items()},
+            }
+            if self._scheds[name] is not None:
+                state["scheduler"] = self._scheds[name].state_dict()
+            self.last_checkpoint = save_checkpoint_atomic(state, osp.join(save_dir, name),
+                                                          is_best=is_best)
+
+    def resume(self, fpath: str) -> int:
+        """Load weights, optimizer and scheduler (torchreid's ``resume_from_checkpoint``),
+        then the RNG states and AMP scaler; returns the epoch to start from."""
+        utils = compat.utils()
+        start_epoch = utils.resume_from_checkpoint(fpath, self.model, optimizer=self.optimizer,
+                                                   scheduler=self.scheduler)
+        ckpt = utils.load_checkpoint(fpath)
+        if "rng_state" in ckpt:
+            set_rng_state(ckpt["rng_state"])
+        else:
+            logger.warning("checkpoint '%s' holds no RNG state: the resumed run will not "
+                           "repeat the uninterrupted one exactly", fpath)
+        if self.use_amp and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        return int(start_epoch)
+
