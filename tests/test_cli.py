@@ -125,3 +125,21 @@ def test_test_tool_without_checkpoint_and_unknown_option(capsys, tmp_path):
         runner.cli("train", ["--bogus", "1"])
     assert exc.value.code == 2
     assert "unrecognized option '--bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["triplet", "softmax"])
+def test_stock_engine_checkpoints_resume_and_load(data_root, tmp_path, engine):
+    """torchreid's own engines save ``rank1`` as a NumPy float, which torch>=2.6's safe
+    loader refuses; resuming from and testing their checkpoints must still work."""
+    loss = ["loss.name", "softmax"] if engine == "softmax" else []
+    first = _train(data_root, tmp_path / "first", "train.max_epoch", "1",
+                   "sdtps.engine", engine, *loss)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(first["checkpoint"], map_location="cpu", weights_only=True)
+    resumed = _train(data_root, tmp_path / "resumed", "train.max_epoch", "2",
+                     "sdtps.engine", engine, *loss, "model.resume", first["checkpoint"])
+    assert resumed["start_epoch"] == 1
+    tested = runner.main_test(["data.root", str(data_root), "data.save_dir",
+                               str(tmp_path / "tested"), *TINY, "sdtps.engine", engine, *loss,
+                               "model.load_weights", resumed["checkpoint"]])
+    assert 0.0 <= tested["results"]["synthetic_msreid"]["mAP"] <= 1.0

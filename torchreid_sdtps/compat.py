@@ -130,3 +130,29 @@ def register_model(name: str, fn: Callable) -> bool:
 def build_transforms(*args: Any, **kwargs: Any) -> Any:
     """``torchreid.data.transforms.build_transforms``."""
     return data().transforms.build_transforms(*args, **kwargs)
+
+
+def checkpoint_safe_globals() -> list:
+    """NumPy scalar types that torchreid's own engines pickle into checkpoints.
+
+    torchreid's stock engines save ``rank1`` as a NumPy float; torch>=2.6 loads with
+    ``weights_only=True`` and refuses it. These types hold plain numbers, so allow-listing
+    them keeps the safe loader while accepting torchreid's files.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 / NumPy 1
+    types = [core.multiarray.scalar, np.dtype]
+    types += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32)]
+    return types
+
+
+def checkpoint_loading() -> Any:
+    """Context in which torchreid's ``load_checkpoint`` / ``resume_from_checkpoint`` /
+    ``load_pretrained_weights`` accept checkpoints written by torchreid's stock engines."""
+    import contextlib
+
+    import torch
+
+    safe = getattr(torch.serialization, "safe_globals", None)
+    return safe(checkpoint_safe_globals()) if safe is not None else contextlib.nullcontext()

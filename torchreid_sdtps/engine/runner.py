@@ -33,7 +33,7 @@ import torch
 
 from .. import compat, config, plugins
 from ..config import ConfigError
-from .sdtps_engine import format_table, rng_fork
+from .sdtps_engine import format_table, rank_targets, rng_fork
 
 __all__ = [
     "WarmupLambda", "WarmupLR", "build_lr_scheduler", "build_datamanager", "build_model",
@@ -196,7 +196,8 @@ def build_model(cfg: Any, datamanager: Any) -> torch.nn.Module:
     if cfg.model.load_weights:
         if not osp.isfile(cfg.model.load_weights):
             raise FileNotFoundError(f"model.load_weights: no file '{cfg.model.load_weights}'")
-        compat.utils().load_pretrained_weights(model, cfg.model.load_weights)
+        with compat.checkpoint_loading():
+            compat.utils().load_pretrained_weights(model, cfg.model.load_weights)
     if _use_gpu(cfg):
         model = model.cuda()
     return model
@@ -247,10 +248,10 @@ def evaluate(engine: Any, cfg: Any) -> dict[str, dict[str, Any]]:
     """Rank every target with ``engine``; ``{target: {"mAP", "R1", "R5", "R10", ...}}``."""
     if hasattr(engine, "last_results"):
         engine.test(**_test_kwargs(cfg), save_dir=cfg.data.save_dir)
-        return {k: {m: v for m, v in r.items() if m != "cmc"}
-                for k, r in engine.last_results.items()}
-    raise TypeError(f"{type(engine).__name__} does not report mAP/CMC (no last_results); use "
-                    "the 'sdtps' engine (sdtps.engine) to get the tables")
+        results = engine.last_results
+    else:  # torchreid's stock engines (or a third party's) only print their metrics
+        results = rank_targets(engine, **_test_kwargs(cfg))
+    return {k: {m: v for m, v in r.items() if m != "cmc"} for k, r in results.items()}
 
 
 def untrained_results(cfg: Any, engine: Any, datamanager: Any) -> dict[str, dict[str, Any]]:
@@ -355,8 +356,9 @@ def train(cfg: Any) -> dict[str, Any]:
         if hasattr(engine, "resume"):
             start_epoch = engine.resume(cfg.model.resume)
         else:
-            start_epoch = compat.utils().resume_from_checkpoint(
-                cfg.model.resume, model, engine.optimizer, engine.scheduler)
+            with compat.checkpoint_loading():
+                start_epoch = compat.utils().resume_from_checkpoint(
+                    cfg.model.resume, model, engine.optimizer, engine.scheduler)
     run_kwargs = dict(config.engine_run_kwargs(cfg), start_epoch=start_epoch)
     run_kwargs.pop("test_only")
     if start_epoch >= cfg.train.max_epoch:

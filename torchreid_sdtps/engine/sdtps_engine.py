@@ -288,43 +288,6 @@ class ImageSDTPSEngine(_TripletBase):
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _extract(self, loader: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        feats, pids, camids = [], [], []
-        for data in loader:
-            imgs, pid, camid = self.parse_data_for_eval(data)
-            if self.use_gpu:
-                imgs = imgs.cuda()
-            feats.append(self.extract_features(imgs).cpu())
-            pids.extend(torch.as_tensor(pid).tolist())
-            camids.extend(torch.as_tensor(camid).tolist())
-        if not feats:
-            raise ValueError(f"evaluation split of {type(loader.dataset).__name__} is empty")
-        return torch.cat(feats), np.asarray(pids), np.asarray(camids)
-
-    def _rank(self, q: tuple, g: tuple, dist_metric: str, normalize_feature: bool,
-              rerank: bool, use_metric_cuhk03: bool = False) -> tuple[np.ndarray, float, Any]:
-        metrics = compat.metrics()
-        qf, gf = q[0], g[0]
-        if normalize_feature:
-            qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
-        distmat = metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
-        if rerank:
-            distmat = compat.utils().re_ranking(
-                distmat, metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
-                metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
-        cmc, mAP = metrics.evaluate_rank(distmat, q[1], g[1], q[2], g[2],
-                                         use_metric_cuhk03=use_metric_cuhk03)
-        return np.asarray(cmc), float(mAP), distmat
-
-    @staticmethod
-    def _summary(cmc: np.ndarray, mAP: float, ranks: Sequence[int]) -> dict[str, Any]:
-        res: dict[str, Any] = {"mAP": mAP}
-        for r in ranks:
-            res[f"R{r}"] = float(cmc[min(r, len(cmc)) - 1])
-        res["cmc"] = [float(c) for c in cmc]
-        return res
-
-    @torch.no_grad()
     def _evaluate(self, dataset_name: str = "", query_loader: Any = None,
                   gallery_loader: Any = None, dist_metric: str = "euclidean",
                   normalize_feature: bool = False, visrank: bool = False,
@@ -333,11 +296,11 @@ class ImageSDTPSEngine(_TripletBase):
         """torchreid's ``_evaluate`` flow (extract, distance, optional re-ranking, the stock
         ``evaluate_rank`` with protocol camids); also records the full result."""
         start = time.time()
-        q = self._extract(query_loader)
-        g = self._extract(gallery_loader)
-        cmc, mAP, distmat = self._rank(q, g, dist_metric, normalize_feature, rerank,
+        q = extract_split(self, query_loader)
+        g = extract_split(self, gallery_loader)
+        cmc, mAP, distmat = rank_features(q, g, dist_metric, normalize_feature, rerank,
                                        use_metric_cuhk03)
-        res = self._summary(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
+        res = summarize(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
         res.update(num_query=len(q[1]), num_gallery=len(g[1]))
         self.last_results[dataset_name] = res
         logger.info("%s: query %d x %d, gallery %d x %d, %.1fs; mAP %.1f%%  %s",
@@ -398,10 +361,10 @@ class ImageSDTPSEngine(_TripletBase):
             try:
                 for setting, zeroed in parsed.items():
                     self._zeroed = zeroed
-                    cmc, mAP, _ = self._rank(self._extract(loaders["query"]),
-                                             self._extract(loaders["gallery"]), dist_metric,
+                    cmc, mAP, _ = rank_features(extract_split(self, loaders["query"]),
+                                             extract_split(self, loaders["gallery"]), dist_metric,
                                              normalize_feature, rerank)
-                    res = self._summary(cmc, mAP, ranks)
+                    res = summarize(cmc, mAP, ranks)
                     res.pop("cmc")
                     rows[setting] = res
             finally:
@@ -434,9 +397,10 @@ class ImageSDTPSEngine(_TripletBase):
         """Load weights, optimizer and scheduler (torchreid's ``resume_from_checkpoint``),
         then the RNG states and AMP scaler; returns the epoch to start from."""
         utils = compat.utils()
-        start_epoch = utils.resume_from_checkpoint(fpath, self.model, optimizer=self.optimizer,
-                                                   scheduler=self.scheduler)
-        ckpt = utils.load_checkpoint(fpath)
+        with compat.checkpoint_loading():
+            start_epoch = utils.resume_from_checkpoint(fpath, self.model, optimizer=self.optimizer,
+                                                       scheduler=self.scheduler)
+            ckpt = utils.load_checkpoint(fpath)
         if "rng_state" in ckpt:
             set_rng_state(ckpt["rng_state"])
         else:
@@ -446,3 +410,70 @@ class ImageSDTPSEngine(_TripletBase):
             self.scaler.load_state_dict(ckpt["scaler"])
         return int(start_epoch)
 
+
+# ---------------------------------------------------------------------------- ranking helpers
+# Module functions, not methods: they work with any torchreid engine (its
+# ``parse_data_for_eval`` / ``extract_features``), so the runner ranks torchreid's stock
+# engines with the same code.
+
+@torch.no_grad()
+def extract_split(engine: Any, loader: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Features, pids and protocol camids of one split through ``engine``'s own hooks."""
+    feats, pids, camids = [], [], []
+    for data in loader:
+        imgs, pid, camid = engine.parse_data_for_eval(data)
+        if engine.use_gpu:
+            imgs = imgs.cuda()
+        feats.append(engine.extract_features(imgs).cpu())
+        pids.extend(torch.as_tensor(pid).tolist())
+        camids.extend(torch.as_tensor(camid).tolist())
+    if not feats:
+        raise ValueError(f"evaluation split of {type(loader.dataset).__name__} is empty")
+    return torch.cat(feats), np.asarray(pids), np.asarray(camids)
+
+
+def rank_features(q: tuple, g: tuple, dist_metric: str, normalize_feature: bool, rerank: bool,
+                  use_metric_cuhk03: bool = False) -> tuple[np.ndarray, float, Any]:
+    """CMC, mAP and distance matrix with torchreid's metrics and ``evaluate_rank``."""
+    metrics = compat.metrics()
+    qf, gf = q[0], g[0]
+    if normalize_feature:
+        qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+    distmat = metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
+    if rerank:
+        distmat = compat.utils().re_ranking(
+            distmat, metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
+            metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
+    cmc, mAP = metrics.evaluate_rank(distmat, q[1], g[1], q[2], g[2],
+                                     use_metric_cuhk03=use_metric_cuhk03)
+    return np.asarray(cmc), float(mAP), distmat
+
+
+def summarize(cmc: np.ndarray, mAP: float, ranks: Sequence[int]) -> dict[str, Any]:
+    """``{"mAP", "R<r>"..., "cmc"}`` from a CMC curve."""
+    res: dict[str, Any] = {"mAP": mAP}
+    for r in ranks:
+        res[f"R{r}"] = float(cmc[min(r, len(cmc)) - 1])
+    res["cmc"] = [float(c) for c in cmc]
+    return res
+
+
+@torch.no_grad()
+def rank_targets(engine: Any, dist_metric: str = "euclidean", normalize_feature: bool = False,
+                 rerank: bool = False, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, dict]:
+    """Rank every test target of any torchreid engine: ``{target: {"mAP", "R1", ...}}``.
+
+    torchreid's own ``test()`` only prints mAP and the CMC; this returns them, in eval mode
+    and without consuming random numbers.
+    """
+    engine.set_model_mode("eval")
+    out = {}
+    with rng_fork():
+        for name, loaders in engine.test_loader.items():
+            q = extract_split(engine, loaders["query"])
+            g = extract_split(engine, loaders["gallery"])
+            cmc, mAP, _ = rank_features(q, g, dist_metric, normalize_feature, rerank)
+            res = summarize(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
+            res.update(num_query=len(q[1]), num_gallery=len(g[1]))
+            out[name] = res
+    return out
