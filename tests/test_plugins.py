@@ -108,3 +108,12 @@ def test_unknown_names_list_the_registered_ones():
         plugins.get_loss("nope")
     with pytest.raises(ValueError, match="rgbnt201"):
         compat.data().datasets.init_image_dataset("no_such_dataset", root="x")
+
+
+def test_a_broken_entry_of_our_own_raises(monkeypatch):
+    """Our own entries must never be skipped silently (unlike third-party ones)."""
+    monkeypatch.setitem(plugins.ENTRY_POINTS["torchreid.losses"], "broken",
+                        "torchreid_sdtps.losses.no_such_module:Loss")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        plugins.register()
+    assert "broken" not in plugins.LOSSES

@@ -54,12 +54,7 @@ def _register_entries(group: str, entries: Iterable[tuple[str, str]], own: bool)
     for name, value in entries:
         try:
             obj = _load(value)
-        except ModuleNotFoundError as exc:
-            if own and not (exc.name or "").startswith("torchreid_sdtps"):
-                raise
-            logger.warning("skipping %s entry '%s' = %s: %s", group, name, value, exc)
-            continue
-        except Exception as exc:  # third-party code may fail in any way
+        except Exception as exc:  # third-party code may fail in any way; ours must not
             if own:
                 raise
             logger.warning("skipping %s entry '%s' = %s: %s: %s",
