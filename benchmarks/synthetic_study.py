@@ -68,6 +68,7 @@ except ImportError:  # a source checkout that is not pip-installed
 from torchreid_sdtps import compat, config
 from torchreid_sdtps.data.synthetic import SyntheticSpec, attribute_oracle, ensure_generated
 from torchreid_sdtps.engine import runner
+from torchreid_sdtps.io import atomic_path
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
            "run_one", "run_study", "summarise", "report", "write_section", "main"]
@@ -393,17 +394,8 @@ def write_section(path: str, body: str, begin: str = BEGIN, end: str = END) -> N
         new = head + block + rest.split(end, 1)[1]
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + block + "\n"
-    directory = osp.dirname(osp.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".md", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(new)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(new)
 
 
 def _init_worker(threads: int) -> None:

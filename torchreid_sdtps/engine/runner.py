@@ -25,7 +25,6 @@ import os
 import os.path as osp
 import re
 import sys
-import tempfile
 import time
 from typing import Any, Iterator, Optional, Sequence
 
@@ -33,6 +32,7 @@ import torch
 
 from .. import compat, config, plugins
 from ..config import ConfigError
+from ..io import atomic_path
 from .sdtps_engine import format_table, rank_targets, rng_fork
 
 __all__ = [
@@ -276,11 +276,8 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(osp.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=osp.dirname(path) or ".")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- logging

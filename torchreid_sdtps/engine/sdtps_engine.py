@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import os.path as osp
 import random
-import tempfile
 import time
 from typing import Any, Iterator, Optional, Sequence
 
@@ -35,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import compat
+from ..io import atomic_path
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
 
 __all__ = [
@@ -93,23 +92,10 @@ def rng_fork() -> Iterator[None]:
 
 def save_checkpoint_atomic(state: dict[str, Any], save_dir: str, is_best: bool = False) -> str:
     """torchreid's ``save_checkpoint`` layout (``model.pth.tar-<epoch>``), written atomically."""
-    os.makedirs(save_dir, exist_ok=True)
     fpath = osp.join(save_dir, f"model.pth.tar-{state['epoch']}")
-    fd, tmp = tempfile.mkstemp(prefix=".model.pth.tar-", dir=save_dir)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    if is_best:
-        best = osp.join(save_dir, "model-best.pth.tar")
-        fd, tmp = tempfile.mkstemp(prefix=".model-best.pth.tar", dir=save_dir)
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, best)
+    for path in [fpath] + ([osp.join(save_dir, "model-best.pth.tar")] if is_best else []):
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
     logger.info("Checkpoint saved to \"%s\"", fpath)
     return fpath
 

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import _convert_openai_clip, _load_weights
 
 from ..dist import is_main_process
+from ..io import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backbone import ViTBackbone
@@ -120,24 +120,16 @@ def download_pretrained(variant: str, progress: bool = True) -> str:
     dst = cached_path(variant)
     if os.path.isfile(dst):
         return dst
-    folder = os.path.dirname(dst)
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{pub.filename}.", suffix=".partial", dir=folder)
-        os.close(fd)
-        logger.info("Downloading %s pretrained weights from %s to %s", variant, pub.url, dst)
-        torch.hub.download_url_to_file(pub.url, tmp, hash_prefix=pub.sha256, progress=progress)
-        os.replace(tmp, dst)
-        tmp = None
+        with atomic_path(dst) as tmp:
+            logger.info("Downloading %s pretrained weights from %s to %s", variant, pub.url, dst)
+            torch.hub.download_url_to_file(pub.url, tmp, hash_prefix=pub.sha256,
+                                           progress=progress)
     except Exception as e:  # network, disk, hash mismatch: all end in the same instruction
         raise PretrainedDownloadError(
             f"could not download the pretrained weights of {variant!r} ({pub.description}) from "
             f"{pub.url}: {type(e).__name__}: {e}. Without network access, fetch that URL elsewhere "
             f"and place the file at {dst} (or pass its local path as `pretrained`).") from e
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
     return dst
 
 
