@@ -117,3 +117,22 @@ def test_a_broken_entry_of_our_own_raises(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="no_such_module"):
         plugins.register()
     assert "broken" not in plugins.LOSSES
+
+
+def test_every_registry_refuses_a_clash_the_same_way():
+    """Datasets, models, losses and engines share one rule: same object again is a no-op, a
+    different object under a taken name is refused naming both."""
+    other = object()
+    cases = [
+        (compat.register_image_dataset, "rgbnt201", compat.image_dataset_registry(), "dataset"),
+        (compat.register_model, "sdtps_vit_tiny", compat.model_factory(), "model"),
+        (plugins._REGISTRARS["torchreid.losses"], "selection_ratio", plugins.LOSSES, "loss"),
+        (plugins._REGISTRARS["torchreid.engines"], "sdtps", plugins.ENGINES, "engine"),
+    ]
+    for register, name, registry, kind in cases:
+        taken = registry[name]
+        assert register(name, taken) is False
+        with pytest.raises(ValueError, match=rf"^{kind} name '{name}' is already registered "
+                                             r"to .*; refusing to replace it with <object"):
+            register(name, other)
+        assert registry[name] is taken

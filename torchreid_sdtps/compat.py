@@ -9,8 +9,11 @@ package only, so both layouts work; the rest of the plugin goes through these he
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
+
+from .registry import register_once
 
 __all__ = [
     "torchreid", "layout", "data", "datasets", "models", "engine", "losses", "metrics",
@@ -91,21 +94,13 @@ def image_dataset_registry() -> dict:
 
 
 def register_image_dataset(name: str, cls: type) -> bool:
-    """Register ``cls`` under ``name``; idempotent. Returns True when newly registered.
+    """Register ``cls`` under ``name`` with torchreid's ``register_image_dataset``; idempotent
+    (:func:`registry.register_once`: True when newly registered, ``ValueError`` on a clash).
 
-    torchreid's own ``register_image_dataset`` raises on a repeated name, so an already
-    registered identical object is skipped; a *different* object under a taken name raises.
+    torchreid's own function raises on any repeated name, even for the same class.
     """
-    registry = image_dataset_registry()
-    if registry.get(name) is cls:
-        return False
-    if name in registry:
-        raise ValueError(
-            f"dataset name '{name}' is already registered to {registry[name]!r}; "
-            f"refusing to replace it with {cls!r}"
-        )
-    data().register_image_dataset(name, cls)
-    return True
+    return register_once(image_dataset_registry(), "dataset", name, cls,
+                         insert=data().register_image_dataset)
 
 
 def model_factory() -> dict:
@@ -115,16 +110,7 @@ def model_factory() -> dict:
 
 def register_model(name: str, fn: Callable) -> bool:
     """Add a model factory to torchreid's ``build_model``; idempotent like datasets."""
-    factory = model_factory()
-    if factory.get(name) is fn:
-        return False
-    if name in factory:
-        raise ValueError(
-            f"model name '{name}' is already registered to {factory[name]!r}; "
-            f"refusing to replace it with {fn!r}"
-        )
-    factory[name] = fn
-    return True
+    return register_once(model_factory(), "model", name, fn)
 
 
 def build_transforms(*args: Any, **kwargs: Any) -> Any:

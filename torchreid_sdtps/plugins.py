@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import compat
 from ._entry_points import ENTRY_POINTS
+from .registry import lookup, register_once
 
 logger = logging.getLogger(__name__)
 
@@ -23,20 +25,11 @@ LOSSES: dict[str, Any] = {}
 ENGINES: dict[str, Any] = {}
 
 
-def _register_local(registry: dict, kind: str, name: str, obj: Any) -> bool:
-    if registry.get(name) is obj:
-        return False
-    if name in registry:
-        raise ValueError(f"{kind} name '{name}' is already registered to {registry[name]!r}")
-    registry[name] = obj
-    return True
-
-
 _REGISTRARS: dict[str, Callable[[str, Any], bool]] = {
     "torchreid.datasets": compat.register_image_dataset,
     "torchreid.models": compat.register_model,
-    "torchreid.losses": lambda n, o: _register_local(LOSSES, "loss", n, o),
-    "torchreid.engines": lambda n, o: _register_local(ENGINES, "engine", n, o),
+    "torchreid.losses": lambda n, o: register_once(LOSSES, "loss", n, o),
+    "torchreid.engines": lambda n, o: register_once(ENGINES, "engine", n, o),
 }
 
 
@@ -103,20 +96,14 @@ def load_plugins(groups: Iterable[str] = GROUPS) -> dict[str, list[str]]:
     return result
 
 
-def _lookup(registry: dict, kind: str, name: str) -> Any:
-    if name not in registry:
-        raise KeyError(f"unknown {kind} '{name}'; registered {kind}s: {sorted(registry)}")
-    return registry[name]
-
-
 def get_loss(name: str) -> Any:
     """The loss class registered as ``name``."""
-    return _lookup(LOSSES, "loss", name)
+    return lookup(LOSSES, "loss", name)
 
 
 def get_engine(name: str) -> Any:
     """The engine class registered as ``name``."""
-    return _lookup(ENGINES, "engine", name)
+    return lookup(ENGINES, "engine", name)
 
 
 def dataset_names() -> list[str]:

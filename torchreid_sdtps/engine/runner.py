@@ -33,7 +33,8 @@ import torch
 from .. import compat, config, plugins
 from ..config import ConfigError
 from ..io import atomic_path
-from .sdtps_engine import format_table, rank_targets, rng_fork
+from .evaluation import format_table, rank_targets, results_summary
+from .state import rng_fork
 
 __all__ = [
     "WarmupLambda", "WarmupLR", "build_lr_scheduler", "build_datamanager", "build_model",
@@ -251,7 +252,7 @@ def evaluate(engine: Any, cfg: Any) -> dict[str, dict[str, Any]]:
         results = engine.last_results
     else:  # torchreid's stock engines (or a third party's) only print their metrics
         results = rank_targets(engine, **_test_kwargs(cfg))
-    return {k: {m: v for m, v in r.items() if m != "cmc"} for k, r in results.items()}
+    return results_summary(results)
 
 
 def untrained_results(cfg: Any, engine: Any, datamanager: Any) -> dict[str, dict[str, Any]]:
@@ -335,8 +336,7 @@ def run_logging(save_dir: str, name: str) -> Iterator[str]:
 # ----------------------------------------------------------------------------- train / test
 
 def _results_table(rows: dict[str, dict[str, Any]], title: str) -> str:
-    return format_table({k: {m: v for m, v in r.items() if m == "mAP" or m.startswith("R")}
-                         for k, r in rows.items()}, title=title, first="model")
+    return format_table(rows, title=title, first="model")
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -367,8 +367,7 @@ def train(cfg: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": cfg.model.name, "engine": cfg.sdtps.engine, "epochs": cfg.train.max_epoch,
         "start_epoch": start_epoch, "checkpoint": checkpoint,
-        "trained": {k: {m: v for m, v in r.items() if m != "cmc"}
-                    for k, r in getattr(engine, "last_results", {}).items()},
+        "trained": results_summary(getattr(engine, "last_results", {})),
     }
     label = f"{cfg.model.name} trained ({cfg.train.max_epoch} epochs)"
     rows = {label: summary["trained"].get(target)}

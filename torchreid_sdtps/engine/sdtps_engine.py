@@ -24,113 +24,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import os.path as osp
-import random
 import time
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import compat
-from ..io import atomic_path
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
+from .evaluation import (
+    DEFAULT_MISSING_SETTINGS,
+    evaluating,
+    format_table,
+    metric_row,
+    parse_setting,
+    rank_split,
+    results_summary,
+)
+from .state import (
+    get_rng_state,
+    resume_from_checkpoint,
+    rng_fork,
+    save_checkpoint_atomic,
+    set_rng_state,
+)
 
+# the helpers stay importable from here (their homes are .state and .evaluation)
 __all__ = [
     "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
     "set_rng_state", "rng_fork", "save_checkpoint_atomic", "parse_setting",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: the missing-modality settings of DeMo's table ("none" = all modalities present)
-DEFAULT_MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI",
-                                             "NI+TI")
-
-
-# ----------------------------------------------------------------------------- RNG state
-
-def get_rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) RNG states, in types ``torch.load(weights_only=True)``
-    accepts (the NumPy key array becomes a tensor)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                  float(cached)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    random.setstate(_as_tuple(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos),
-                         int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _as_tuple(obj: Any) -> Any:
-    return tuple(_as_tuple(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
-
-
-@contextlib.contextmanager
-def rng_fork() -> Iterator[None]:
-    """Run a block without disturbing the global RNG streams (evaluation, baselines)."""
-    state = get_rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
-
-
-def save_checkpoint_atomic(state: dict[str, Any], save_dir: str, is_best: bool = False) -> str:
-    """torchreid's ``save_checkpoint`` layout (``model.pth.tar-<epoch>``), written atomically."""
-    fpath = osp.join(save_dir, f"model.pth.tar-{state['epoch']}")
-    for path in [fpath] + ([osp.join(save_dir, "model-best.pth.tar")] if is_best else []):
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    logger.info("Checkpoint saved to \"%s\"", fpath)
-    return fpath
-
-
-# ----------------------------------------------------------------------------- tables
-
-def parse_setting(setting: str, modalities: Sequence[str]) -> tuple[int, ...]:
-    """Indices of the modalities ``setting`` zeroes: "none" -> (), "RGB+NI" -> (0, 1)."""
-    if setting.strip().lower() in ("none", "", "all"):
-        return ()
-    lower = [m.lower() for m in modalities]
-    out = []
-    for part in setting.split("+"):
-        name = part.strip().lower()
-        if name not in lower:
-            raise ValueError(f"missing-modality setting '{setting}': unknown modality "
-                             f"'{part.strip()}'; the data set has {tuple(modalities)}")
-        out.append(lower.index(name))
-    if len(set(out)) == len(modalities):
-        raise ValueError(f"missing-modality setting '{setting}' zeroes every modality "
-                         f"{tuple(modalities)}; at least one must remain")
-    return tuple(sorted(set(out)))
-
-
-def format_table(rows: dict[str, dict[str, float]], title: str = "",
-                 first: str = "setting") -> str:
-    """A plain-text table: one row per key, columns mAP then the rank columns, in %."""
-    cols = ["mAP"] + [k for k in next(iter(rows.values())) if k.startswith("R")]
-    width = max([len(first)] + [len(k) for k in rows]) + 2
-    lines = [title] if title else []
-    lines.append(f"{first:<{width}}" + "".join(f"{c:>8}" for c in cols))
-    lines.append("-" * (width + 8 * len(cols)))
-    for name, res in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{100 * res[c]:>7.1f}%" for c in cols))
-    return "\n".join(lines)
 
 
 def _float(x: Any) -> Any:
@@ -178,16 +103,16 @@ class ImageSDTPSEngine(_TripletBase):
             logger.info("use_amp=True ignored: CUDA is not in use, training in float32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.last_results: dict[str, dict[str, Any]] = {}
-        self.last_checkpoint: Optional[str] = None
+        self.last_checkpoint: str | None = None
         self._zeroed: tuple[int, ...] = ()
-        self._eval_cam: Optional[torch.Tensor] = None
+        self._eval_cam: torch.Tensor | None = None
         # parameters the model froze itself (e.g. BNNeck biases); torchreid's
         # open_all_layers() would unfreeze them every epoch
         self._frozen = [p for p in model.parameters() if not p.requires_grad]
 
     # ------------------------------------------------------------------ data parsing
     @staticmethod
-    def _cam_label(data: dict) -> Optional[torch.Tensor]:
+    def _cam_label(data: dict) -> torch.Tensor | None:
         cam = data.get("cam_label")
         return None if cam is None else torch.as_tensor(cam, dtype=torch.long)
 
@@ -282,27 +207,24 @@ class ImageSDTPSEngine(_TripletBase):
         """torchreid's ``_evaluate`` flow (extract, distance, optional re-ranking, the stock
         ``evaluate_rank`` with protocol camids); also records the full result."""
         start = time.time()
-        q = extract_split(self, query_loader)
-        g = extract_split(self, gallery_loader)
-        cmc, mAP, distmat = rank_features(q, g, dist_metric, normalize_feature, rerank,
-                                       use_metric_cuhk03)
-        res = summarize(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
-        res.update(num_query=len(q[1]), num_gallery=len(g[1]))
+        ranked = rank_split(self, query_loader, gallery_loader, dist_metric, normalize_feature,
+                            rerank, ranks, use_metric_cuhk03)
+        res = ranked.result
         self.last_results[dataset_name] = res
-        logger.info("%s: query %d x %d, gallery %d x %d, %.1fs; mAP %.1f%%  %s",
-                    dataset_name, q[0].shape[0], q[0].shape[1], g[0].shape[0], g[0].shape[1],
-                    time.time() - start, 100 * mAP,
+        logger.info("%s: query %d, gallery %d, %d-d features, %.1fs; mAP %.1f%%  %s",
+                    dataset_name, res["num_query"], res["num_gallery"], ranked.feat_dim,
+                    time.time() - start, 100 * res["mAP"],
                     "  ".join(f"Rank-{r} {100 * res[f'R{r}']:.1f}%" for r in ranks))
         if self.writer is not None:
             for r in (5, 10):
                 self.writer.add_scalar(f"Test/{dataset_name}/rank{r}", res[f"R{r}"], self.epoch)
         if visrank:
             compat.utils().visualize_ranked_results(
-                distmat, self.datamanager.fetch_test_loaders(dataset_name),
+                ranked.distmat, self.datamanager.fetch_test_loaders(dataset_name),
                 self.datamanager.data_type, width=self.datamanager.width,
                 height=self.datamanager.height,
                 save_dir=osp.join(save_dir, "visrank_" + dataset_name), topk=visrank_topk)
-        return cmc[0], mAP
+        return res["cmc"][0], res["mAP"]
 
     def test(self, *args: Any, **kwargs: Any) -> float:
         """torchreid's ``test`` (returns rank-1 of the last target) without touching the RNG;
@@ -311,7 +233,7 @@ class ImageSDTPSEngine(_TripletBase):
         with rng_fork():
             return super().test(*args, **kwargs)
 
-    def evaluate(self, dataset_name: Optional[str] = None, **kwargs: Any) -> dict[str, Any]:
+    def evaluate(self, dataset_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """Rank every target (or ``dataset_name``) and return ``{"mAP", "R1", "R5", "R10",
         "cmc", ...}`` of that data set (the first target by default)."""
         self.test(**kwargs)
@@ -320,7 +242,7 @@ class ImageSDTPSEngine(_TripletBase):
             raise KeyError(f"'{name}' is not a test target; targets: {list(self.last_results)}")
         return self.last_results[name]
 
-    def modalities(self, dataset_name: Optional[str] = None) -> tuple[str, ...]:
+    def modalities(self, dataset_name: str | None = None) -> tuple[str, ...]:
         """Modality names of a test data set (class attribute ``modalities``)."""
         name = dataset_name or next(iter(self.test_loader))
         return tuple(getattr(self.test_loader[name]["query"].dataset, "modalities",
@@ -328,7 +250,7 @@ class ImageSDTPSEngine(_TripletBase):
 
     @torch.no_grad()
     def evaluate_missing(self, settings: Sequence[str] = DEFAULT_MISSING_SETTINGS,
-                         dataset_name: Optional[str] = None, dist_metric: str = "euclidean",
+                         dataset_name: str | None = None, dist_metric: str = "euclidean",
                          normalize_feature: bool = False, rerank: bool = False,
                          ranks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
         """Rank with the modalities named by each setting zeroed in query and gallery.
@@ -342,17 +264,13 @@ class ImageSDTPSEngine(_TripletBase):
         parsed = {s: parse_setting(s, mods) for s in settings}
         loaders = self.test_loader[name]
         rows: dict[str, dict[str, float]] = {}
-        self.set_model_mode("eval")
-        with rng_fork():
+        with evaluating(self):
             try:
                 for setting, zeroed in parsed.items():
                     self._zeroed = zeroed
-                    cmc, mAP, _ = rank_features(extract_split(self, loaders["query"]),
-                                             extract_split(self, loaders["gallery"]), dist_metric,
-                                             normalize_feature, rerank)
-                    res = summarize(cmc, mAP, ranks)
-                    res.pop("cmc")
-                    rows[setting] = res
+                    rows[setting] = metric_row(rank_split(
+                        self, loaders["query"], loaders["gallery"], dist_metric,
+                        normalize_feature, rerank, ranks).result)
             finally:
                 self._zeroed = ()
         logger.info("%s", format_table(rows, title=f"Missing modalities ({name}): zeroed "
@@ -371,8 +289,7 @@ class ImageSDTPSEngine(_TripletBase):
                 "optimizer": self._optims[name].state_dict(),
                 "rng_state": get_rng_state(),
                 "scaler": self.scaler.state_dict(),
-                "results": {k: {m: v for m, v in r.items() if m != "cmc"}
-                            for k, r in self.last_results.items()},
+                "results": results_summary(self.last_results),
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
@@ -382,11 +299,8 @@ class ImageSDTPSEngine(_TripletBase):
     def resume(self, fpath: str) -> int:
         """Load weights, optimizer and scheduler (torchreid's ``resume_from_checkpoint``),
         then the RNG states and AMP scaler; returns the epoch to start from."""
-        utils = compat.utils()
-        with compat.checkpoint_loading():
-            start_epoch = utils.resume_from_checkpoint(fpath, self.model, optimizer=self.optimizer,
-                                                       scheduler=self.scheduler)
-            ckpt = utils.load_checkpoint(fpath)
+        start_epoch, ckpt = resume_from_checkpoint(fpath, self.model, self.optimizer,
+                                                   self.scheduler)
         if "rng_state" in ckpt:
             set_rng_state(ckpt["rng_state"])
         else:
@@ -394,72 +308,4 @@ class ImageSDTPSEngine(_TripletBase):
                            "repeat the uninterrupted one exactly", fpath)
         if self.use_amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        return int(start_epoch)
-
-
-# ---------------------------------------------------------------------------- ranking helpers
-# Module functions, not methods: they work with any torchreid engine (its
-# ``parse_data_for_eval`` / ``extract_features``), so the runner ranks torchreid's stock
-# engines with the same code.
-
-@torch.no_grad()
-def extract_split(engine: Any, loader: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Features, pids and protocol camids of one split through ``engine``'s own hooks."""
-    feats, pids, camids = [], [], []
-    for data in loader:
-        imgs, pid, camid = engine.parse_data_for_eval(data)
-        if engine.use_gpu:
-            imgs = imgs.cuda()
-        feats.append(engine.extract_features(imgs).cpu())
-        pids.extend(torch.as_tensor(pid).tolist())
-        camids.extend(torch.as_tensor(camid).tolist())
-    if not feats:
-        raise ValueError(f"evaluation split of {type(loader.dataset).__name__} is empty")
-    return torch.cat(feats), np.asarray(pids), np.asarray(camids)
-
-
-def rank_features(q: tuple, g: tuple, dist_metric: str, normalize_feature: bool, rerank: bool,
-                  use_metric_cuhk03: bool = False) -> tuple[np.ndarray, float, Any]:
-    """CMC, mAP and distance matrix with torchreid's metrics and ``evaluate_rank``."""
-    metrics = compat.metrics()
-    qf, gf = q[0], g[0]
-    if normalize_feature:
-        qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
-    distmat = metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
-    if rerank:
-        distmat = compat.utils().re_ranking(
-            distmat, metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
-            metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
-    cmc, mAP = metrics.evaluate_rank(distmat, q[1], g[1], q[2], g[2],
-                                     use_metric_cuhk03=use_metric_cuhk03)
-    return np.asarray(cmc), float(mAP), distmat
-
-
-def summarize(cmc: np.ndarray, mAP: float, ranks: Sequence[int]) -> dict[str, Any]:
-    """``{"mAP", "R<r>"..., "cmc"}`` from a CMC curve."""
-    res: dict[str, Any] = {"mAP": mAP}
-    for r in ranks:
-        res[f"R{r}"] = float(cmc[min(r, len(cmc)) - 1])
-    res["cmc"] = [float(c) for c in cmc]
-    return res
-
-
-@torch.no_grad()
-def rank_targets(engine: Any, dist_metric: str = "euclidean", normalize_feature: bool = False,
-                 rerank: bool = False, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, dict]:
-    """Rank every test target of any torchreid engine: ``{target: {"mAP", "R1", ...}}``.
-
-    torchreid's own ``test()`` only prints mAP and the CMC; this returns them, in eval mode
-    and without consuming random numbers.
-    """
-    engine.set_model_mode("eval")
-    out = {}
-    with rng_fork():
-        for name, loaders in engine.test_loader.items():
-            q = extract_split(engine, loaders["query"])
-            g = extract_split(engine, loaders["gallery"])
-            cmc, mAP, _ = rank_features(q, g, dist_metric, normalize_feature, rerank)
-            res = summarize(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
-            res.update(num_query=len(q[1]), num_gallery=len(g[1]))
-            out[name] = res
-    return out
+        return start_epoch

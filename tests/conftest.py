@@ -1,0 +1,78 @@
+"""Fixtures shared by the test files: the tiny synthetic run (config overrides, one generated
+data root per session, a config factory, built data manager/model/engine) and fixed seeds.
+
+Builders come from the runner; when it is split, only the ``_builders`` import changes.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from torchreid_sdtps import config
+from torchreid_sdtps.engine import runner as _builders
+
+torch.set_num_threads(1)
+
+#: a tiny synthetic set (6 + 6 ids, 2 cameras, 64x32) and small batches: seconds per epoch
+TINY_OPTS: tuple[str, ...] = (
+    "synthetic.num_train_ids", "6", "synthetic.num_test_ids", "6", "synthetic.num_cameras", "2",
+    "synthetic.images_per_camera", "2", "synthetic.height", "64", "synthetic.width", "32",
+    "data.height", "64", "data.width", "32", "train.batch_size", "8",
+    "sampler.num_instances", "2", "test.batch_size", "64", "use_gpu", "False",
+)
+
+
+@pytest.fixture
+def seeded() -> int:
+    """Python, NumPy and torch seeded with 0 (returns the seed)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    return 0
+
+
+@pytest.fixture(scope="session")
+def tiny_opts() -> list[str]:
+    """``KEY VALUE`` overrides of the tiny synthetic run (a fresh list per use)."""
+    return list(TINY_OPTS)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data root for the tiny synthetic set, generated once per session by its first
+    user (every user must keep the ``TINY_OPTS`` spec, or it is regenerated)."""
+    return tmp_path_factory.mktemp("synthetic_data")
+
+
+@pytest.fixture
+def make_cfg(synthetic_root: Path, tmp_path: Path) -> Callable[..., Any]:
+    """``make_cfg(*opts, root=synthetic_root, save_dir=tmp_path/"log")``: the demo config
+    with ``TINY_OPTS`` and ``opts`` applied."""
+
+    def make(*opts: str, root: Path | None = None, save_dir: Path | None = None) -> Any:
+        paths = ["data.root", str(root or synthetic_root),
+                 "data.save_dir", str(save_dir or tmp_path / "log")]
+        return config.load_config(opts=[*TINY_OPTS, *paths, *opts], demo=True)
+
+    return make
+
+
+@pytest.fixture
+def built(make_cfg: Callable[..., Any]) -> tuple[Any, Any, torch.nn.Module, Any]:
+    """``(cfg, datamanager, model, engine)`` of the tiny run with Gumbel selection, so every
+    auxiliary loss is live."""
+    cfg = make_cfg("sdtps.selection", "gumbel")
+    dm, model, _, _, engine = _builders.build_all(cfg)
+    return cfg, dm, model, engine
+
+
+@pytest.fixture(scope="session")
+def builders() -> Any:
+    """The module with ``build_all``, ``build_datamanager`` and ``build_model``."""
+    return _builders

@@ -1,0 +1,93 @@
+"""Run state that must survive a checkpoint: the RNG streams and the checkpoint files.
+
+Checkpoints use torchreid's layout (``<dir>/model.pth.tar-<epoch>``), so torchreid's
+``resume_from_checkpoint`` / ``load_pretrained_weights`` read them; they are written through
+:func:`torchreid_sdtps.io.atomic_path` and hold the RNG states in types that
+``torch.load(weights_only=True)`` accepts.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os.path as osp
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import compat
+from ..io import atomic_path
+
+__all__ = ["get_rng_state", "set_rng_state", "rng_fork", "save_checkpoint_atomic",
+           "load_checkpoint", "resume_from_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, in types ``torch.load(weights_only=True)``
+    accepts (the NumPy key array becomes a tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos),
+                         int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(obj: Any) -> Any:
+    return tuple(_as_tuple(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+@contextlib.contextmanager
+def rng_fork() -> Iterator[None]:
+    """Run a block without disturbing the global RNG streams (evaluation, baselines)."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def save_checkpoint_atomic(state: dict[str, Any], save_dir: str, is_best: bool = False) -> str:
+    """torchreid's ``save_checkpoint`` layout (``model.pth.tar-<epoch>``), written atomically."""
+    fpath = osp.join(save_dir, f"model.pth.tar-{state['epoch']}")
+    for path in [fpath] + ([osp.join(save_dir, "model-best.pth.tar")] if is_best else []):
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    logger.info("Checkpoint saved to \"%s\"", fpath)
+    return fpath
+
+
+def load_checkpoint(fpath: str) -> dict[str, Any]:
+    """torchreid's ``load_checkpoint`` (safe ``weights_only`` loading), also accepting the
+    NumPy scalars torchreid's stock engines write (:func:`compat.checkpoint_loading`)."""
+    with compat.checkpoint_loading():
+        return compat.utils().load_checkpoint(fpath)
+
+
+def resume_from_checkpoint(fpath: str, model: torch.nn.Module, optimizer: Any = None,
+                           scheduler: Any = None) -> tuple[int, dict[str, Any]]:
+    """torchreid's ``resume_from_checkpoint`` (weights, optimizer, scheduler) under the same
+    safe loading; returns the epoch to start from and the checkpoint dict."""
+    with compat.checkpoint_loading():
+        start_epoch = compat.utils().resume_from_checkpoint(fpath, model, optimizer=optimizer,
+                                                            scheduler=scheduler)
+    return int(start_epoch), load_checkpoint(fpath)
