@@ -1,4 +1,5 @@
-# Two user commands: `make demo` (train + rank on the synthetic data) and `make test`.
+# Two user commands: `make demo` (train + rank on the synthetic data) and `make test`;
+# `make lint` runs ruff (configured in pyproject.toml).
 # Each creates .venv when missing and installs the project into it.
 #
 # torch==2.14.1 / torchvision==0.29.1 are pinned: they are the newest pair this project is
@@ -10,7 +11,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench study clean
+.PHONY: install demo test lint bench study clean
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cost.py

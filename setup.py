@@ -37,7 +37,7 @@ setup(
         "tqdm",
         "pyyaml",
     ] + TORCHREID_RUNTIME,
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={
         group: [f"{name} = {value}" for name, value in entries.items()]
         for group, entries in ENTRY_POINTS.items()
