@@ -255,7 +255,8 @@ class ImageSDTPSEngine(_TripletBase):
                          ranks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
         """Rank with the modalities named by each setting zeroed in query and gallery.
 
-        Returns ``{setting: {"mAP", "R1", "R5", "R10"}}`` (fractions) and logs the table.
+        Returns ``{setting: {"mAP", "R1", "R5", "R10", ...}}`` (fractions; R1/R5/R10 always,
+        plus any other of ``ranks``) and logs the table.
         """
         name = dataset_name or next(iter(self.test_loader))
         if name not in self.test_loader:
