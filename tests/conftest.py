@@ -1,23 +1,29 @@
 """Fixtures shared by the test files: the tiny synthetic run (config overrides, one generated
-data root per session, a config factory, built data manager/model/engine) and fixed seeds.
+data root per session, a config factory, built data manager/model/engine).
 
-Builders come from the runner; when it is split, only the ``_builders`` import changes.
+The builders (``build_all``, ``build_datamanager``, ``build_model``) come from the runner;
+when it is split, only :func:`_builders` changes.
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from torchreid_sdtps import config
-from torchreid_sdtps.engine import runner as _builders
 
 torch.set_num_threads(1)
+
+
+def _builders() -> Any:
+    """The module holding the data manager / model / engine builders (imported on use, so a
+    move breaks only the tests that build)."""
+    from torchreid_sdtps.engine import runner
+
+    return runner
 
 #: a tiny synthetic set (6 + 6 ids, 2 cameras, 64x32) and small batches: seconds per epoch
 TINY_OPTS: tuple[str, ...] = (
@@ -28,18 +34,9 @@ TINY_OPTS: tuple[str, ...] = (
 )
 
 
-@pytest.fixture
-def seeded() -> int:
-    """Python, NumPy and torch seeded with 0 (returns the seed)."""
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
-    return 0
-
-
 @pytest.fixture(scope="session")
 def tiny_opts() -> list[str]:
-    """``KEY VALUE`` overrides of the tiny synthetic run (a fresh list per use)."""
+    """``KEY VALUE`` overrides of the tiny synthetic run, for tests that call the CLI."""
     return list(TINY_OPTS)
 
 
@@ -68,11 +65,11 @@ def built(make_cfg: Callable[..., Any]) -> tuple[Any, Any, torch.nn.Module, Any]
     """``(cfg, datamanager, model, engine)`` of the tiny run with Gumbel selection, so every
     auxiliary loss is live."""
     cfg = make_cfg("sdtps.selection", "gumbel")
-    dm, model, _, _, engine = _builders.build_all(cfg)
+    dm, model, _, _, engine = _builders().build_all(cfg)
     return cfg, dm, model, engine
 
 
 @pytest.fixture(scope="session")
 def builders() -> Any:
     """The module with ``build_all``, ``build_datamanager`` and ``build_model``."""
-    return _builders
+    return _builders()
