@@ -13,7 +13,7 @@ from torch import nn
 import torchreid_sdtps
 from torchreid_sdtps import compat, config, plugins
 from torchreid_sdtps.engine import ImageSDTPSEngine
-from torchreid_sdtps.engine import runner
+from torchreid_sdtps import build
 from torchreid_sdtps.engine.sdtps_engine import (DEFAULT_MISSING_SETTINGS, format_table,
                                                  get_rng_state, parse_setting, rng_fork)
 
@@ -40,7 +40,7 @@ def data_root(tmp_path_factory):
 def built(data_root, tmp_path):
     """(cfg, datamanager, model, engine) with Gumbel selection, so both aux losses are live."""
     cfg = _cfg(data_root, tmp_path / "log", "sdtps.selection", "gumbel")
-    dm, model, _, _, engine = runner.build_all(cfg)
+    dm, model, _, _, engine = build.build_all(cfg)
     return cfg, dm, model, engine
 
 
@@ -72,7 +72,7 @@ def test_training_step_with_both_aux_losses_updates_params(built):
 def test_loss_weights_select_summary_entries(built, data_root, tmp_path):
     cfg = _cfg(data_root, tmp_path / "log", "sdtps.weight_ratio", "0.0",
                "sdtps.weight_align", "0.0")
-    dm, model, _, _, engine = runner.build_all(cfg)
+    dm, model, _, _, engine = build.build_all(cfg)
     engine.set_model_mode("train")
     summary = engine.forward_backward(next(iter(dm.train_loader)))
     assert set(summary) == {"loss_x", "loss_t", "acc"}
@@ -190,7 +190,7 @@ def test_zeroing_the_only_informative_modality_gives_chance(tmp_path_factory):
     cfg = config.load_config(opts=TINY + [
         "data.root", str(root), "synthetic.num_test_ids", "12", "synthetic.camera_shift", "0.0",
         "synthetic.clutter", "0", "data.save_dir", str(root / "log")], demo=True)
-    dm = runner.build_datamanager(cfg)
+    dm = build.build_datamanager(cfg)
     model = _OnlyRGB()
     engine = ImageSDTPSEngine(dm, model, torch.optim.SGD(model.parameters(), lr=0.0),
                               use_gpu=False)
@@ -216,7 +216,7 @@ def test_checkpoint_is_torchreid_format_and_resume_restores_rng(built, tmp_path)
     ckpt = utils.load_checkpoint(str(path))  # torch.load(weights_only=True) in torch >= 2.6
     assert ckpt["epoch"] == 3 and ckpt["rank1"] == 0.25 and ckpt["results"]["x"]["mAP"] == 0.5
     assert {"state_dict", "optimizer", "scheduler", "rng_state"} <= set(ckpt)
-    fresh = runner.build_model(_cfg(tmp_path, tmp_path, "sdtps.selection", "gumbel"), dm)
+    fresh = build.build_model(_cfg(tmp_path, tmp_path, "sdtps.selection", "gumbel"), dm)
     utils.load_pretrained_weights(fresh, str(path))
     for (n, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), n

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from . import compat
 from ._entry_points import ENTRY_POINTS
+from .errors import UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def load_plugins(groups: Iterable[str] = GROUPS) -> dict[str, list[str]]:
 
 def _lookup(registry: dict, kind: str, name: str) -> Any:
     if name not in registry:
-        raise KeyError(f"unknown {kind} '{name}'; registered {kind}s: {sorted(registry)}")
+        raise UnknownNameError(f"unknown {kind} '{name}'; registered {kind}s: {sorted(registry)}")
     return registry[name]
 
 

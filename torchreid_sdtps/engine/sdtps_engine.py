@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import compat
+from ..choices import MISSING_SETTINGS
 from ..io import atomic_path
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
 
@@ -44,8 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: the missing-modality settings of DeMo's table ("none" = all modalities present)
-DEFAULT_MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI",
-                                             "NI+TI")
+DEFAULT_MISSING_SETTINGS = MISSING_SETTINGS  # the rows of the missing-modality table
 
 
 # ----------------------------------------------------------------------------- RNG state
