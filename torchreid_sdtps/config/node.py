@@ -103,7 +103,7 @@ class CfgNode(_YacsNode):
         opts = list(cfg_list or [])
         if len(opts) % 2:
             raise ConfigError(f"{source}s must be KEY VALUE pairs; got an odd list {opts}")
-        for full_key, value in zip(opts[0::2], opts[1::2]):
+        for full_key, value in zip(opts[0::2], opts[1::2], strict=True):
             if full_key == BASE_KEY:
                 raise ConfigError(f"{BASE_KEY} is only valid in a config file, not in a {source}")
             nested: dict[str, Any] = {}
