@@ -16,6 +16,7 @@ import torch
 
 from . import compat, config, plugins
 from .choices import SYNTHETIC_DATASET
+from .config import CfgNode
 from .errors import UnknownNameError
 from .optim import build_lr_scheduler
 
@@ -31,7 +32,7 @@ def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def check_names(cfg: Any) -> None:
+def check_names(cfg: CfgNode) -> None:
     """Raise :class:`UnknownNameError` naming the registered choices for an unknown data set,
     model or engine name (after ``load_plugins()``)."""
     datasets = plugins.dataset_names()
@@ -47,7 +48,7 @@ def check_names(cfg: Any) -> None:
     plugins.get_engine(cfg.sdtps.engine)  # UnknownNameError listing the registered engines
 
 
-def build_datamanager(cfg: Any) -> Any:
+def build_datamanager(cfg: CfgNode) -> Any:
     """torchreid's ``ImageDataManager`` for ``cfg`` (``synthetic_msreid`` is generated from
     ``cfg.synthetic``)."""
     dm_cls = compat.data().ImageDataManager
@@ -74,12 +75,12 @@ def num_camera_labels(datamanager: Any) -> int:
     return max(counts + [int(datamanager.num_train_cams)])
 
 
-def use_gpu(cfg: Any) -> bool:
+def use_gpu(cfg: CfgNode) -> bool:
     """Whether the run uses CUDA: ``cfg.use_gpu`` and a visible device."""
     return bool(cfg.use_gpu) and torch.cuda.is_available()
 
 
-def build_model(cfg: Any, datamanager: Any) -> torch.nn.Module:
+def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
     """The registered model ``cfg.model.name`` with the ``sdtps`` options it accepts."""
     factory = compat.model_factory()[cfg.model.name]
     kwargs = config.model_kwargs(cfg, num_cameras=num_camera_labels(datamanager))
@@ -94,7 +95,7 @@ def build_model(cfg: Any, datamanager: Any) -> torch.nn.Module:
     return model
 
 
-def build_engine(cfg: Any, datamanager: Any, model: torch.nn.Module, optimizer: Any,
+def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimizer: Any,
                  scheduler: Any) -> Any:
     """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
@@ -102,7 +103,7 @@ def build_engine(cfg: Any, datamanager: Any, model: torch.nn.Module, optimizer: 
     return engine_cls(datamanager, model, **_accepted(engine_cls.__init__, kwargs))
 
 
-def build_all(cfg: Any) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
+def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
     compat.utils().set_random_seed(cfg.train.seed)
     check_names(cfg)

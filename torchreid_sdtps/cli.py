@@ -26,6 +26,7 @@ import torch
 
 from . import compat, config
 from .build import build_all, build_model, check_names, use_gpu
+from .config import CfgNode
 from .engine.sdtps_engine import format_table, rank_targets, rng_fork
 from .errors import ConfigError, SDTPSError
 from .io import atomic_path
@@ -48,12 +49,12 @@ def _swapped_model(engine: Any, model: torch.nn.Module) -> Iterator[None]:
         engine.model, engine._models["model"] = old, old_reg
 
 
-def _test_kwargs(cfg: Any) -> dict[str, Any]:
+def _test_kwargs(cfg: CfgNode) -> dict[str, Any]:
     return {"dist_metric": cfg.test.dist_metric, "normalize_feature": cfg.test.normalize_feature,
             "rerank": cfg.test.rerank, "ranks": list(cfg.test.ranks)}
 
 
-def evaluate(engine: Any, cfg: Any) -> dict[str, dict[str, Any]]:
+def evaluate(engine: Any, cfg: CfgNode) -> dict[str, dict[str, Any]]:
     """Rank every target with ``engine``; ``{target: {"mAP", "R1", "R5", "R10", ...}}``."""
     if hasattr(engine, "last_results"):
         engine.test(**_test_kwargs(cfg), save_dir=cfg.data.save_dir)
@@ -63,7 +64,7 @@ def evaluate(engine: Any, cfg: Any) -> dict[str, dict[str, Any]]:
     return {k: {m: v for m, v in r.items() if m != "cmc"} for k, r in results.items()}
 
 
-def untrained_results(cfg: Any, engine: Any, datamanager: Any) -> dict[str, dict[str, Any]]:
+def untrained_results(cfg: CfgNode, engine: Any, datamanager: Any) -> dict[str, dict[str, Any]]:
     """Rank a freshly initialised model of the same architecture (chance level), leaving the
     global RNG as it was."""
     with rng_fork():
@@ -148,7 +149,7 @@ def _results_table(rows: dict[str, dict[str, Any]], title: str) -> str:
                          for k, r in rows.items()}, title=title, first="model")
 
 
-def train(cfg: Any) -> dict[str, Any]:
+def train(cfg: CfgNode) -> dict[str, Any]:
     """Train (or resume), rank and checkpoint as ``cfg`` says; returns the results summary
     (also written to ``<save_dir>/results.json``)."""
     if cfg.test.evaluate:
@@ -195,7 +196,7 @@ def train(cfg: Any) -> dict[str, Any]:
     return summary
 
 
-def test(cfg: Any) -> dict[str, Any]:
+def test(cfg: CfgNode) -> dict[str, Any]:
     """Rank the weights ``model.load_weights`` (default: the latest checkpoint in save_dir);
     with ``test.missing_modalities`` also the missing-modality table. Returns the summary
     (also written to ``<save_dir>/test_results.json``)."""
@@ -218,8 +219,8 @@ def test(cfg: Any) -> dict[str, Any]:
         logger.info("\n%s", _results_table({label: res}, title=title))
     if cfg.test.missing_modalities:
         if not hasattr(engine, "evaluate_missing"):
-            raise TypeError(f"engine '{cfg.sdtps.engine}' has no missing-modality evaluation; "
-                            "use sdtps.engine sdtps")
+            raise ConfigError(f"test.missing_modalities: engine '{cfg.sdtps.engine}' has no "
+                              "missing-modality evaluation; use sdtps.engine sdtps")
         summary["missing"] = {
             target: engine.evaluate_missing(list(cfg.test.missing_settings), dataset_name=target,
                                             **{k: v for k, v in _test_kwargs(cfg).items()
@@ -266,7 +267,7 @@ def _parse(kind: str, argv: Sequence[str] | None, prog: str | None = None
     return args
 
 
-def _config_from_args(kind: str, args: argparse.Namespace) -> Any:
+def _config_from_args(kind: str, args: argparse.Namespace) -> CfgNode:
     opts = list(args.opts or [])
     extra: list[str] = []
     if args.sources:

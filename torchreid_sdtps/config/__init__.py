@@ -15,8 +15,15 @@ from typing import Any
 
 from ..choices import REMOVED_STAGES, SELECTIONS, TEST_FEATURES
 from ..errors import ConfigError
-from .adapters import (datamanager_kwargs, engine_kwargs, engine_run_kwargs, imagedata_kwargs,
-                       lr_scheduler_kwargs, model_kwargs, optimizer_kwargs)
+from .adapters import (
+    datamanager_kwargs,
+    engine_kwargs,
+    engine_run_kwargs,
+    imagedata_kwargs,
+    lr_scheduler_kwargs,
+    model_kwargs,
+    optimizer_kwargs,
+)
 from .defaults import DEMO_CONFIG, get_default_config, get_demo_config, synthetic_spec
 from .node import BASE_KEY, CfgNode, iter_keys
 
