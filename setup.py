@@ -7,6 +7,12 @@ from setuptools import find_packages, setup
 HERE = osp.dirname(osp.abspath(__file__))
 ENTRY_POINTS = runpy.run_path(osp.join(HERE, "torchreid_sdtps", "_entry_points.py"))["ENTRY_POINTS"]
 
+# the command-line tools (tools/train.py and tools/test.py are thin wrappers of the same)
+CONSOLE_SCRIPTS = {
+    "torchreid-sdtps-train": "torchreid_sdtps.cli:console_train",
+    "torchreid-sdtps-test": "torchreid_sdtps.cli:console_test",
+}
+
 # torchreid==0.2.5 on PyPI declares no dependencies: everything it imports is listed here.
 TORCHREID_RUNTIME = [
     "numpy",
@@ -28,6 +34,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["torchreid_sdtps", "torchreid_sdtps.*"]),
     include_package_data=True,
+    package_data={"torchreid_sdtps": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.0",
         "torchvision",
@@ -39,7 +46,8 @@ setup(
     ] + TORCHREID_RUNTIME,
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={
-        group: [f"{name} = {value}" for name, value in entries.items()]
-        for group, entries in ENTRY_POINTS.items()
+        **{group: [f"{name} = {value}" for name, value in entries.items()]
+           for group, entries in ENTRY_POINTS.items()},
+        "console_scripts": [f"{name} = {value}" for name, value in CONSOLE_SCRIPTS.items()],
     },
 )

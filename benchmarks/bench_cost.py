@@ -40,13 +40,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import os
 import os.path as osp
-import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -57,11 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    from torchreid_sdtps.models import net as _net
-except ImportError:  # a source checkout that is not pip-installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from torchreid_sdtps.models import net as _net
+from _common import command_line, machine, now
+from _common import write_section as _write_section
+from torchreid_sdtps.models import net as _net
 
 __all__ = ["build", "param_breakdown", "time_steps", "count_flops", "saved_activation_bytes",
            "measure_memory", "run", "format_report", "main"]
@@ -349,19 +343,6 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- report
-def machine(device: str) -> str:
-    """Processor (or GPU), cores, torch version and threads."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}, torch {torch.__version__}, "
-            f"torch threads {torch.get_num_threads()}")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of this script, as a dict (also what ``--json`` prints)."""
     model = build(args)
@@ -431,7 +412,7 @@ def format_report(r: dict[str, Any], command: str) -> str:
         "",
         f"- command: `{command}`",
         f"- machine: {r['machine']}; device `{r['device']}`",
-        f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- date: {now()}",
         f"- model `{r['model']}` (random weights), input {r['batch']} samples x {m} modalities "
         f"= {r['batch'] * m} images of {r['img_size'][0]}x{r['img_size'][1]}, C={r['width']}, "
         f"N={r['num_patches']}, {r['num_classes']} classes; {r['iters']} timed iterations after "
@@ -488,10 +469,7 @@ def format_report(r: dict[str, Any], command: str) -> str:
 
 def write_section(path: str, body: str) -> None:
     """Replace this script's marked section of ``path`` (shared with the synthetic study)."""
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    from synthetic_study import write_section as _write
-
-    _write(path, body, BEGIN, END)
+    _write_section(path, body, BEGIN, END)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -542,9 +520,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         print(json.dumps(out))
         return out
     result = run(args)
-    command = "python benchmarks/bench_cost.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    text = format_report(result, command.strip())
+    text = format_report(result, command_line("bench_cost.py", argv))
     result["report"] = text
     result["ratios"] = _ratios(result)
     print(text)

@@ -2,8 +2,8 @@
 """Ablation study on ``synthetic_msreid``: does the tri-modal SDTPS model beat every single
 modality, does SDTPS beat the model without it, and which selection works best?
 
-Every setting trains ``sdtps_vit_tiny`` from scratch (random init) with the project's own runner
-(``torchreid_sdtps.engine.runner``: ImageDataManager, model factory, optimizer, warm-up cosine
+Every setting trains ``sdtps_vit_tiny`` from scratch (random init) with the project's own builders
+(``torchreid_sdtps.build``: ImageDataManager, model factory, optimizer, warm-up cosine
 schedule, ``ImageSDTPSEngine``), the same budget (epochs, batch, lr) and the same seeds, then
 ranks the test split with torchreid's evaluator.
 
@@ -40,17 +40,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
 import logging
 import multiprocessing
 import os
 import os.path as osp
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -59,16 +55,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-try:
-    import torchreid_sdtps
-except ImportError:  # a source checkout that is not pip-installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import torchreid_sdtps
-
-from torchreid_sdtps import compat, config
+import torchreid_sdtps
+from _common import command_line, machine, now
+from _common import write_section as _write_section
+from torchreid_sdtps import build, compat, config
 from torchreid_sdtps.data.synthetic import SyntheticSpec, attribute_oracle, ensure_generated
-from torchreid_sdtps.engine import runner
-from torchreid_sdtps.io import atomic_path
+from torchreid_sdtps.optim import build_lr_scheduler
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
            "run_one", "run_study", "summarise", "report", "write_section", "main"]
@@ -189,15 +181,15 @@ def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True
         start = time.time()
         with _quiet():
             compat.utils().set_random_seed(seed)
-            dm = runner.build_datamanager(cfg)
+            dm = build.build_datamanager(cfg)
             factory = compat.model_factory()[cfg.model.name]
-            kwargs = dict(config.model_kwargs(cfg, num_cameras=runner.num_camera_labels(dm)),
+            kwargs = dict(config.model_kwargs(cfg, num_cameras=build.num_camera_labels(dm)),
                           **setting.model_kwargs)
             net = factory(num_classes=dm.num_train_pids, **kwargs)
             model: nn.Module = ZeroModalities(net, setting.zeroed) if setting.zeroed else net
             optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
-            scheduler = runner.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
-            engine = runner.build_engine(cfg, dm, model, optimizer, scheduler)
+            scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+            engine = build.build_engine(cfg, dm, model, optimizer, scheduler)
             if trained:
                 run_kwargs = config.engine_run_kwargs(cfg)
                 run_kwargs.pop("test_only")
@@ -315,21 +307,6 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    """CPU model, cores, torch version and thread count of this process."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-            f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}")
-
-
 def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], oracle: dict[str, Any],
            wall_s: float, command: str) -> str:
     """The markdown section: command, machine, data, table, verdicts, reference rows."""
@@ -341,7 +318,7 @@ def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], oracle: dic
         "",
         f"- command: `{command}`",
         f"- machine: {machine()}",
-        f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; this invocation "
+        f"- date: {now()}; this invocation "
         f"{wall_s / 60:.1f} min wall with {args.jobs} parallel job(s) "
         f"({len(runs) - getattr(args, 'resumed', 0)} runs; {getattr(args, 'resumed', 0)} more "
         f"read back from `--runs-file`); {len(train_times)} trained runs, "
@@ -382,20 +359,8 @@ def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], oracle: dic
 
 
 def write_section(path: str, body: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the text between ``begin`` and ``end`` in ``path`` (append them if absent);
-    written to a temporary file and moved into place."""
-    old = ""
-    if osp.isfile(path):
-        with open(path, encoding="utf-8") as fh:
-            old = fh.read()
-    block = f"{begin}\n{body}\n{end}"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1]
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + block + "\n"
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(new)
+    """Replace this script's marked section of ``path`` (appended if absent), atomically."""
+    _write_section(path, body, begin, end)
 
 
 def _init_worker(threads: int) -> None:
@@ -502,8 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torchreid_sdtps.load_plugins()
-    command = "python benchmarks/synthetic_study.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = command_line("synthetic_study.py", argv)
     spec = SMOKE_SPEC if args.smoke else STUDY_SPEC
     ensure_generated(args.root, spec, progress=False)  # once, before any worker starts
     runs, wall_s = run_study(args)

@@ -1,8 +1,8 @@
 """Fixtures shared by the test files: the tiny synthetic run (config overrides, one generated
 data root per session, a config factory, built data manager/model/engine).
 
-The builders (``build_all``, ``build_datamanager``, ``build_model``) come from the runner;
-when it is split, only :func:`_builders` changes.
+The builders (``build_all``, ``build_datamanager``, ``build_model``) come from
+:mod:`torchreid_sdtps.build`.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ torch.set_num_threads(1)
 def _builders() -> Any:
     """The module holding the data manager / model / engine builders (imported on use, so a
     move breaks only the tests that build)."""
-    from torchreid_sdtps.engine import runner
+    from torchreid_sdtps import build
 
-    return runner
+    return build
 
 #: a tiny synthetic set (6 + 6 ids, 2 cameras, 64x32) and small batches: seconds per epoch
 TINY_OPTS: tuple[str, ...] = (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchreid_sdtps.engine import runner
+from torchreid_sdtps import cli
 
 REPO = Path(__file__).resolve().parents[1]
 # a tiny synthetic set (6 + 6 ids, 2 cameras, 64x32) and small batches: seconds per epoch
@@ -80,7 +80,7 @@ def test_demo_cli_table_checkpoint_and_test_reproduces(data_root, tmp_path):
 
 
 def _train(data_root, save, *extra):
-    return runner.main_train(["data.root", str(data_root), "data.save_dir", str(save), *TINY,
+    return cli.main_train(["data.root", str(data_root), "data.save_dir", str(save), *TINY,
                               "test.compare_untrained", "False", "sdtps.selection", "gumbel",
                               *extra])
 
@@ -112,17 +112,17 @@ def test_resume_matches_the_uninterrupted_run(data_root, tmp_path):
     (["train.lrr", "1"], r"unknown config key 'train.lrr'"),
 ])
 def test_bad_names_and_keys_exit_2_with_the_choices(capsys, tmp_path, override, expected):
-    code = runner.cli("train", ["data.save_dir", str(tmp_path), *override])
+    code = cli.cli("train", ["data.save_dir", str(tmp_path), *override])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("tools/train.py: error: ") and re.search(expected, err), err
 
 
 def test_test_tool_without_checkpoint_and_unknown_option(capsys, tmp_path):
-    assert runner.cli("test", ["data.save_dir", str(tmp_path / "empty")]) == 2
+    assert cli.cli("test", ["data.save_dir", str(tmp_path / "empty")]) == 2
     assert "holds no model.pth.tar" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        runner.cli("train", ["--bogus", "1"])
+        cli.cli("train", ["--bogus", "1"])
     assert exc.value.code == 2
     assert "unrecognized option '--bogus'" in capsys.readouterr().err
 
@@ -139,7 +139,28 @@ def test_stock_engine_checkpoints_resume_and_load(data_root, tmp_path, engine):
     resumed = _train(data_root, tmp_path / "resumed", "train.max_epoch", "2",
                      "sdtps.engine", engine, *loss, "model.resume", first["checkpoint"])
     assert resumed["start_epoch"] == 1
-    tested = runner.main_test(["data.root", str(data_root), "data.save_dir",
+    tested = cli.main_test(["data.root", str(data_root), "data.save_dir",
                                str(tmp_path / "tested"), *TINY, "sdtps.engine", engine, *loss,
                                "model.load_weights", resumed["checkpoint"]])
     assert 0.0 <= tested["results"]["synthetic_msreid"]["mAP"] <= 1.0
+
+
+def test_console_scripts_name_themselves(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["torchreid-sdtps-train", "data.save_dir", str(tmp_path),
+                                      "model.name", "nope"])
+    assert cli.console_train() == 2
+    assert capsys.readouterr().err.startswith("torchreid-sdtps-train: error: unknown model 'nope'")
+    monkeypatch.setattr(sys, "argv", ["torchreid-sdtps-test", "data.save_dir", str(tmp_path)])
+    assert cli.console_test() == 2
+    assert "torchreid-sdtps-test: error: nothing to evaluate" in capsys.readouterr().err
+
+
+def test_unknown_names_are_readable_key_errors():
+    from torchreid_sdtps import plugins
+    from torchreid_sdtps.errors import SDTPSError, UnknownNameError
+
+    for lookup in (plugins.get_engine, plugins.get_loss):
+        with pytest.raises(KeyError) as exc:
+            lookup("nope")
+        assert isinstance(exc.value, UnknownNameError) and isinstance(exc.value, SDTPSError)
+        assert str(exc.value).startswith("unknown ") and "'nope'; registered" in str(exc.value)

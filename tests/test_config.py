@@ -1,5 +1,6 @@
-"""yacs configuration: torchreid's key layout, strict merging, HDM/ATM refusal, the shipped
-configs, the kwargs helpers and the warm-up schedules."""
+"""yacs configuration: torchreid's key layout, strict merging, ``_BASE_`` inheritance, the
+HDM/ATM refusal and the choices (one source each), the shipped configs, the kwargs helpers and
+the warm-up schedules."""
 from __future__ import annotations
 
 import inspect
@@ -9,9 +10,11 @@ import pytest
 import torch
 import yaml
 
-from torchreid_sdtps import compat, config
+from torchreid_sdtps import choices, compat, config
+from torchreid_sdtps.choices import removed_stage
 from torchreid_sdtps.config import ConfigError
-from torchreid_sdtps.engine.runner import WarmupLambda, WarmupLR, build_lr_scheduler
+from torchreid_sdtps.errors import UnknownNameError
+from torchreid_sdtps.optim import WarmupLambda, WarmupLR, build_lr_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -127,7 +130,9 @@ def test_synthetic_demo_yaml_equals_embedded_demo():
     from_yaml = config.load_config(str(REPO / "configs" / "synthetic_demo.yaml"))
     embedded = config.load_config(demo=True)
     assert from_yaml == embedded
-    raw = yaml.safe_load((REPO / "configs" / "synthetic_demo.yaml").read_text())
+    # the demo's values live in the package data file the repository's yaml starts from
+    assert Path(config.DEMO_CONFIG).is_file()
+    raw = yaml.safe_load(Path(config.DEMO_CONFIG).read_text())
     assert raw["model"]["name"] == "sdtps_vit_tiny"
 
 
@@ -200,3 +205,64 @@ def test_torchreid_scheduler_without_warmup_and_resumable_warmup():
     opt2.step()
     longer.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(WarmupLambda("cosine", 10, 1, 0.1)(2))
+
+
+def test_base_inheritance_is_relative_recursive_and_names_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.01\n  max_epoch: 7\n")
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "_BASE_: ../base.yaml\ntrain:\n  max_epoch: 3\n")
+    (tmp_path / "grand.yaml").write_text("_BASE_: [sub/child.yaml]\ndata:\n  height: 64\n")
+    cfg = config.load_config(str(tmp_path / "grand.yaml"))
+    assert (cfg.train.lr, cfg.train.max_epoch, cfg.data.height) == (0.01, 3, 64)
+    # an error in a base file names that file, not the including one
+    (tmp_path / "base.yaml").write_text("train:\n  lrr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"'train\.lrr' in config file '.*base\.yaml'"):
+        config.load_config(str(tmp_path / "grand.yaml"))
+    (tmp_path / "orphan.yaml").write_text("_BASE_: nope.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"orphan\.yaml.*nope\.yaml"):
+        config.load_config(str(tmp_path / "orphan.yaml"))
+    with pytest.raises(ConfigError, match="only valid in a config file"):
+        config.load_config(opts=["_BASE_", str(tmp_path / "base.yaml")])
+
+
+def test_base_cycle_is_a_clear_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"includes itself through _BASE_: .*a\.yaml -> .*b\.yaml"
+                                          r" -> .*a\.yaml"):
+        config.load_config(str(tmp_path / "a.yaml"))
+
+
+def test_unknown_key_is_a_readable_key_error_and_a_config_error():
+    with pytest.raises(KeyError) as exc:
+        config.load_config(opts=["train.lrr", "1"])
+    assert isinstance(exc.value, ConfigError) and isinstance(exc.value, UnknownNameError)
+    assert str(exc.value).startswith("unknown config key 'train.lrr'")  # no KeyError quoting
+
+
+def test_one_rule_refuses_removed_stages_in_config_and_model():
+    from torchreid_sdtps.models.net import reject_moe_options
+
+    for name in ("use_hdm", "MODEL.ATM", "MoE_experts", "hdm_moe", "sdtps.Atm_Layers"):
+        assert removed_stage(name) is not None, name
+        with pytest.raises(ConfigError, match="SDTPS replaces HDM/ATM in this project"):
+            reject_moe_options({name: True})
+    for name in ("atmosphere", "schmoe", "thdm", "selection"):  # words that merely contain them
+        assert removed_stage(name) is None, name
+        reject_moe_options({name: True})
+
+
+def test_choices_are_defined_once():
+    from torchreid_sdtps.engine.sdtps_engine import DEFAULT_MISSING_SETTINGS
+    from torchreid_sdtps.models import net, sdtps
+
+    assert sdtps.SELECTIONS is choices.SELECTIONS and net.TEST_FEATURES is choices.TEST_FEATURES
+    assert DEFAULT_MISSING_SETTINGS is choices.MISSING_SETTINGS
+    cfg = config.get_default_config()
+    assert tuple(cfg.test.missing_settings) == choices.MISSING_SETTINGS
+    with pytest.raises(ConfigError, match=r"sdtps\.test_feature must be one of \['concat', "
+                                          r"'sdtps', 'ori'\], got 'both'"):
+        config.load_config(opts=["sdtps.test_feature", "both"])
+    demo = config.get_demo_config()
+    assert list(demo.data.sources) == [choices.SYNTHETIC_DATASET]

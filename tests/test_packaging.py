@@ -59,6 +59,11 @@ def test_pip_install_dot_registers_from_its_own_metadata(source_copy, tmp_path):
     parser.read(dist_info / "entry_points.txt")
     for group, entries in ENTRY_POINTS.items():
         assert dict(parser[group]) == entries
+    # the commands, and the demo config they read, come with the install
+    assert dict(parser["console_scripts"]) == {
+        "torchreid-sdtps-train": "torchreid_sdtps.cli:console_train",
+        "torchreid-sdtps-test": "torchreid_sdtps.cli:console_test"}
+    assert (site / "torchreid_sdtps" / "configs" / "synthetic_demo.yaml").is_file()
     script = ("import torchreid_sdtps, torchreid_sdtps.plugins as p; "
               "print(torchreid_sdtps.__file__); print(sorted(p.model_names()))")
     env = dict(os.environ, PYTHONPATH=str(site))

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .errors import UnknownNameError
+
 __all__ = ["register_once", "lookup"]
 
 
@@ -32,7 +34,7 @@ def register_once(registry: dict[str, Any], kind: str, name: str, obj: Any,
 
 
 def lookup(registry: dict[str, Any], kind: str, name: str) -> Any:
-    """``registry[name]``, or a ``KeyError`` listing the registered names of ``kind``."""
+    """``registry[name]``, or an :class:`UnknownNameError` (a ``KeyError``) listing the registered names of ``kind``."""
     if name not in registry:
-        raise KeyError(f"unknown {kind} '{name}'; registered {kind}s: {sorted(registry)}")
+        raise UnknownNameError(f"unknown {kind} '{name}'; registered {kind}s: {sorted(registry)}")
     return registry[name]

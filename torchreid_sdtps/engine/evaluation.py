@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..choices import MISSING_SETTINGS
 from .. import compat
 from .state import rng_fork
 
@@ -29,8 +30,7 @@ __all__ = [
 ]
 
 #: the missing-modality settings of DeMo's table ("none" = all modalities present)
-DEFAULT_MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI",
-                                             "NI+TI")
+DEFAULT_MISSING_SETTINGS: tuple[str, ...] = MISSING_SETTINGS
 #: ranks every result reports, whatever else is asked for
 REPORTED_RANKS: tuple[int, ...] = (1, 5, 10)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .. import dist as _dist
+from ..choices import TEST_FEATURES, refuse_removed_stages
 from .backbone import build_backbone
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
@@ -29,19 +30,12 @@ __all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "rejec
 logger = logging.getLogger(__name__)
 
 LOSSES = ("softmax", "triplet")
-TEST_FEATURES = ("concat", "sdtps", "ori")
 NECK_FEATS = ("after", "before")
-_MOE_WORDS = ("hdm", "atm", "moe")
 
 
 def reject_moe_options(options: dict) -> None:
-    """Raise if any option name mentions HDM, ATM or MoE (any case): SDTPS replaces them (R3)."""
-    bad = sorted(k for k in options if any(w in str(k).lower() for w in _MOE_WORDS))
-    if bad:
-        raise ValueError(
-            f"unsupported option(s) {bad}: SDTPS replaces HDM/ATM in this project; there is no "
-            "HDM, ATM or MoE stage to enable (use the sdtps_* options: sdtps_ratio, aggr_ratio, "
-            "num_aggr, beta, selection, gumbel_noise, gumbel_tau, score_grad)")
+    """Raise ``ConfigError`` (a ``ValueError``) for an option asking for HDM/ATM/MoE (R3)."""
+    refuse_removed_stages(sorted(map(str, options)), "option", " of SDTPSNet")
 
 
 class BNNeck(nn.Module):

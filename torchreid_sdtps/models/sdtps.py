@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..choices import SELECTIONS
+
 __all__ = [
     "SELECTIONS", "QuickGELU", "StackedLinear", "StackedLayerNorm", "StackedMlp",
     "GlobalLocalGuide", "TokenAggregation", "SDTPS", "SDTPSOutput", "Selection",
@@ -31,7 +33,6 @@ __all__ = [
     "select_tokens",
 ]
 
-SELECTIONS = ("topk", "gumbel")
 _EPS = 1e-6
 
 

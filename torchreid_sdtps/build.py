@@ -1,0 +1,115 @@
+"""Build a run by registered name: data manager, model, optimizer, schedule and engine.
+
+The data sets come through torchreid's ``ImageDataManager``, the model from torchreid's model
+registry and the engine from the plugin's engine registry (``plugins.get_engine``), after
+:func:`torchreid_sdtps.load_plugins` has registered every installed entry point. An unknown name
+raises :class:`~torchreid_sdtps.errors.UnknownNameError` listing the registered ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os.path as osp
+from typing import Any
+
+import torch
+
+from . import compat, config, plugins
+from .choices import SYNTHETIC_DATASET
+from .config import CfgNode
+from .errors import UnknownNameError
+from .optim import build_lr_scheduler
+
+__all__ = ["check_names", "build_datamanager", "num_camera_labels", "build_model", "build_engine",
+           "build_all", "use_gpu"]
+
+
+def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` restricted to what ``fn`` accepts (all of them if it takes ``**kwargs``)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def check_names(cfg: CfgNode) -> None:
+    """Raise :class:`UnknownNameError` naming the registered choices for an unknown data set,
+    model or engine name (after ``load_plugins()``)."""
+    datasets = plugins.dataset_names()
+    for key in ("sources", "targets"):
+        for name in cfg.data[key]:
+            if name not in datasets:
+                raise UnknownNameError(f"unknown dataset '{name}' (data.{key}); registered "
+                                       f"datasets: {datasets}")
+    models = plugins.model_names()
+    if cfg.model.name not in models:
+        raise UnknownNameError(f"unknown model '{cfg.model.name}' (model.name); registered "
+                               f"models: {models}")
+    plugins.get_engine(cfg.sdtps.engine)  # UnknownNameError listing the registered engines
+
+
+def build_datamanager(cfg: CfgNode) -> Any:
+    """torchreid's ``ImageDataManager`` for ``cfg`` (``synthetic_msreid`` is generated from
+    ``cfg.synthetic``)."""
+    dm_cls = compat.data().ImageDataManager
+    kwargs = config.imagedata_kwargs(cfg)
+    params = inspect.signature(dm_cls.__init__).parameters
+    if "use_gpu" not in params and "device" in params:  # newer torchreid takes device=
+        gpu = kwargs.pop("use_gpu") and torch.cuda.is_available()
+        kwargs["device"] = "cuda" if gpu else "cpu"
+    ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if SYNTHETIC_DATASET in list(cfg.data.sources) + list(cfg.data.targets):
+        from .data.synthetic import using_spec
+
+        ctx = using_spec(config.synthetic_spec(cfg))
+    with ctx:
+        return dm_cls(**_accepted(dm_cls.__init__, kwargs))
+
+
+def num_camera_labels(datamanager: Any) -> int:
+    """Size of the camera embedding: ``1 + max cam_label`` over train, query and gallery."""
+    sets = [datamanager.train_loader.dataset]
+    for loaders in datamanager.test_loader.values():
+        sets += [loaders["query"].dataset, loaders["gallery"].dataset]
+    counts = [int(getattr(d, "num_cam_labels", 0) or 0) for d in sets]
+    return max(counts + [int(datamanager.num_train_cams)])
+
+
+def use_gpu(cfg: CfgNode) -> bool:
+    """Whether the run uses CUDA: ``cfg.use_gpu`` and a visible device."""
+    return bool(cfg.use_gpu) and torch.cuda.is_available()
+
+
+def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
+    """The registered model ``cfg.model.name`` with the ``sdtps`` options it accepts."""
+    factory = compat.model_factory()[cfg.model.name]
+    kwargs = config.model_kwargs(cfg, num_cameras=num_camera_labels(datamanager))
+    model = factory(num_classes=datamanager.num_train_pids, **_accepted(factory, kwargs))
+    if cfg.model.load_weights:
+        if not osp.isfile(cfg.model.load_weights):
+            raise FileNotFoundError(f"model.load_weights: no file '{cfg.model.load_weights}'")
+        with compat.checkpoint_loading():
+            compat.utils().load_pretrained_weights(model, cfg.model.load_weights)
+    if use_gpu(cfg):
+        model = model.cuda()
+    return model
+
+
+def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimizer: Any,
+                 scheduler: Any) -> Any:
+    """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
+    engine_cls = plugins.get_engine(cfg.sdtps.engine)
+    kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
+    return engine_cls(datamanager, model, **_accepted(engine_cls.__init__, kwargs))
+
+
+def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
+    """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
+    compat.utils().set_random_seed(cfg.train.seed)
+    check_names(cfg)
+    dm = build_datamanager(cfg)
+    model = build_model(cfg, dm)
+    optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
+    scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    engine = build_engine(cfg, dm, model, optimizer, scheduler)
+    return dm, model, optimizer, scheduler, engine

@@ -1,0 +1,53 @@
+"""Names the project accepts or refuses, defined once for the config, the models and the engine.
+
+Light on purpose (no torch): :mod:`torchreid_sdtps.config` validates against these without
+importing a model or data set module.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .errors import ConfigError
+
+__all__ = ["SELECTIONS", "TEST_FEATURES", "MISSING_SETTINGS", "SYNTHETIC_DATASET",
+           "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
+
+#: SDTPS token selection during training (evaluation is always hard top-K)
+SELECTIONS: tuple[str, ...] = ("topk", "gumbel")
+#: evaluation feature of SDTPSNet: [ori, sdtps] concatenated, or one of them
+TEST_FEATURES: tuple[str, ...] = ("concat", "sdtps", "ori")
+#: rows of the missing-modality table ("none" = all modalities present; "RGB+NI" zeroes both)
+MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI")
+#: registered name of the generated synthetic data set (the demo's data)
+SYNTHETIC_DATASET = "synthetic_msreid"
+
+#: DeMo stages that SDTPS replaces (review R3); an option or config key naming one is refused
+REMOVED_STAGES: tuple[str, ...] = ("hdm", "atm", "moe")
+_REMOVED_RE = re.compile(r"(?:^|[^a-z0-9])(" + "|".join(REMOVED_STAGES) + r")(?:$|[^a-z0-9])")
+
+
+def removed_stage(name: str) -> str | None:
+    """The removed stage (``"HDM"``, ``"ATM"``, ``"MOE"``) that ``name`` asks for, if any.
+
+    A stage counts as a word of the lower-cased name, delimited by anything but letters and
+    digits: ``use_hdm``, ``MODEL.ATM``, ``MoE_experts`` match; ``atmosphere`` does not.
+    """
+    match = _REMOVED_RE.search(str(name).lower())
+    return match.group(1).upper() if match else None
+
+
+def refuse_removed_stages(names: Iterable[str], kind: str, where: str = "") -> None:
+    """Raise :class:`ConfigError` for the first of ``names`` that asks for HDM/ATM/MoE.
+
+    ``kind`` says what the names are ("config key", "option") and ``where`` where they came
+    from (" in config file 'x.yaml'", " of SDTPSNet").
+    """
+    for name in names:
+        stage = removed_stage(name)
+        if stage is not None:
+            raise ConfigError(
+                f"{kind} '{name}'{where} asks for {stage}: SDTPS replaces HDM/ATM in this project "
+                "(DeMo's mixture-of-experts stages do not exist here); remove it (token selection "
+                "is configured by the sdtps options: sdtps_ratio, aggr_ratio, num_aggr, beta, "
+                "selection, gumbel_noise, gumbel_tau, score_grad)")

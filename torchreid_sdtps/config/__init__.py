@@ -1,0 +1,83 @@
+"""yacs configuration in torchreid's own key layout plus ``sdtps`` and ``synthetic`` nodes.
+
+- :mod:`.defaults`: the default and the demo configuration;
+- :mod:`.node`: :class:`CfgNode`, strict merging (unknown keys with the nearest valid one,
+  HDM/ATM/MoE refused, ``_BASE_`` inheritance) on top of yacs's own merge;
+- :mod:`.adapters`: the ``*_kwargs`` helpers feeding torchreid and the plugin's builders.
+
+:func:`load_config` is what the command-line tools call: defaults (or the demo's) <- file <-
+``--root`` <- ``KEY VALUE`` overrides, then the cross-key checks, frozen.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..choices import REMOVED_STAGES, SELECTIONS, TEST_FEATURES
+from ..errors import ConfigError
+from .adapters import (
+    datamanager_kwargs,
+    engine_kwargs,
+    engine_run_kwargs,
+    imagedata_kwargs,
+    lr_scheduler_kwargs,
+    model_kwargs,
+    optimizer_kwargs,
+)
+from .defaults import DEMO_CONFIG, get_default_config, get_demo_config, synthetic_spec
+from .node import BASE_KEY, CfgNode, iter_keys
+
+__all__ = [
+    "CfgNode", "ConfigError", "get_default_config", "get_demo_config", "DEMO_CONFIG", "BASE_KEY",
+    "merge_from_file", "merge_from_list", "merge_from_dict", "load_config", "check_config",
+    "iter_keys", "datamanager_kwargs", "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
+    "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
+    "REMOVED_STAGES",
+]
+
+
+def merge_from_dict(cfg: CfgNode, mapping: Mapping[str, Any], source: str = "a mapping"
+                    ) -> CfgNode:
+    """Strictly merge a nested mapping into ``cfg`` (:meth:`CfgNode.merge_from_dict`)."""
+    return cfg.merge_from_dict(mapping, source=source)
+
+
+def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
+    """Strictly merge the YAML file ``path`` and its ``_BASE_`` files into ``cfg``."""
+    return cfg.merge_from_file(path)
+
+
+def merge_from_list(cfg: CfgNode, opts: Sequence[str],
+                    source: str = "command-line override") -> CfgNode:
+    """Merge ``KEY VALUE`` pairs (``train.lr 0.01 data.sources "['x']"``) strictly."""
+    return cfg.merge_from_list(opts, source=source)
+
+
+def load_config(config_file: str = "", opts: Sequence[str] = (), root: str = "",
+                demo: bool = False) -> CfgNode:
+    """Defaults (or the demo's) <- ``config_file`` <- ``root`` <- ``opts``; checked, frozen."""
+    cfg = get_demo_config() if demo else get_default_config()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if root:
+        cfg.data.root = root
+    cfg.merge_from_list(opts)
+    check_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def check_config(cfg: CfgNode) -> None:
+    """Cross-key and choice checks that single typed values cannot express."""
+    for key, value, choices in (("sdtps.selection", cfg.sdtps.selection, SELECTIONS),
+                                ("sdtps.test_feature", cfg.sdtps.test_feature, TEST_FEATURES),
+                                ("data.type", cfg.data.type, ("image",))):
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, got '{value}'")
+    if cfg.loss.name == "triplet" and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
+        raise ConfigError("train.fixbase_epoch needs loss.triplet.weight_x > 0 (the classifier "
+                          "is otherwise outside the graph)")
+    for node, name in ((cfg.data, "sources"), (cfg.data, "targets"), (cfg.data, "transforms"),
+                       (cfg.test, "ranks"), (cfg.test, "missing_settings")):
+        if isinstance(node[name], str):
+            node[name] = [node[name]]

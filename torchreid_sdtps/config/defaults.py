@@ -1,0 +1,171 @@
+"""The default configuration and the synthetic demo's, built without importing a data set.
+
+Defaults follow deep-person-reid's ``scripts/default_config.py`` layout (``model``, ``data``,
+``sampler``, ``train``, ``sgd``/``rmsprop``/``adam``, ``loss``, ``test``), so a torchreid user's
+YAML files and ``KEY VALUE`` overrides read the same. New here:
+
+- ``train.warmup_epoch`` / ``train.warmup_factor`` / ``train.min_lr_factor`` and the
+  ``warmup_cosine`` / ``warmup_multi_step`` / ``warmup_single_step`` schedulers;
+- ``test.missing_modalities`` / ``test.missing_settings`` (the missing-modality table);
+- ``test.compare_untrained`` (the demo's trained-versus-untrained table);
+- ``sdtps``: model options of SDTPSNet, auxiliary loss weights, AMP and the engine name;
+- ``synthetic``: the fields of ``SyntheticSpec`` (used when a source is ``synthetic_msreid``).
+
+The demo's settings are the YAML file shipped in the package (:data:`DEMO_CONFIG`);
+``configs/synthetic_demo.yaml`` in the repository starts from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os.path as osp
+from typing import Any
+
+from ..choices import MISSING_SETTINGS
+from .node import CfgNode
+
+__all__ = ["get_default_config", "get_demo_config", "DEMO_CONFIG", "synthetic_spec"]
+
+#: the synthetic demo's settings (package data; ``tools/train.py`` with no config file)
+DEMO_CONFIG = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs",
+                       "synthetic_demo.yaml")
+
+
+def get_default_config() -> CfgNode:
+    """Defaults: torchreid's ``scripts/default_config.py`` layout plus ``sdtps``/``synthetic``."""
+    cfg = CfgNode()
+    cfg.use_gpu = True  # use CUDA when available (torchreid's main sets this from the machine)
+
+    cfg.model = CfgNode()
+    cfg.model.name = "sdtps_clip_vit_b16"
+    cfg.model.pretrained = True  # download / load the backbone's published weights
+    cfg.model.load_weights = ""  # path to model weights (evaluation, fine-tuning)
+    cfg.model.resume = ""  # path to a checkpoint to resume training from
+
+    cfg.data = CfgNode()
+    cfg.data.type = "image"
+    cfg.data.root = "reid-data"
+    cfg.data.sources = ["rgbnt201"]
+    cfg.data.targets = ["rgbnt201"]
+    cfg.data.workers = 4
+    cfg.data.split_id = 0
+    cfg.data.height = 256
+    cfg.data.width = 128
+    cfg.data.combineall = False
+    cfg.data.transforms = ["random_flip"]
+    cfg.data.k_tfm = 1
+    cfg.data.norm_mean = [0.485, 0.456, 0.406]
+    cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.save_dir = "log"
+    cfg.data.load_train_targets = False
+
+    cfg.sampler = CfgNode()
+    cfg.sampler.train_sampler = "RandomIdentitySampler"
+    cfg.sampler.train_sampler_t = "RandomSampler"
+    cfg.sampler.num_instances = 4
+    cfg.sampler.num_cams = 1
+    cfg.sampler.num_datasets = 1
+
+    cfg.train = CfgNode()
+    cfg.train.optim = "adam"
+    cfg.train.lr = 0.00035
+    cfg.train.weight_decay = 5e-4
+    cfg.train.max_epoch = 50
+    cfg.train.start_epoch = 0
+    cfg.train.batch_size = 64
+    cfg.train.fixbase_epoch = 0
+    cfg.train.open_layers = ["classifier"]
+    cfg.train.staged_lr = False
+    cfg.train.new_layers = ["classifier"]
+    cfg.train.base_lr_mult = 0.1
+    cfg.train.lr_scheduler = "warmup_cosine"
+    cfg.train.stepsize = [30, 40]
+    cfg.train.gamma = 0.1
+    cfg.train.warmup_epoch = 5  # linear warm-up epochs (0 = none)
+    cfg.train.warmup_factor = 0.01  # lr multiplier at the first warm-up epoch
+    cfg.train.min_lr_factor = 0.01  # cosine floor, as a fraction of lr
+    cfg.train.print_freq = 20
+    cfg.train.seed = 1
+
+    cfg.sgd = CfgNode()
+    cfg.sgd.momentum = 0.9
+    cfg.sgd.dampening = 0.0
+    cfg.sgd.nesterov = False
+    cfg.rmsprop = CfgNode()
+    cfg.rmsprop.alpha = 0.99
+    cfg.adam = CfgNode()
+    cfg.adam.beta1 = 0.9
+    cfg.adam.beta2 = 0.999
+
+    cfg.loss = CfgNode()
+    cfg.loss.name = "triplet"
+    cfg.loss.softmax = CfgNode()
+    cfg.loss.softmax.label_smooth = True
+    cfg.loss.triplet = CfgNode()
+    cfg.loss.triplet.margin = 0.3
+    cfg.loss.triplet.weight_t = 1.0
+    cfg.loss.triplet.weight_x = 1.0
+
+    cfg.test = CfgNode()
+    cfg.test.batch_size = 128
+    cfg.test.dist_metric = "euclidean"
+    cfg.test.normalize_feature = False
+    cfg.test.ranks = [1, 5, 10, 20]
+    cfg.test.evaluate = False
+    cfg.test.eval_freq = 10
+    cfg.test.start_eval = 0
+    cfg.test.rerank = False
+    cfg.test.visrank = False
+    cfg.test.visrank_topk = 10
+    cfg.test.missing_modalities = False  # also rank with modalities zeroed (one table)
+    cfg.test.missing_settings = list(MISSING_SETTINGS)
+    cfg.test.compare_untrained = False  # rank a random-init model of the same architecture too
+
+    cfg.sdtps = CfgNode()
+    cfg.sdtps.engine = "sdtps"  # any registered engine: sdtps, triplet, softmax, third-party
+    cfg.sdtps.backbone_weights = ""  # local backbone weight file (overrides model.pretrained)
+    cfg.sdtps.sie_camera = True  # SIE camera embedding sized from the data sets' cam_labels
+    cfg.sdtps.test_feature = "concat"  # one of choices.TEST_FEATURES
+    cfg.sdtps.sdtps_ratio = 0.5  # rho: kept fraction of patches
+    cfg.sdtps.aggr_ratio = 0.4  # alpha: N_c = round(N * rho * alpha)
+    cfg.sdtps.num_aggr = None  # explicit N_c (None = from aggr_ratio)
+    cfg.sdtps.beta = 0.25
+    cfg.sdtps.selection = "topk"  # one of choices.SELECTIONS
+    cfg.sdtps.gumbel_noise = 0.1
+    cfg.sdtps.gumbel_tau = None  # None = the model's default
+    cfg.sdtps.score_grad = False
+    cfg.sdtps.weight_ratio = 1.0  # SelectionRatioLoss weight (0 under topk anyway)
+    cfg.sdtps.weight_align = 0.5  # CrossModalAlignmentLoss weight
+    cfg.sdtps.align_margin = 0.2
+    cfg.sdtps.align_center = True  # centre tokens in the alignment loss (no collapse shortcut)
+    cfg.sdtps.use_amp = True  # CUDA only; ignored (with a note) on the CPU
+
+    cfg.synthetic = _synthetic_node()  # the spec of synthetic_msreid (when it is used)
+    return cfg
+
+
+def get_demo_config() -> CfgNode:
+    """Defaults with the shipped ``synthetic_demo.yaml`` merged in."""
+    cfg = get_default_config()
+    cfg.merge_from_file(DEMO_CONFIG)
+    return cfg
+
+
+def _spec_class() -> type:
+    """``SyntheticSpec`` from its pure-Python module (not the data set's)."""
+    from ..data.synthetic import SyntheticSpec
+
+    return SyntheticSpec
+
+
+def _synthetic_node() -> CfgNode:
+    """One key per ``SyntheticSpec`` field, its default (tuples as lists, as YAML writes them)."""
+    node = CfgNode()
+    for key, value in dataclasses.asdict(_spec_class()()).items():
+        node[key] = list(value) if isinstance(value, tuple) else value
+    return node
+
+
+def synthetic_spec(cfg: CfgNode) -> Any:
+    """The ``SyntheticSpec`` described by the ``synthetic`` node."""
+    return _spec_class().from_dict({k: (tuple(v) if isinstance(v, list) else v)
+                                    for k, v in cfg.synthetic.items()})

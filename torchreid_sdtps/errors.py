@@ -1,0 +1,30 @@
+"""The project's exception hierarchy: one base, a configuration error, an unknown-name error.
+
+``ConfigError`` is also a ``ValueError`` and ``UnknownNameError`` also a ``KeyError``, so code
+that caught the built-in types keeps working; the command-line tools catch ``SDTPSError``.
+"""
+from __future__ import annotations
+
+__all__ = ["SDTPSError", "ConfigError", "UnknownNameError", "UnknownConfigKeyError"]
+
+
+class SDTPSError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(SDTPSError, ValueError):
+    """A configuration key or value is not acceptable (removed, wrong type, inconsistent)."""
+
+
+class UnknownNameError(SDTPSError, KeyError):
+    """A dataset, model, engine, loss or config key name that is not registered / defined.
+
+    ``str()`` is the message itself (a plain ``KeyError`` would show its repr, quoted).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class UnknownConfigKeyError(UnknownNameError, ConfigError):
+    """A config key that the defaults do not define (both a ``KeyError`` and a ``ConfigError``)."""
