@@ -71,6 +71,14 @@ def get_default_config() -> CN:
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.save_dir = "log"
     cfg.data.load_train_targets = False
+    # DeMo's training pipeline (docs/recipe.md): "torchreid" builds data.transforms with
+    # torchreid's build_transforms; "demo" maps them to DeMo's versions (bicubic resize,
+    # flip p=data.flip_prob, pad data.pad + random crop, timm pixel RandomErasing p=erase_prob)
+    cfg.data.transform_style = "torchreid"
+    cfg.data.flip_prob = 0.5  # "demo" style only
+    cfg.data.pad = 10  # "demo" style only
+    cfg.data.erase_prob = 0.5  # "demo" style only
+    cfg.data.sync_modalities = True  # same random draws for every modality (False: DeMo's)
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = "RandomIdentitySampler"
@@ -97,6 +105,16 @@ def get_default_config() -> CN:
     cfg.train.warmup_epoch = 5  # linear warm-up epochs (0 = none)
     cfg.train.warmup_factor = 0.01  # lr multiplier at the first warm-up epoch
     cfg.train.min_lr_factor = 0.01  # cosine floor, as a fraction of lr
+    # parameter groups (torchreid_sdtps.optim.param_groups, DeMo's make_optimizer rules)
+    cfg.train.backbone_params = []  # dotted name prefixes of the pretrained backbone's params
+    cfg.train.backbone_lr = None  # lr of backbone_params (None: as every other parameter)
+    cfg.train.bias_lr_factor = 1.0  # bias lr = factor x lr (backbone biases: backbone_lr)
+    cfg.train.weight_decay_bias = None  # None: train.weight_decay
+    # lr noise of train.lr_scheduler timm_cosine (timm's noise_range_t = (0, max_epoch))
+    cfg.train.lr_noise = False
+    cfg.train.lr_noise_pct = 0.67
+    cfg.train.lr_noise_std = 1.0
+    cfg.train.lr_noise_seed = 42
     cfg.train.print_freq = 20
     cfg.train.seed = 1
 
@@ -118,6 +136,8 @@ def get_default_config() -> CN:
     cfg.loss.triplet.margin = 0.3
     cfg.loss.triplet.weight_t = 1.0
     cfg.loss.triplet.weight_x = 1.0
+    cfg.loss.triplet.soft_margin = False  # soft-margin batch-hard triplet (needs margin 0)
+    cfg.loss.head_reduction = "mean"  # several heads: mean (torchreid) or sum (DeMo) of terms
 
     cfg.test = CN()
     cfg.test.batch_size = 128
@@ -133,12 +153,19 @@ def get_default_config() -> CN:
     cfg.test.missing_modalities = False  # also rank with modalities zeroed (one table)
     cfg.test.missing_settings = ["none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI"]
     cfg.test.compare_untrained = False  # rank a random-init model of the same architecture too
+    # ALSO keep the checkpoint with the best mAP *on the test set* (model-best.pth.tar; DeMo
+    # does this). Selecting on the test set is optimistic: results report the last epoch.
+    cfg.test.best_on_test = False
 
     cfg.sdtps = CN()
     cfg.sdtps.engine = "sdtps"  # any registered engine: sdtps, triplet, softmax, third-party
     cfg.sdtps.backbone_weights = ""  # local backbone weight file (overrides model.pretrained)
     cfg.sdtps.sie_camera = True  # SIE camera embedding sized from the data sets' cam_labels
     cfg.sdtps.test_feature = "concat"  # concat | sdtps | ori
+    cfg.sdtps.neck_feat = "after"  # eval feature after | before the BNNeck BatchNorm
+    cfg.sdtps.ori_head = "concat"  # concat (DeMo DIRECT=1) | per_modality (DIRECT=0)
+    cfg.sdtps.sie_coe = 3.0  # weight of the SIE camera embedding (TransReID 3.0, DeMo 1.0)
+    cfg.sdtps.drop_path = 0.1  # stochastic depth of the backbone blocks
     cfg.sdtps.sdtps_ratio = 0.5  # rho: kept fraction of patches
     cfg.sdtps.aggr_ratio = 0.4  # alpha: N_c = round(N * rho * alpha)
     cfg.sdtps.num_aggr = None  # explicit N_c (None = from aggr_ratio)
@@ -298,7 +325,26 @@ def merge_from_file(cfg: CN, path: str) -> CN:
     if not isinstance(loaded, Mapping):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got "
                           f"{type(loaded).__name__}")
+    loaded = dict(loaded)
+    base = loaded.pop("_BASE_", None)
+    if base is not None:  # fast-reid's convention: the base file first, relative to this one
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"config file '{path}': _BASE_ must be a file path, got {base!r}")
+        base_path = base if osp.isabs(base) else osp.join(osp.dirname(path), base)
+        if osp.abspath(base_path) in _BASES_OPEN:
+            raise ConfigError(f"config file '{path}': _BASE_ '{base}' includes itself")
+        if not osp.isfile(base_path):
+            raise FileNotFoundError(f"config file '{path}': _BASE_ file not found: "
+                                    f"'{base_path}'")
+        _BASES_OPEN.add(osp.abspath(base_path))
+        try:
+            merge_from_file(cfg, base_path)
+        finally:
+            _BASES_OPEN.discard(osp.abspath(base_path))
     return merge_from_dict(cfg, loaded, source=f"config file '{path}'")
+
+
+_BASES_OPEN: set[str] = set()  # _BASE_ files being merged (cycle check)
 
 
 def merge_from_list(cfg: CN, opts: Sequence[str],
@@ -340,6 +386,22 @@ def check_config(cfg: CN) -> None:
     if cfg.sdtps.test_feature not in ("concat", "sdtps", "ori"):
         raise ConfigError(f"sdtps.test_feature must be concat, sdtps or ori, got "
                           f"'{cfg.sdtps.test_feature}'")
+    for key, value, allowed in (("sdtps.neck_feat", cfg.sdtps.neck_feat, ("after", "before")),
+                                ("sdtps.ori_head", cfg.sdtps.ori_head, ("concat", "per_modality")),
+                                ("loss.head_reduction", cfg.loss.head_reduction, ("mean", "sum")),
+                                ("data.transform_style", cfg.data.transform_style,
+                                 ("torchreid", "demo"))):
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got '{value}'")
+    if cfg.loss.triplet.soft_margin and cfg.loss.triplet.margin != 0:
+        raise ConfigError(f"loss.triplet.soft_margin uses no margin; set loss.triplet.margin 0 "
+                          f"(got {cfg.loss.triplet.margin})")
+    if cfg.data.transform_style == "torchreid":
+        demo_only = {"flip_prob": 0.5, "pad": 10, "erase_prob": 0.5}
+        changed = [k for k, v in demo_only.items() if cfg.data[k] != v]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} is used by data.transform_style demo only; "
+                              "torchreid's build_transforms has fixed values")
     if cfg.data.type != "image":
         raise ConfigError(f"data.type must be 'image' (multi-modal image re-id), got "
                           f"'{cfg.data.type}'")
@@ -401,6 +463,10 @@ def model_kwargs(cfg: CN, num_cameras: int = 0) -> dict[str, Any]:
         "selection": cfg.sdtps.selection,
         "gumbel_noise": cfg.sdtps.gumbel_noise,
         "score_grad": cfg.sdtps.score_grad,
+        "neck_feat": cfg.sdtps.neck_feat,
+        "ori_head": cfg.sdtps.ori_head,
+        "sie_coe": cfg.sdtps.sie_coe,
+        "drop_path_rate": cfg.sdtps.drop_path,
     }
     if cfg.sdtps.gumbel_tau is not None:
         kwargs["gumbel_tau"] = float(cfg.sdtps.gumbel_tau)
@@ -422,11 +488,15 @@ def optimizer_kwargs(cfg: CN) -> dict[str, Any]:
         "staged_lr": cfg.train.staged_lr,
         "new_layers": list(cfg.train.new_layers),
         "base_lr_mult": cfg.train.base_lr_mult,
+        "backbone_params": list(cfg.train.backbone_params),
+        "backbone_lr": cfg.train.backbone_lr,
+        "bias_lr_factor": cfg.train.bias_lr_factor,
+        "weight_decay_bias": cfg.train.weight_decay_bias,
     }
 
 
 def lr_scheduler_kwargs(cfg: CN) -> dict[str, Any]:
-    """Keyword arguments of :func:`torchreid_sdtps.engine.runner.build_lr_scheduler`."""
+    """Keyword arguments of :func:`torchreid_sdtps.optim.build_lr_scheduler`."""
     return {
         "lr_scheduler": cfg.train.lr_scheduler,
         "stepsize": list(cfg.train.stepsize),
@@ -435,6 +505,11 @@ def lr_scheduler_kwargs(cfg: CN) -> dict[str, Any]:
         "warmup_epoch": cfg.train.warmup_epoch,
         "warmup_factor": cfg.train.warmup_factor,
         "min_lr_factor": cfg.train.min_lr_factor,
+        "lr": cfg.train.lr,
+        "lr_noise": cfg.train.lr_noise,
+        "lr_noise_pct": cfg.train.lr_noise_pct,
+        "lr_noise_std": cfg.train.lr_noise_std,
+        "lr_noise_seed": cfg.train.lr_noise_seed,
     }
 
 
@@ -451,6 +526,9 @@ def engine_kwargs(cfg: CN) -> dict[str, Any]:
         "align_margin": cfg.sdtps.align_margin,
         "align_center": cfg.sdtps.align_center,
         "use_amp": cfg.sdtps.use_amp,
+        "soft_margin": cfg.loss.triplet.soft_margin,
+        "head_reduction": cfg.loss.head_reduction,
+        "best_on_test": cfg.test.best_on_test,
     }
 
 
