@@ -241,6 +241,35 @@ def test_demo_transform_and_independent_modalities():
         build_demo_train_transform(32, 16, ["color_jitter"], [0.5] * 3, [0.5] * 3)
 
 
+def test_runner_gives_the_training_set_the_recipe_transform():
+    from torchreid_sdtps.engine.runner import set_train_transform
+
+    cfg = _cfg("rgbnt201", "data.sync_modalities", "False")
+    dataset = SimpleNamespace(transform=None, sync_modalities=True)
+    set_train_transform(dataset, cfg)
+    assert type(dataset.transform.transforms[-1]).__name__ == "RandomErasing"
+    assert dataset.sync_modalities is False
+    with pytest.raises(config.ConfigError, match="multi-modal"):
+        set_train_transform(SimpleNamespace(transform=None), cfg)
+
+
+def test_gpu_check_script_smoke(tmp_path, capsys):
+    """benchmarks/gpu_check.py end to end on the CPU (--smoke): recipe config, DeMo transforms,
+    timm schedule, summed soft-margin losses, ranking; without --smoke it needs CUDA."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--root", str(tmp_path)]) == 2
+        assert "needs an NVIDIA GPU" in capsys.readouterr().err
+    rc = gpu_check.main(["--smoke", "--epochs", "1", "--root", str(tmp_path / "data"),
+                         "--save-dir", str(tmp_path / "log")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "samples/s" in out and "sdtps_vit_tiny (1 epochs, last epoch)" in out
+
+
 def test_recipe_options_are_checked():
     with pytest.raises(config.ConfigError, match="margin 0"):
         _cfg("rgbnt201", "loss.triplet.margin", "0.3")

@@ -307,7 +307,7 @@ def train(cfg: Any) -> dict[str, Any]:
         summary["best_on_test (selected on the TEST set, optimistic)"] = {
             "mAP": getattr(engine, "best_test_map", None),
             "checkpoint": osp.join(cfg.data.save_dir, "model", "model-best.pth.tar")}
-    label = f"{cfg.model.name} trained ({cfg.train.max_epoch} epochs, last epoch)"
+    label = f"{cfg.model.name} trained ({cfg.train.max_epoch} epochs)"
     rows = {label: summary["trained"].get(target)}
     if cfg.test.compare_untrained and summary["trained"]:
         summary["untrained"] = untrained_results(cfg, engine, dm)
