@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import torchreid_sdtps
 from torchreid_sdtps import config
 from torchreid_sdtps.data.multimodal import apply_synchronized
 from torchreid_sdtps.data.transforms import build_demo_train_transform
@@ -251,6 +252,23 @@ def test_runner_gives_the_training_set_the_recipe_transform():
     assert dataset.sync_modalities is False
     with pytest.raises(config.ConfigError, match="multi-modal"):
         set_train_transform(SimpleNamespace(transform=None), cfg)
+
+
+def test_stock_engine_refuses_recipe_options_it_cannot_honour():
+    from torchreid_sdtps import compat
+    from torchreid_sdtps.engine import runner
+
+    cfg = _cfg("rgbnt201", "sdtps.engine", "triplet")
+    torchreid_sdtps.load_plugins()
+    dm = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=4)
+    model = sdtps_vit_tiny(num_classes=4, loss="triplet", pretrained=False)
+    opt = build_optimizer(model, optim="adam", lr=1e-3)
+    with pytest.raises(config.ConfigError, match="soft_margin"):
+        runner.build_engine(cfg, dm, model, opt, None)
+    plain = _cfg("rgbnt201", "sdtps.engine", "triplet", "loss.triplet.soft_margin", "False",
+                 "loss.triplet.margin", "0.3", "loss.head_reduction", "mean")
+    engine = runner.build_engine(plain, dm, model, opt, None)
+    assert isinstance(engine, compat.engine().ImageTripletEngine)
 
 
 def test_gpu_check_script_smoke(tmp_path, capsys):

@@ -145,7 +145,21 @@ def build_engine(cfg: Any, datamanager: Any, model: torch.nn.Module, optimizer: 
     """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
-    return engine_cls(datamanager, model, **_accepted(engine_cls.__init__, kwargs))
+    accepted = _accepted(engine_cls.__init__, kwargs)
+    for key, plain in _RECIPE_ENGINE_OPTIONS.items():  # recipe options a stock engine lacks
+        if key not in accepted and kwargs[key] != plain:
+            raise ConfigError(f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__}) has no "
+                              f"option {key}={kwargs[key]!r} (config: {_RECIPE_KEYS[key]}); "
+                              "use sdtps.engine sdtps or set it back to "
+                              f"{plain!r}")
+    return engine_cls(datamanager, model, **accepted)
+
+
+#: engine options of the real-data recipe and their torchreid-equivalent values
+_RECIPE_ENGINE_OPTIONS: dict[str, Any] = {"soft_margin": False, "head_reduction": "mean",
+                                          "best_on_test": False}
+_RECIPE_KEYS = {"soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
+                "best_on_test": "test.best_on_test"}
 
 
 def build_all(cfg: Any) -> tuple[Any, torch.nn.Module, Any, Any, Any]:

@@ -23,7 +23,8 @@ from .. import dist as _dist
 from .backbone import build_backbone
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
-__all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "reject_moe_options",
+__all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS",
+           "reject_moe_options",
            "sdtps_clip_vit_b16", "sdtps_vit_b16", "sdtps_vit_tiny"]
 
 logger = logging.getLogger(__name__)
