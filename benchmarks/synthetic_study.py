@@ -65,7 +65,7 @@ except ImportError:  # a source checkout that is not pip-installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import torchreid_sdtps
 
-from torchreid_sdtps import compat, config
+from torchreid_sdtps import compat, config, optim
 from torchreid_sdtps.data.synthetic import SyntheticSpec, attribute_oracle, ensure_generated
 from torchreid_sdtps.engine import runner
 from torchreid_sdtps.io import atomic_path
@@ -195,8 +195,8 @@ def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True
                           **setting.model_kwargs)
             net = factory(num_classes=dm.num_train_pids, **kwargs)
             model: nn.Module = ZeroModalities(net, setting.zeroed) if setting.zeroed else net
-            optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
-            scheduler = runner.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+            optimizer = optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
+            scheduler = optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
             engine = runner.build_engine(cfg, dm, model, optimizer, scheduler)
             if trained:
                 run_kwargs = config.engine_run_kwargs(cfg)
