@@ -58,9 +58,8 @@ from torch import nn
 import torchreid_sdtps
 from _common import command_line, machine, now
 from _common import write_section as _write_section
-from torchreid_sdtps import build, compat, config
+from torchreid_sdtps import build, compat, config, optim
 from torchreid_sdtps.data.synthetic import SyntheticSpec, attribute_oracle, ensure_generated
-from torchreid_sdtps.optim import build_lr_scheduler
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
            "run_one", "run_study", "summarise", "report", "write_section", "main"]
@@ -187,8 +186,8 @@ def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True
                           **setting.model_kwargs)
             net = factory(num_classes=dm.num_train_pids, **kwargs)
             model: nn.Module = ZeroModalities(net, setting.zeroed) if setting.zeroed else net
-            optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
-            scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+            optimizer = optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
+            scheduler = optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
             engine = build.build_engine(cfg, dm, model, optimizer, scheduler)
             if trained:
                 run_kwargs = config.engine_run_kwargs(cfg)

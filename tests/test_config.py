@@ -113,10 +113,12 @@ def test_shipped_configs_load(path):
     assert cfg.sdtps.engine == "sdtps" and cfg.loss.name == "triplet"
     if path.name != "synthetic_demo.yaml":
         assert cfg.train.optim == "adam" and cfg.train.lr == pytest.approx(3.5e-4)
-        assert cfg.train.warmup_epoch > 0 and cfg.train.max_epoch == 50
+        assert cfg.train.warmup_epoch > 0 and cfg.train.max_epoch in (30, 50)
+        assert cfg.train.backbone_lr == pytest.approx(5e-6)  # DeMo's CLIP backbone lr
         assert cfg.sampler.train_sampler == "RandomIdentitySampler"
         assert cfg.loss.softmax.label_smooth and cfg.loss.triplet.weight_x > 0
-        person = "rgbnt201" in path.name
+        # the shared base file alone is RGBNT201-shaped (torchreid's default data set)
+        person = "rgbnt201" in path.name or path.name.startswith("base_")
         assert (cfg.data.height, cfg.data.width) == ((256, 128) if person else (128, 256))
 
 
@@ -149,8 +151,13 @@ def test_kwargs_helpers_match_torchreid_signatures():
     cfg = config.load_config(str(REPO / "configs" / "rgbnt201_sdtps_clip.yaml"))
     dm_params = inspect.signature(compat.data().ImageDataManager.__init__).parameters
     assert set(config.datamanager_kwargs(cfg)) <= set(dm_params)
-    opt_params = inspect.signature(compat.optim().build_optimizer).parameters
-    assert set(config.optimizer_kwargs(cfg)) <= set(opt_params)
+    from torchreid_sdtps import optim
+
+    torchreid_params = set(inspect.signature(compat.optim().build_optimizer).parameters)
+    opt_params = set(inspect.signature(optim.build_optimizer).parameters)
+    group_keys = {"backbone_params", "backbone_lr", "bias_lr_factor", "weight_decay_bias"}
+    assert set(config.optimizer_kwargs(cfg)) <= torchreid_params | group_keys
+    assert group_keys <= opt_params
     run_params = inspect.signature(compat.engine().Engine.run).parameters
     assert set(config.engine_run_kwargs(cfg)) <= set(run_params)
     factory = compat.model_factory()["sdtps_clip_vit_b16"]

@@ -17,10 +17,11 @@ import torch
 from . import compat, config, plugins
 from .choices import SYNTHETIC_DATASET
 from .config import CfgNode
-from .errors import UnknownNameError
-from .optim import build_lr_scheduler
+from .errors import ConfigError, UnknownNameError
+from .optim import build_lr_scheduler, build_optimizer
 
-__all__ = ["check_names", "build_datamanager", "num_camera_labels", "build_model", "build_engine",
+__all__ = ["check_names", "build_datamanager", "set_train_transform", "num_camera_labels",
+           "build_model", "build_engine",
            "build_all", "use_gpu"]
 
 
@@ -63,7 +64,28 @@ def build_datamanager(cfg: CfgNode) -> Any:
 
         ctx = using_spec(config.synthetic_spec(cfg))
     with ctx:
-        return dm_cls(**_accepted(dm_cls.__init__, kwargs))
+        dm = dm_cls(**_accepted(dm_cls.__init__, kwargs))
+    set_train_transform(dm.train_loader.dataset, cfg)
+    return dm
+
+
+def set_train_transform(dataset: Any, cfg: CfgNode) -> None:
+    """Give the training data set ``data.transform_style``'s transform (``demo``: DeMo's
+    pipeline, :func:`~torchreid_sdtps.data.transforms.build_demo_train_transform`) and
+    ``data.sync_modalities``; torchreid's data manager built it with torchreid's transforms."""
+    if cfg.data.transform_style == "demo":
+        from .data.transforms import build_demo_train_transform
+
+        dataset.transform = build_demo_train_transform(
+            cfg.data.height, cfg.data.width, list(cfg.data.transforms),
+            list(cfg.data.norm_mean), list(cfg.data.norm_std), flip_prob=cfg.data.flip_prob,
+            pad=cfg.data.pad, erase_prob=cfg.data.erase_prob)
+    if not hasattr(dataset, "sync_modalities"):
+        if not cfg.data.sync_modalities:
+            raise ConfigError(f"data.sync_modalities False needs a multi-modal training set; "
+                              f"{type(dataset).__name__} has no modalities to decouple")
+        return
+    dataset.sync_modalities = bool(cfg.data.sync_modalities)
 
 
 def num_camera_labels(datamanager: Any) -> int:
@@ -100,7 +122,20 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
     """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
-    return engine_cls(datamanager, model, **_accepted(engine_cls.__init__, kwargs))
+    accepted = _accepted(engine_cls.__init__, kwargs)
+    for key, plain in _RECIPE_ENGINE_OPTIONS.items():  # recipe options a stock engine lacks
+        if key not in accepted and kwargs[key] != plain:
+            raise ConfigError(f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__}) has no "
+                              f"option {key}={kwargs[key]!r} (config: {_RECIPE_KEYS[key]}); "
+                              f"use sdtps.engine sdtps or set it back to {plain!r}")
+    return engine_cls(datamanager, model, **accepted)
+
+
+#: engine options of the real-data recipe and their torchreid-equivalent values
+_RECIPE_ENGINE_OPTIONS: dict[str, Any] = {"soft_margin": False, "head_reduction": "mean",
+                                          "best_on_test": False}
+_RECIPE_KEYS = {"soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
+                "best_on_test": "test.best_on_test"}
 
 
 def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
@@ -109,7 +144,7 @@ def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     check_names(cfg)
     dm = build_datamanager(cfg)
     model = build_model(cfg, dm)
-    optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
+    optimizer = build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
     engine = build_engine(cfg, dm, model, optimizer, scheduler)
     return dm, model, optimizer, scheduler, engine

@@ -10,13 +10,22 @@ from collections.abc import Iterable
 
 from .errors import ConfigError
 
-__all__ = ["SELECTIONS", "TEST_FEATURES", "MISSING_SETTINGS", "SYNTHETIC_DATASET",
+__all__ = ["SELECTIONS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
+           "TRANSFORM_STYLES", "MISSING_SETTINGS", "SYNTHETIC_DATASET",
            "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
 
 #: SDTPS token selection during training (evaluation is always hard top-K)
 SELECTIONS: tuple[str, ...] = ("topk", "gumbel")
 #: evaluation feature of SDTPSNet: [ori, sdtps] concatenated, or one of them
 TEST_FEATURES: tuple[str, ...] = ("concat", "sdtps", "ori")
+#: evaluation feature taken after or before the BNNeck BatchNorm
+NECK_FEATS: tuple[str, ...] = ("after", "before")
+#: classifier on the concatenated [CLS] tokens (DeMo DIRECT=1) or one per modality (DIRECT=0)
+ORI_HEADS: tuple[str, ...] = ("concat", "per_modality")
+#: how the loss terms of several heads combine: mean (torchreid) or sum (DeMo)
+HEAD_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+#: training transforms: torchreid's build_transforms or DeMo's pipeline
+TRANSFORM_STYLES: tuple[str, ...] = ("torchreid", "demo")
 #: rows of the missing-modality table ("none" = all modalities present; "RGB+NI" zeroes both)
 MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI")
 #: registered name of the generated synthetic data set (the demo's data)

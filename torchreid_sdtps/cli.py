@@ -178,6 +178,10 @@ def train(cfg: CfgNode) -> dict[str, Any]:
         "start_epoch": start_epoch, "checkpoint": checkpoint,
         "trained": results_summary(getattr(engine, "last_results", {})),
     }
+    if cfg.test.best_on_test:  # explicitly labelled: chosen on the test set, not reported
+        summary["best_on_test (selected on the TEST set, optimistic)"] = {
+            "mAP": getattr(engine, "best_test_map", None),
+            "checkpoint": osp.join(cfg.data.save_dir, "model", "model-best.pth.tar")}
     label = f"{cfg.model.name} trained ({cfg.train.max_epoch} epochs)"
     rows = {label: summary["trained"].get(target)}
     if cfg.test.compare_untrained and summary["trained"]:

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..choices import REMOVED_STAGES, SELECTIONS, TEST_FEATURES
+from ..choices import (
+    HEAD_REDUCTIONS,
+    NECK_FEATS,
+    ORI_HEADS,
+    REMOVED_STAGES,
+    SELECTIONS,
+    TEST_FEATURES,
+    TRANSFORM_STYLES,
+)
 from ..errors import ConfigError
 from .adapters import (
     datamanager_kwargs,
@@ -71,9 +79,23 @@ def check_config(cfg: CfgNode) -> None:
     """Cross-key and choice checks that single typed values cannot express."""
     for key, value, choices in (("sdtps.selection", cfg.sdtps.selection, SELECTIONS),
                                 ("sdtps.test_feature", cfg.sdtps.test_feature, TEST_FEATURES),
+                                ("sdtps.neck_feat", cfg.sdtps.neck_feat, NECK_FEATS),
+                                ("sdtps.ori_head", cfg.sdtps.ori_head, ORI_HEADS),
+                                ("loss.head_reduction", cfg.loss.head_reduction, HEAD_REDUCTIONS),
+                                ("data.transform_style", cfg.data.transform_style,
+                                 TRANSFORM_STYLES),
                                 ("data.type", cfg.data.type, ("image",))):
         if value not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got '{value}'")
+    if cfg.loss.triplet.soft_margin and cfg.loss.triplet.margin != 0:
+        raise ConfigError(f"loss.triplet.soft_margin uses no margin; set loss.triplet.margin 0 "
+                          f"(got {cfg.loss.triplet.margin})")
+    if cfg.data.transform_style == "torchreid":
+        default = get_default_config().data
+        changed = [k for k in ("flip_prob", "pad", "erase_prob") if cfg.data[k] != default[k]]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} is used by data.transform_style demo only; "
+                              "torchreid's build_transforms has fixed values")
     if cfg.loss.name == "triplet" and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
         raise ConfigError("train.fixbase_epoch needs loss.triplet.weight_x > 0 (the classifier "
                           "is otherwise outside the graph)")

@@ -60,6 +60,10 @@ def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:
         "selection": cfg.sdtps.selection,
         "gumbel_noise": cfg.sdtps.gumbel_noise,
         "score_grad": cfg.sdtps.score_grad,
+        "neck_feat": cfg.sdtps.neck_feat,
+        "ori_head": cfg.sdtps.ori_head,
+        "sie_coe": cfg.sdtps.sie_coe,
+        "drop_path_rate": cfg.sdtps.drop_path,
     }
     if cfg.sdtps.gumbel_tau is not None:
         kwargs["gumbel_tau"] = float(cfg.sdtps.gumbel_tau)
@@ -67,7 +71,8 @@ def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:
 
 
 def optimizer_kwargs(cfg: CfgNode) -> dict[str, Any]:
-    """``torchreid.optim.build_optimizer`` keyword arguments (torchreid's helper)."""
+    """Keyword arguments of :func:`torchreid_sdtps.optim.build_optimizer` (torchreid's
+    ``build_optimizer`` keys plus the parameter-group ones)."""
     return {
         "optim": cfg.train.optim,
         "lr": cfg.train.lr,
@@ -81,6 +86,10 @@ def optimizer_kwargs(cfg: CfgNode) -> dict[str, Any]:
         "staged_lr": cfg.train.staged_lr,
         "new_layers": list(cfg.train.new_layers),
         "base_lr_mult": cfg.train.base_lr_mult,
+        "backbone_params": list(cfg.train.backbone_params),
+        "backbone_lr": cfg.train.backbone_lr,
+        "bias_lr_factor": cfg.train.bias_lr_factor,
+        "weight_decay_bias": cfg.train.weight_decay_bias,
     }
 
 
@@ -94,6 +103,11 @@ def lr_scheduler_kwargs(cfg: CfgNode) -> dict[str, Any]:
         "warmup_epoch": cfg.train.warmup_epoch,
         "warmup_factor": cfg.train.warmup_factor,
         "min_lr_factor": cfg.train.min_lr_factor,
+        "lr": cfg.train.lr,
+        "lr_noise": cfg.train.lr_noise,
+        "lr_noise_pct": cfg.train.lr_noise_pct,
+        "lr_noise_std": cfg.train.lr_noise_std,
+        "lr_noise_seed": cfg.train.lr_noise_seed,
     }
 
 
@@ -110,6 +124,9 @@ def engine_kwargs(cfg: CfgNode) -> dict[str, Any]:
         "align_margin": cfg.sdtps.align_margin,
         "align_center": cfg.sdtps.align_center,
         "use_amp": cfg.sdtps.use_amp,
+        "soft_margin": cfg.loss.triplet.soft_margin,
+        "head_reduction": cfg.loss.head_reduction,
+        "best_on_test": cfg.test.best_on_test,
     }
 
 

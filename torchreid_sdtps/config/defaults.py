@@ -8,6 +8,10 @@ YAML files and ``KEY VALUE`` overrides read the same. New here:
   ``warmup_cosine`` / ``warmup_multi_step`` / ``warmup_single_step`` schedulers;
 - ``test.missing_modalities`` / ``test.missing_settings`` (the missing-modality table);
 - ``test.compare_untrained`` (the demo's trained-versus-untrained table);
+- the real-data recipe (docs/recipe.md): ``data.transform_style`` and DeMo's augmentation
+  keys, ``train.backbone_*``/``bias_lr_factor``/``weight_decay_bias`` parameter groups,
+  ``train.lr_noise*``, ``loss.triplet.soft_margin``, ``loss.head_reduction``,
+  ``test.best_on_test``;
 - ``sdtps``: model options of SDTPSNet, auxiliary loss weights, AMP and the engine name;
 - ``synthetic``: the fields of ``SyntheticSpec`` (used when a source is ``synthetic_msreid``).
 
@@ -57,6 +61,14 @@ def get_default_config() -> CfgNode:
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.save_dir = "log"
     cfg.data.load_train_targets = False
+    # DeMo's training pipeline (docs/recipe.md): "torchreid" builds data.transforms with
+    # torchreid's build_transforms; "demo" maps them to DeMo's versions (bicubic resize,
+    # flip p=data.flip_prob, pad data.pad + random crop, timm pixel RandomErasing p=erase_prob)
+    cfg.data.transform_style = "torchreid"  # one of choices.TRANSFORM_STYLES
+    cfg.data.flip_prob = 0.5  # "demo" style only
+    cfg.data.pad = 10  # "demo" style only
+    cfg.data.erase_prob = 0.5  # "demo" style only
+    cfg.data.sync_modalities = True  # same random draws for every modality (False: DeMo's)
 
     cfg.sampler = CfgNode()
     cfg.sampler.train_sampler = "RandomIdentitySampler"
@@ -83,6 +95,16 @@ def get_default_config() -> CfgNode:
     cfg.train.warmup_epoch = 5  # linear warm-up epochs (0 = none)
     cfg.train.warmup_factor = 0.01  # lr multiplier at the first warm-up epoch
     cfg.train.min_lr_factor = 0.01  # cosine floor, as a fraction of lr
+    # parameter groups (torchreid_sdtps.optim.param_groups, DeMo's make_optimizer rules)
+    cfg.train.backbone_params = []  # dotted name prefixes of the pretrained backbone's params
+    cfg.train.backbone_lr = None  # lr of backbone_params (None: as every other parameter)
+    cfg.train.bias_lr_factor = 1.0  # bias lr = factor x lr (backbone biases: backbone_lr)
+    cfg.train.weight_decay_bias = None  # None: train.weight_decay
+    # lr noise of train.lr_scheduler timm_cosine (timm's noise_range_t = (0, max_epoch))
+    cfg.train.lr_noise = False
+    cfg.train.lr_noise_pct = 0.67
+    cfg.train.lr_noise_std = 1.0
+    cfg.train.lr_noise_seed = 42
     cfg.train.print_freq = 20
     cfg.train.seed = 1
 
@@ -104,6 +126,8 @@ def get_default_config() -> CfgNode:
     cfg.loss.triplet.margin = 0.3
     cfg.loss.triplet.weight_t = 1.0
     cfg.loss.triplet.weight_x = 1.0
+    cfg.loss.triplet.soft_margin = False  # soft-margin batch-hard triplet (needs margin 0)
+    cfg.loss.head_reduction = "mean"  # several heads: one of choices.HEAD_REDUCTIONS
 
     cfg.test = CfgNode()
     cfg.test.batch_size = 128
@@ -119,12 +143,19 @@ def get_default_config() -> CfgNode:
     cfg.test.missing_modalities = False  # also rank with modalities zeroed (one table)
     cfg.test.missing_settings = list(MISSING_SETTINGS)
     cfg.test.compare_untrained = False  # rank a random-init model of the same architecture too
+    # ALSO keep the checkpoint with the best mAP *on the test set* (model-best.pth.tar; DeMo
+    # does this). Selecting on the test set is optimistic: results report the last epoch.
+    cfg.test.best_on_test = False
 
     cfg.sdtps = CfgNode()
     cfg.sdtps.engine = "sdtps"  # any registered engine: sdtps, triplet, softmax, third-party
     cfg.sdtps.backbone_weights = ""  # local backbone weight file (overrides model.pretrained)
     cfg.sdtps.sie_camera = True  # SIE camera embedding sized from the data sets' cam_labels
     cfg.sdtps.test_feature = "concat"  # one of choices.TEST_FEATURES
+    cfg.sdtps.neck_feat = "after"  # eval feature after | before the BNNeck BatchNorm
+    cfg.sdtps.ori_head = "concat"  # concat (DeMo DIRECT=1) | per_modality (DIRECT=0)
+    cfg.sdtps.sie_coe = 3.0  # weight of the SIE camera embedding (TransReID 3.0, DeMo 1.0)
+    cfg.sdtps.drop_path = 0.1  # stochastic depth of the backbone blocks
     cfg.sdtps.sdtps_ratio = 0.5  # rho: kept fraction of patches
     cfg.sdtps.aggr_ratio = 0.4  # alpha: N_c = round(N * rho * alpha)
     cfg.sdtps.num_aggr = None  # explicit N_c (None = from aggr_ratio)

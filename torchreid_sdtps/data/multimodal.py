@@ -9,7 +9,8 @@ samplers, data manager and engines work unchanged.
 Random transforms are *synchronised across the modalities of one sample*: the Python, NumPy and
 torch RNG states are saved before the first modality and restored before each further one, so
 every modality gets the same flip, crop and erased box (the state left behind is the one after
-the last modality, so the next sample draws anew).
+the last modality, so the next sample draws anew). DeMo augments every modality independently;
+``sync_modalities = False`` on a data set (config ``data.sync_modalities``) does the same.
 """
 from __future__ import annotations
 
@@ -116,8 +117,10 @@ def _as_tensor(img: Any) -> torch.Tensor:
     return img if isinstance(img, torch.Tensor) else to_tensor(img)
 
 
-def apply_synchronized(transform: Callable | None, images: Sequence[Image.Image]) -> torch.Tensor:
+def apply_synchronized(transform: Callable | None, images: Sequence[Image.Image],
+                       synchronized: bool = True) -> torch.Tensor:
     """Apply ``transform`` to each image with the same random draws; return ``(M, 3, H, W)``.
+    ``synchronized=False``: every image draws its own numbers (DeMo's augmentation).
 
     Python's ``random``, NumPy's global RNG and torch's CPU RNG are saved before the first image
     and restored before each further image. The state after the last image is kept, so the next
@@ -129,7 +132,7 @@ def apply_synchronized(transform: Callable | None, images: Sequence[Image.Image]
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     out = []
     for i, img in enumerate(images):
-        if i:
+        if i and synchronized:
             random.setstate(states[0])
             np.random.set_state(states[1])
             torch.set_rng_state(states[2])
@@ -151,6 +154,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
     """
 
     modalities: tuple[str, ...] = ("RGB", "NI", "TI")
+    sync_modalities: bool = True  # same random draws for the M images of a sample
     _cam_labels: dict | None = None  # (paths, dsetid) -> camera label (datasets built by __add__)
 
     def __init__(self, train: list, query: list, gallery: list,
@@ -207,9 +211,10 @@ class MultiModalImageDataset(compat.image_dataset_base()):
         paths, pid, camid, dsetid = sample[:4]
         imgs = self.load(paths)
         if self.transform is not None and self.k_tfm > 1:
-            img: Any = [apply_synchronized(self.transform, imgs) for _ in range(self.k_tfm)]
+            img: Any = [apply_synchronized(self.transform, imgs, self.sync_modalities)
+                        for _ in range(self.k_tfm)]
         else:
-            img = apply_synchronized(self.transform, imgs)
+            img = apply_synchronized(self.transform, imgs, self.sync_modalities)
         return {
             "img": img,
             "pid": pid,

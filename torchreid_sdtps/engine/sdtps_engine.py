@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from .. import compat
-from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
+from ..choices import HEAD_REDUCTIONS
+from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
 from .evaluation import (
     DEFAULT_MISSING_SETTINGS,
     evaluating,
@@ -78,6 +79,12 @@ class ImageSDTPSEngine(_TripletBase):
         align_margin: margin of the alignment ranking loss.
         align_center: centre the tokens in the alignment loss (see its module doc).
         use_amp: mixed precision on CUDA (ignored, with a log note, without CUDA).
+        soft_margin: DeMo's soft-margin batch-hard triplet (:class:`SoftMarginTripletLoss`)
+            instead of torchreid's hard-margin one (``margin`` must then be 0).
+        head_reduction: with several heads (lists of logits/features), ``"mean"`` averages
+            their terms (torchreid's ``DeepSupervision``), ``"sum"`` adds them (DeMo).
+        best_on_test: also keep the checkpoint with the best *test-set* mAP of the first target
+            as ``model-best.pth.tar`` (DeMo's selection; optimistic, off by default).
     """
 
     def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
@@ -85,13 +92,26 @@ class ImageSDTPSEngine(_TripletBase):
                  scheduler: Any = None, use_gpu: bool = True, label_smooth: bool = True,
                  weight_ratio: float = 1.0, weight_align: float = 0.5,
                  align_margin: float = 0.2, align_center: bool = True,
-                 use_amp: bool = False) -> None:
+                 use_amp: bool = False, soft_margin: bool = False,
+                 head_reduction: str = "mean", best_on_test: bool = False) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
                          weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
         if weight_ratio < 0 or weight_align < 0:
             raise ValueError(f"ImageSDTPSEngine: loss weights must be >= 0, got "
                              f"weight_ratio={weight_ratio}, weight_align={weight_align}")
+        if soft_margin and margin != 0:
+            raise ValueError(f"ImageSDTPSEngine: soft_margin=True uses no margin; got "
+                             f"margin={margin} (pass margin=0)")
+        if head_reduction not in HEAD_REDUCTIONS:
+            raise ValueError(f"ImageSDTPSEngine: head_reduction must be one of "
+                             f"{list(HEAD_REDUCTIONS)}, got {head_reduction!r}")
+        if soft_margin:
+            self.criterion_t = SoftMarginTripletLoss()
+        self.soft_margin = bool(soft_margin)
+        self.head_reduction = head_reduction
+        self.best_on_test = bool(best_on_test)
+        self.best_test_map = -1.0
         self.weight_ratio = float(weight_ratio)
         self.weight_align = float(weight_align)
         self.criterion_ratio = SelectionRatioLoss()
@@ -154,6 +174,13 @@ class ImageSDTPSEngine(_TripletBase):
         super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers, model)
         for p in self._frozen:
             p.requires_grad_(False)
+
+    def compute_loss(self, criterion: Any, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """torchreid's (one term per head, averaged), or their sum with
+        ``head_reduction="sum"`` (DeMo)."""
+        if self.head_reduction == "sum" and isinstance(outputs, (list, tuple)):
+            return sum(criterion(out, targets) for out in outputs)
+        return super().compute_loss(criterion, outputs, targets)
 
     def forward_backward(self, data: dict) -> dict[str, float]:
         """One optimisation step; returns the loss summary torchreid prints and logs."""
@@ -281,7 +308,15 @@ class ImageSDTPSEngine(_TripletBase):
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results), atomic write."""
+        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results), atomic write; with
+        ``best_on_test`` also ``model-best.pth.tar`` when the first target's mAP improved."""
+        if self.best_on_test and self.last_results and not is_best:
+            first = next(iter(self.last_results.values()))
+            if first["mAP"] > self.best_test_map:
+                self.best_test_map = float(first["mAP"])
+                is_best = True
+                logger.info("best-on-test checkpoint (selected on the TEST set, optimistic): "
+                            "epoch %d, mAP %.1f%%", epoch + 1, 100 * first["mAP"])
         for name in self.get_model_names():
             state: dict[str, Any] = {
                 "state_dict": self._models[name].state_dict(),

@@ -20,17 +20,17 @@ import torch
 import torch.nn as nn
 
 from .. import dist as _dist
-from ..choices import TEST_FEATURES, refuse_removed_stages
+from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
 from .backbone import build_backbone
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
-__all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "reject_moe_options",
+__all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS",
+           "reject_moe_options",
            "sdtps_clip_vit_b16", "sdtps_vit_b16", "sdtps_vit_tiny"]
 
 logger = logging.getLogger(__name__)
 
 LOSSES = ("softmax", "triplet")
-NECK_FEATS = ("after", "before")
 
 
 def reject_moe_options(options: dict) -> None:
@@ -41,19 +41,40 @@ def reject_moe_options(options: dict) -> None:
 class BNNeck(nn.Module):
     """BNNeck (Luo et al. 2019, as in TransReID): BatchNorm1d with a frozen zero bias, then a
     bias-free Linear classifier. ``forward`` returns the normalised feature; the classifier is
-    applied by the caller only in training."""
+    applied by the caller only in training (:meth:`logits`).
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    ``groups=G > 1``: G independent necks on the G equal slices of the feature (DeMo's
+    ``DIRECT=0``, one per modality), vectorised: BatchNorm is per channel, so one BatchNorm1d
+    over the concatenation *is* G BatchNorms; the classifier is a grouped 1x1 convolution
+    (G bias-free Linear layers of ``dim / G`` -> ``num_classes``).
+    """
+
+    def __init__(self, dim: int, num_classes: int, groups: int = 1) -> None:
         super().__init__()
+        if groups < 1 or dim % groups:
+            raise ValueError(f"BNNeck: dim {dim} is not divisible into {groups} groups")
+        self.groups = int(groups)
         self.bn = nn.BatchNorm1d(dim)
         self.bn.bias.requires_grad_(False)
-        self.classifier = nn.Linear(dim, num_classes, bias=False)
         nn.init.constant_(self.bn.weight, 1.0)  # weights_init_kaiming for BN
         nn.init.constant_(self.bn.bias, 0.0)
+        self.classifier: nn.Module
+        if self.groups == 1:
+            self.classifier = nn.Linear(dim, num_classes, bias=False)
+        else:
+            self.classifier = nn.Conv1d(dim, self.groups * num_classes, kernel_size=1,
+                                        groups=self.groups, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)  # weights_init_classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, D)
         return self.bn(x)
+
+    def logits(self, x_bn: torch.Tensor) -> list[torch.Tensor]:
+        """Classifier scores of the normalised feature: ``groups`` tensors (B, num_classes)."""
+        if self.groups == 1:
+            return [self.classifier(x_bn)]
+        return list(self.classifier(x_bn.unsqueeze(-1)).squeeze(-1)
+                    .unflatten(1, (self.groups, -1)).unbind(1))
 
 
 class SDTPSNet(nn.Module):
@@ -69,6 +90,9 @@ class SDTPSNet(nn.Module):
         test_feature: eval feature: ``"concat"`` ([ori, sdtps], 2*M*C), ``"sdtps"`` or ``"ori"`` (M*C).
         neck_feat: ``"after"`` (default) takes eval features after the BNNeck BatchNorm,
             ``"before"`` the raw pooled features (TransReID's ``TEST.NECK_FEAT``).
+        ori_head: ``"concat"`` (default, DeMo ``DIRECT=1``): one BNNeck + classifier on the
+            concatenated ``ori`` feature (M*C); ``"per_modality"`` (DeMo ``DIRECT=0``): one per
+            modality, each with its own ID + triplet term (training returns M ``ori`` heads).
         sdtps_ratio, aggr_ratio, num_aggr, beta, selection, gumbel_noise, gumbel_tau, score_grad:
             see :class:`~torchreid_sdtps.models.sdtps.SDTPS`; ``N_c = num_aggr`` or
             ``round(N * sdtps_ratio * aggr_ratio)`` with N the backbone's real patch count.
@@ -83,13 +107,14 @@ class SDTPSNet(nn.Module):
                  sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: Optional[int] = None,
                  beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
                  gumbel_tau: float = 0.1, score_grad: bool = False, use_sdtps: bool = True,
-                 **options: Any) -> None:
+                 ori_head: str = "concat", **options: Any) -> None:
         super().__init__()
         reject_moe_options(options)
         if options:
             raise TypeError(f"SDTPSNet got unexpected option(s) {sorted(options)}")
         for name, value, allowed in (("loss", loss, LOSSES), ("test_feature", test_feature, TEST_FEATURES),
-                                     ("neck_feat", neck_feat, NECK_FEATS)):
+                                     ("neck_feat", neck_feat, NECK_FEATS),
+                                     ("ori_head", ori_head, ORI_HEADS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
         if aggr_ratio <= 0:
@@ -113,7 +138,9 @@ class SDTPSNet(nn.Module):
             self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=sdtps_ratio, beta=beta, selection=selection,
                                gumbel_noise=gumbel_noise, gumbel_tau=gumbel_tau, score_grad=score_grad)
             self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
-        self.neck_ori = BNNeck(num_modalities * dim, num_classes)
+        self.ori_head = ori_head
+        self.neck_ori = BNNeck(num_modalities * dim, num_classes,
+                               groups=num_modalities if ori_head == "per_modality" else 1)
         self.feature_dim = (2 if test_feature == "concat" else 1) * num_modalities * dim
         if _dist.is_main_process():  # R10: one line per model build, rank 0 only
             logger.info("SDTPSNet: %.2fM params (guide %.3fM, SDTPS %.3fM), M=%d, C=%d, N=%d, K=%d, "
@@ -166,15 +193,19 @@ class SDTPSNet(nn.Module):
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
                 return_aux: bool = False) -> Any:
         """Train: ``[logits_sdtps, logits_ori]`` (softmax) or ``(logits, [feat_sdtps, feat_ori])``
-        (triplet); eval: feature ``(B, D)``. ``return_aux=True`` returns ``(output, aux)``."""
+        (triplet), with ``ori_head="per_modality"`` one ``ori`` entry per modality (RGB, NI, TI
+        order); eval: feature ``(B, D)``. ``return_aux=True`` returns ``(output, aux)``."""
         feats = self.forward_features(x, cam_label)
         if not self.training:
             output: Any = self._test_output(feats)
         else:
             names = ("sdtps", "ori") if self.sdtps is not None else ("ori",)
             necks = {"sdtps": self.neck_sdtps, "ori": self.neck_ori}
-            logits = [necks[k].classifier(necks[k](feats[k])) for k in names]  # (B, num_classes) each
-            output = logits if self.loss == "softmax" else (logits, [feats[k] for k in names])
+            logits = [s for k in names for s in necks[k].logits(necks[k](feats[k]))]  # (B, K) each
+            per_mod = self.ori_head == "per_modality"
+            metric = [f for k in names  # the features the triplet terms see, one per head
+                      for f in (feats["global"].unbind(1) if k == "ori" and per_mod else [feats[k]])]
+            output = logits if self.loss == "softmax" else (logits, metric)
         if not return_aux:
             return output
         ratio = float(self.sdtps.ratio) if self.sdtps is not None else None
@@ -208,7 +239,8 @@ def _build(variant: str, img_size: Union[int, Tuple[int, int]], num_classes: int
     if loss not in LOSSES:  # before the (possibly downloading) backbone build
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     net_keys = ("num_modalities", "test_feature", "neck_feat", "sdtps_ratio", "aggr_ratio", "num_aggr",
-                "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad", "use_sdtps")
+                "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad", "use_sdtps",
+                "ori_head")
     net_kwargs = {k: kwargs.pop(k) for k in net_keys if k in kwargs}
     backbone = build_backbone(variant, img_size=img_size, num_cameras=num_cameras,
                               pretrained=pretrained, **kwargs)
