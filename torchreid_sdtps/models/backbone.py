@@ -12,7 +12,8 @@ variant); this module only adds what re-id needs on top of it:
 * a forward that returns ``(cls (B', C), patches (B', N, C))``.
 
 Pretrained weights (download, format detection, key conversion, position-embedding
-resampling) live in :mod:`torchreid_sdtps.models.weights`.
+resampling) live in :mod:`torchreid_sdtps.models.weights`; :func:`torchreid_sdtps.models.factory.build_backbone`
+joins the two (neither module imports the other).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["VariantSpec", "VARIANTS", "ViTBackbone", "build_backbone", "variant_names"]
+__all__ = ["VariantSpec", "VARIANTS", "ViTBackbone", "variant_names"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -234,26 +235,3 @@ class ViTBackbone(nn.Module):
             t = vit.blocks(t)
         t = self.proj(vit.norm(t))
         return t[:, 0], t[:, self.num_prefix_tokens:]
-
-
-def build_backbone(
-    variant: str,
-    img_size: Union[int, Tuple[int, int], None] = None,
-    num_cameras: int = 0,
-    pretrained: Union[bool, str] = False,
-    sie_coe: float = 3.0,
-    drop_path_rate: float = 0.1,
-    **kw: Any,
-) -> ViTBackbone:
-    """Build a :class:`ViTBackbone` and optionally load pretrained weights.
-
-    ``pretrained``: False (random init), True (the variant's published file, downloaded once
-    to ``torch.hub.get_dir()/checkpoints``) or a path to a local checkpoint (OpenAI CLIP JIT
-    archive or state dict, timm ``.pth``/``.npz``). See :func:`weights.load_pretrained`.
-    """
-    model = ViTBackbone(variant, img_size=img_size, num_cameras=num_cameras, sie_coe=sie_coe,
-                        drop_path_rate=drop_path_rate, **kw)
-    if pretrained:
-        from .weights import load_pretrained  # local import: weights.py imports this module
-        load_pretrained(model, pretrained, variant)
-    return model

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .. import dist as _dist
-from .backbone import build_backbone
+from .factory import build_backbone
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
 __all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "reject_moe_options",
