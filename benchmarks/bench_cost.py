@@ -251,6 +251,122 @@ def count_flops(model: nn.Module, x: torch.Tensor, pids: torch.Tensor) -> dict[s
     return out
 
 
+# ----------------------------------------------------------------------------- SDTPS block: stacked vs loop
+class PerModalitySDTPS(nn.Module):
+    """The SDTPS block written plainly, as the reference for the stacked form's speed.
+
+    A Python loop over the ``M`` modalities with one ``nn.Linear`` / ``nn.LayerNorm`` per
+    modality and per layer, computing the same math as :class:`~torchreid_sdtps.models.sdtps.SDTPS`
+    with hard top-K selection (the default ``selection="topk"``). :meth:`from_stacked` copies the
+    weights of a stacked block, so both give the same outputs.
+    """
+
+    def __init__(self, stacked: nn.Module) -> None:
+        super().__init__()
+        self.beta, self.ratio, self.num_modalities = stacked.beta, stacked.ratio, stacked.num_modalities
+        m = range(stacked.num_modalities)
+        mlp, aggr = stacked.score_mlp, stacked.aggregate
+        self.score_fc1 = nn.ModuleList(_linear(mlp.fc1, i) for i in m)
+        self.score_fc2 = nn.ModuleList(_linear(mlp.fc2, i) for i in m)
+        self.aggr_norm = nn.ModuleList(_layer_norm(aggr.norm, i) for i in m)
+        self.aggr_fc1 = nn.ModuleList(_linear(aggr.weight.fc1, i) for i in m)
+        self.aggr_fc2 = nn.ModuleList(_linear(aggr.weight.fc2, i) for i in m)
+        self.aggr_scale = nn.Parameter(aggr.scale.detach().clone().flatten())
+
+    def forward(self, patches: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``patches (B, M, N, C)``, ``guide (B, M, C)`` -> ``(tokens (B, M, N_c+1, C), score (B, M, N))``."""
+        from torchreid_sdtps.models.sdtps import minmax_normalize, num_keep
+
+        n_mod, n = patches.shape[1], patches.shape[2]
+        k = num_keep(n, self.ratio)
+        guide_n = F.normalize(guide, dim=-1)  # (B, M, C)
+        tokens, scores = [], []
+        for m in range(n_mod):
+            p = patches[:, m]  # (B, N, C)
+            with torch.no_grad():
+                sim = minmax_normalize(F.normalize(p, dim=-1) @ guide_n.transpose(1, 2), dim=1)  # (B, N, M)
+            s_self = sim[..., m]
+            s_cross = sim.sum(dim=-1) - s_self
+            s_pred = torch.sigmoid(self.score_fc2[m](F.gelu(self.score_fc1[m](p)))).squeeze(-1)
+            score = (1 - 2 * self.beta) * s_pred + self.beta * ((2.0 / (n_mod - 1)) * s_cross + 2 * s_self)
+            order = score.detach().argsort(dim=-1, descending=True)
+            keep, drop = order[:, :k], order[:, k:]
+            kept = p.gather(1, keep.unsqueeze(-1).expand(-1, -1, p.shape[-1]))  # D = 1 on kept tokens
+            dropped = p.gather(1, drop.unsqueeze(-1).expand(-1, -1, p.shape[-1]))
+            extra = (score.gather(1, drop).softmax(dim=-1).unsqueeze(1) @ dropped)  # (B, 1, C)
+            h = self.aggr_fc2[m](F.gelu(self.aggr_fc1[m](self.aggr_norm[m](kept))))  # (B, K, N_c)
+            w = (h.transpose(1, 2) * self.aggr_scale[m]).softmax(dim=-1)  # (B, N_c, K)
+            tokens.append(torch.cat([w @ kept, extra], dim=1))
+            scores.append(score)
+        return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
+
+
+def _linear(stacked: nn.Module, m: int) -> nn.Linear:
+    """Modality ``m`` of a ``StackedLinear`` (weight ``(M, in, out)``) as an ``nn.Linear``."""
+    lin = nn.Linear(stacked.in_features, stacked.out_features)
+    with torch.no_grad():
+        lin.weight.copy_(stacked.weight[m].t())
+        lin.bias.copy_(stacked.bias[m])
+    return lin
+
+
+def _layer_norm(stacked: nn.Module, m: int) -> nn.LayerNorm:
+    """Modality ``m`` of a ``StackedLayerNorm`` as an ``nn.LayerNorm``."""
+    ln = nn.LayerNorm(stacked.dim, eps=stacked.eps)
+    with torch.no_grad():
+        ln.weight.copy_(stacked.weight[m])
+        ln.bias.copy_(stacked.bias[m])
+    return ln
+
+
+def compare_block(batch: int = 16, modalities: int = 3, patches: int = 128, width: int = 512,
+                  runs: int = 20, threads: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Seconds of one forward + backward of the stacked SDTPS block and of :class:`PerModalitySDTPS`
+    (same weights, same input), timed interleaved; ``ratio`` = min stacked / min loop."""
+    from torchreid_sdtps.models.sdtps import SDTPS, num_aggregated
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        stacked = SDTPS(width, num_aggregated(patches, 0.5, 0.5), num_modalities=modalities).train()
+        loop = PerModalitySDTPS(stacked).train()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, modalities, patches, width, generator=g).requires_grad_()
+        guide = torch.randn(batch, modalities, width, generator=g).requires_grad_()
+        steps = {"stacked": lambda: stacked(x, guide).tokens, "loop": lambda: loop(x, guide)[0]}
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for i in range(runs + 1):  # run 0 warms up
+            for name, fn in steps.items():
+                x.grad = guide.grad = None
+                t0 = time.perf_counter()
+                fn().square().mean().backward()
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+        with torch.no_grad():
+            diff = (stacked(x, guide).tokens - loop(x, guide)[0]).abs().max().item()
+    finally:
+        torch.set_num_threads(old_threads)
+    best = {k: min(v) for k, v in times.items()}
+    return {"shape": dict(B=batch, M=modalities, N=patches, C=width), "threads": threads, "runs": runs,
+            "min_s": best, "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "ratio": best["stacked"] / best["loop"], "max_abs_diff": diff}
+
+
+def format_block(r: dict[str, Any], command: str) -> str:
+    """Markdown lines for :func:`compare_block`."""
+    s = r["shape"]
+    return "\n".join([
+        "### SDTPS block: stacked vs per-modality loop (`benchmarks/bench_cost.py --block`)", "",
+        f"`{command}`: B={s['B']}, M={s['M']}, N={s['N']}, C={s['C']}, forward + backward, "
+        f"{r['threads']} threads, {r['runs']} interleaved runs each.", "",
+        "| implementation | min (s) | median (s) |", "|---|---:|---:|",
+        *(f"| {k} | {r['min_s'][k]:.4f} | {r['median_s'][k]:.4f} |" for k in ("stacked", "loop")),
+        "", f"ratio stacked / loop (min): **{r['ratio']:.3f}**; max |difference| of the outputs "
+            f"{r['max_abs_diff']:.2e}",
+    ])
+
+
 # ----------------------------------------------------------------------------- memory
 def saved_activation_bytes(model: nn.Module, x: torch.Tensor, pids: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves for backward in one training step (unique storages,
