@@ -322,14 +322,19 @@ def test_outputs_and_gradients_match_the_saved_reference(case):
         torch.testing.assert_close(got[k], g, **close, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_stacked_block_equals_the_per_modality_loop_of_bench_cost():
-    """The speed reference in ``benchmarks/bench_cost.py`` (one ``nn.Linear`` per modality, a Python
-    loop) computes the same outputs and gradients as the stacked block."""
+def _bench_cost():
     spec = importlib.util.spec_from_file_location(
         "bench_cost", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                    "benchmarks", "bench_cost.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_stacked_block_equals_the_per_modality_loop_of_bench_cost():
+    """The speed reference in ``benchmarks/bench_cost.py`` (one ``nn.Linear`` per modality, a Python
+    loop) computes the same outputs and gradients as the stacked block."""
+    bench = _bench_cost()
     blk = _block(num_aggr=5).train()
     with torch.no_grad():
         for p in blk.parameters():
@@ -355,3 +360,13 @@ def test_stacked_block_equals_the_per_modality_loop_of_bench_cost():
         torch.testing.assert_close(aggr.norm.weight.grad[m], loop.aggr_norm[m].weight.grad, **close)
         torch.testing.assert_close(aggr.norm.bias.grad[m], loop.aggr_norm[m].bias.grad, **close)
     torch.testing.assert_close(aggr.scale.grad.flatten(), loop.aggr_scale.grad, **close)
+
+
+def test_bench_cost_block_mode_times_both_forms(capsys):
+    r = _bench_cost().main(["--block", "--device", "cpu", "--batch", "2", "--patches", "12", "--dim", "8",
+                            "--iters", "2", "--threads", "1"])
+    assert r["shape"] == dict(B=2, M=3, N=12, C=8) and r["runs"] == 2
+    assert set(r["min_s"]) == {"stacked", "loop"} and all(v > 0 for v in r["min_s"].values())
+    assert r["ratio"] == pytest.approx(r["min_s"]["stacked"] / r["min_s"]["loop"])
+    assert r["max_abs_diff"] < 1e-5  # same weights, same math
+    assert "ratio stacked / loop" in capsys.readouterr().out
