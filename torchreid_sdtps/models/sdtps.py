@@ -240,10 +240,36 @@ def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: floa
     return Selection(keep, drop, hard + (soft - soft.detach()), soft)  # forward value exactly hard
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Gather tokens along dim 2: ``(B,M,N,C), (B,M,K) -> (B,M,K,C)`` (modality-major memory)."""
-    im = idx.transpose(0, 1)
-    return x.transpose(0, 1).gather(2, im.unsqueeze(-1).expand(*im.shape, x.shape[-1])).transpose(0, 1)
+class _PartitionRows(torch.autograd.Function):
+    """Rows ``a`` and rows ``b`` of ``x (R, C)``, where ``[a, b]`` lists every row exactly once.
+
+    Because the two index sets partition the rows, the backward writes each row's gradient once
+    (two ``index_copy_``) instead of zero-filling and scatter-adding, and the forward copies
+    whole rows (``index_select``) instead of gathering element by element.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(a, b)
+        ctx.x_shape = x.shape
+        return x.index_select(0, a), x.index_select(0, b)
+
+    @staticmethod
+    def backward(ctx, grad_a: torch.Tensor, grad_b: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        a, b = ctx.saved_tensors
+        grad = grad_a.new_empty(ctx.x_shape)
+        return grad.index_copy_(0, a, grad_a).index_copy_(0, b, grad_b), None, None
+
+
+def _partition_tokens(patches: torch.Tensor, keep: torch.Tensor, drop: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept and dropped tokens ``(M, B, K, C)``, ``(M, B, N-K, C)`` of modality-major ``patches (B, M, N, C)``."""
+    b, m, n, c = patches.shape
+    first = (torch.arange(m * b, device=patches.device) * n).view(m, b, 1)  # row of token 0 of (m, b)
+    rows = patches.transpose(0, 1).reshape(m * b * n, c)  # a view: the memory is modality-major
+    kept, dropped = _PartitionRows.apply(rows, (keep.transpose(0, 1) + first).reshape(-1),
+                                         (drop.transpose(0, 1) + first).reshape(-1))
+    return kept.view(m, b, -1, c), dropped.view(m, b, -1, c)
 
 
 class SDTPSOutput(NamedTuple):
@@ -311,9 +337,8 @@ class SDTPS(nn.Module):
         k = num_keep(patches.shape[2], self.ratio)
         sel = select_tokens(score, k, gumbel=self.training and self.selection == "gumbel",
                             noise=self.gumbel_noise, tau=self.gumbel_tau)
-        ranked = _gather(patches, torch.cat([sel.keep, sel.drop], dim=-1)).transpose(0, 1)  # (M, B, N, C)
-        kept, dropped = ranked.split([k, ranked.shape[2] - k], dim=2)  # one gather for both sets
-        kept = kept.transpose(0, 1)
+        kept, dropped = _partition_tokens(patches, sel.keep, sel.drop)  # (M, B, K, C), (M, B, N-K, C)
+        kept = kept.transpose(0, 1)  # V_s = gather(P * D), (B, M, K, C)
         weights = score.gather(-1, sel.drop).softmax(dim=-1)  # (B, M, N-K)
         d_keep = None
         if sel.soft is not None:  # D carries gradient (Gumbel): apply it. Else D is exactly 1 on the
