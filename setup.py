@@ -39,7 +39,7 @@ setup(
         "torch>=2.0",
         "torchvision",
         "torchreid>=0.2.5",
-        "timm>=0.9",
+        "timm>=1.0.31,<2",  # the tested range: checkpoint_filter_fn, VisionTransformer.load_pretrained
         "yacs",
         "tqdm",
         "pyyaml",

@@ -32,6 +32,11 @@ head (guide + SDTPS + BNNecks, with and without the classifiers).
     python benchmarks/bench_cost.py --batch 4 --iters 5            # CPU, ~3 min on 2 cores
     python benchmarks/bench_cost.py --device cuda --batch 32 --iters 20
     python benchmarks/bench_cost.py --smoke                        # tiny model, seconds
+    python benchmarks/bench_cost.py --block --device cpu --batch 16 --threads 2 --iters 20
+
+``--block`` times only the SDTPS block (B=16, M=3, N=128, C=512 by default, forward + backward)
+in its stacked form against :class:`PerModalitySDTPS`, a plain loop over modalities with one
+``nn.Linear`` per modality and the same math, interleaved, and prints the ratio of the minima.
 
 ``--out FILE`` writes the markdown report between ``<!-- bench_cost:begin -->`` and
 ``<!-- bench_cost:end -->`` of FILE (the rest of FILE is kept).
@@ -243,6 +248,132 @@ def count_flops(model: nn.Module, x: torch.Tensor, pids: torch.Tensor) -> dict[s
             out["forward_backbone"] = flops(lambda: model.backbone(x.flatten(0, 1)))
     model.zero_grad(set_to_none=True)
     return out
+
+
+# ----------------------------------------------------------------------------- SDTPS block: stacked vs loop
+class PerModalitySDTPS(nn.Module):
+    """The SDTPS block written plainly, as the reference for the stacked form's speed.
+
+    A Python loop over the ``M`` modalities with one ``nn.Linear`` / ``nn.LayerNorm`` per
+    modality and per layer, computing the same math as :class:`~torchreid_sdtps.models.sdtps.SDTPS`
+    with hard top-K selection (the default ``selection="topk"``). :meth:`from_stacked` copies the
+    weights of a stacked block, so both give the same outputs.
+    """
+
+    def __init__(self, stacked: nn.Module) -> None:
+        super().__init__()
+        self.beta, self.ratio, self.num_modalities = stacked.beta, stacked.ratio, stacked.num_modalities
+        m = range(stacked.num_modalities)
+        mlp, aggr = stacked.score_mlp, stacked.aggregate
+        self.score_fc1 = nn.ModuleList(_linear(mlp.fc1, i) for i in m)
+        self.score_fc2 = nn.ModuleList(_linear(mlp.fc2, i) for i in m)
+        self.aggr_norm = nn.ModuleList(_layer_norm(aggr.norm, i) for i in m)
+        self.aggr_fc1 = nn.ModuleList(_linear(aggr.weight.fc1, i) for i in m)
+        self.aggr_fc2 = nn.ModuleList(_linear(aggr.weight.fc2, i) for i in m)
+        self.aggr_scale = nn.Parameter(aggr.scale.detach().clone().flatten())
+
+    def forward(self, patches: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``patches (B, M, N, C)``, ``guide (B, M, C)`` -> ``(tokens (B, M, N_c+1, C), score (B, M, N))``."""
+        from torchreid_sdtps.models.sdtps import minmax_normalize, num_keep
+
+        n_mod, n = patches.shape[1], patches.shape[2]
+        k = num_keep(n, self.ratio)
+        guide_n = F.normalize(guide, dim=-1)  # (B, M, C)
+        tokens, scores = [], []
+        for m in range(n_mod):
+            p = patches[:, m]  # (B, N, C)
+            with torch.no_grad():
+                sim = minmax_normalize(F.normalize(p, dim=-1) @ guide_n.transpose(1, 2), dim=1)  # (B, N, M)
+            s_self = sim[..., m]
+            s_cross = sim.sum(dim=-1) - s_self
+            s_pred = torch.sigmoid(self.score_fc2[m](F.gelu(self.score_fc1[m](p)))).squeeze(-1)
+            score = (1 - 2 * self.beta) * s_pred + self.beta * ((2.0 / (n_mod - 1)) * s_cross + 2 * s_self)
+            order = score.detach().argsort(dim=-1, descending=True)
+            keep, drop = order[:, :k], order[:, k:]
+            kept = p.gather(1, keep.unsqueeze(-1).expand(-1, -1, p.shape[-1]))  # D = 1 on kept tokens
+            dropped = p.gather(1, drop.unsqueeze(-1).expand(-1, -1, p.shape[-1]))
+            extra = (score.gather(1, drop).softmax(dim=-1).unsqueeze(1) @ dropped)  # (B, 1, C)
+            h = self.aggr_fc2[m](F.gelu(self.aggr_fc1[m](self.aggr_norm[m](kept))))  # (B, K, N_c)
+            w = (h.transpose(1, 2) * self.aggr_scale[m]).softmax(dim=-1)  # (B, N_c, K)
+            tokens.append(torch.cat([w @ kept, extra], dim=1))
+            scores.append(score)
+        return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
+
+
+def _linear(stacked: nn.Module, m: int) -> nn.Linear:
+    """Modality ``m`` of a ``StackedLinear`` (weight ``(M, in, out)``) as an ``nn.Linear``."""
+    lin = nn.Linear(stacked.in_features, stacked.out_features)
+    with torch.no_grad():
+        lin.weight.copy_(stacked.weight[m].t())
+        lin.bias.copy_(stacked.bias[m])
+    return lin
+
+
+def _layer_norm(stacked: nn.Module, m: int) -> nn.LayerNorm:
+    """Modality ``m`` of a ``StackedLayerNorm`` as an ``nn.LayerNorm``."""
+    ln = nn.LayerNorm(stacked.dim, eps=stacked.eps)
+    with torch.no_grad():
+        ln.weight.copy_(stacked.weight[m])
+        ln.bias.copy_(stacked.bias[m])
+    return ln
+
+
+def compare_block(batch: int = 16, modalities: int = 3, patches: int = 128, width: int = 512,
+                  runs: int = 20, threads: int = 2, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Seconds of one forward + backward of the stacked SDTPS block and of :class:`PerModalitySDTPS`
+    (same weights, same input), timed interleaved; ``ratio`` = min stacked / min loop of the
+    wall-clock times. The process CPU time of each run is recorded too (``cpu_ratio``): on a
+    shared machine it is less disturbed by other processes than the wall clock."""
+    from torchreid_sdtps.models.sdtps import SDTPS, num_aggregated
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        stacked = SDTPS(width, num_aggregated(patches, 0.5, 0.5), num_modalities=modalities).train()
+        loop = PerModalitySDTPS(stacked).train().to(device)
+        stacked.to(device)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, modalities, patches, width, generator=g).to(device).requires_grad_()
+        guide = torch.randn(batch, modalities, width, generator=g).to(device).requires_grad_()
+        steps = {"stacked": lambda: stacked(x, guide).tokens, "loop": lambda: loop(x, guide)[0]}
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        cpu: dict[str, list[float]] = {k: [] for k in steps}
+        for i in range(runs + 1):  # run 0 warms up
+            for name, fn in steps.items():
+                x.grad = guide.grad = None
+                _sync(device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn().square().mean().backward()
+                _sync(device)
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
+        with torch.no_grad():
+            diff = (stacked(x, guide).tokens - loop(x, guide)[0]).abs().max().item()
+    finally:
+        torch.set_num_threads(old_threads)
+    best = {k: min(v) for k, v in times.items()}
+    return {"shape": dict(B=batch, M=modalities, N=patches, C=width), "threads": threads, "runs": runs,
+            "device": device, "machine": machine(device),
+            "min_s": best, "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "ratio": best["stacked"] / best["loop"], "cpu_min_s": {k: min(v) for k, v in cpu.items()},
+            "cpu_ratio": min(cpu["stacked"]) / min(cpu["loop"]), "max_abs_diff": diff}
+
+
+def format_block(r: dict[str, Any], command: str) -> str:
+    """Markdown lines for :func:`compare_block`."""
+    s = r["shape"]
+    return "\n".join([
+        "### SDTPS block: stacked vs per-modality loop (`benchmarks/bench_cost.py --block`)", "",
+        f"`{command}`: B={s['B']}, M={s['M']}, N={s['N']}, C={s['C']}, forward + backward, "
+        f"{r['threads']} threads, {r['runs']} interleaved runs each; {r['machine']}.", "",
+        "| implementation | min wall (s) | median wall (s) | min process CPU (s) |", "|---|---:|---:|---:|",
+        *(f"| {k} | {r['min_s'][k]:.4f} | {r['median_s'][k]:.4f} | {r['cpu_min_s'][k]:.4f} |"
+          for k in ("stacked", "loop")),
+        "", f"ratio stacked / loop (min wall): **{r['ratio']:.3f}** (min CPU: {r['cpu_ratio']:.3f}); "
+            f"max |difference| of the outputs {r['max_abs_diff']:.2e}",
+    ])
 
 
 # ----------------------------------------------------------------------------- memory
@@ -491,12 +622,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sdtps_vit_tiny (1 block, C=48) at 64x32, batch 2, 1 iteration")
+    parser.add_argument("--block", action="store_true",
+                        help="time only the SDTPS block, stacked vs a per-modality loop (--batch, "
+                             "--iters runs, --threads; --modalities, --patches, --dim)")
+    parser.add_argument("--modalities", type=int, default=3, help="--block: M")
+    parser.add_argument("--patches", type=int, default=128, help="--block: N")
+    parser.add_argument("--dim", type=int, default=512, help="--block: C")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--score-grad", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.height, args.width = "sdtps_vit_tiny", 64, 32
         args.batch, args.iters, args.warmup, args.num_classes = 2, 1, 0, 5
+    if args.block and (args.smoke or args.out):
+        parser.error("--block prints its own table; it does not combine with --smoke or --out")
     if args.batch < 2 or args.iters < 1 or args.warmup < 0:
         parser.error("need --batch >= 2 (BatchNorm in training), --iters >= 1, --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -519,8 +658,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         out = memory_child(args)
         print(json.dumps(out))
         return out
+    command = command_line("bench_cost.py", argv)
+    if args.block:
+        block = compare_block(args.batch, args.modalities, args.patches, args.dim, args.iters,
+                              args.threads or torch.get_num_threads(), device=args.device)
+        print(format_block(block, command))
+        if args.json:
+            print(json.dumps(block, indent=2))
+        return block
     result = run(args)
-    text = format_report(result, command_line("bench_cost.py", argv))
+    text = format_report(result, command)
     result["report"] = text
     result["ratios"] = _ratios(result)
     print(text)

@@ -73,3 +73,29 @@ def built(make_cfg: Callable[..., Any]) -> tuple[Any, Any, torch.nn.Module, Any]
 def builders() -> Any:
     """The module with ``build_all``, ``build_datamanager`` and ``build_model``."""
     return _builders()
+
+
+BENCH_DIR = str(Path(__file__).resolve().parent.parent / "benchmarks")
+
+
+def load_benchmark(name: str) -> Any:
+    """Import ``benchmarks/<name>.py`` as the script sees itself (its folder first on
+    ``sys.path``, so ``_common`` resolves; registered in ``sys.modules`` for dataclasses)."""
+    import importlib.util
+    import sys
+
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, str(Path(BENCH_DIR) / f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def benchmark_module() -> Callable[[str], Any]:
+    """:func:`load_benchmark`, as a fixture."""
+    return load_benchmark

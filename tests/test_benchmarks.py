@@ -4,36 +4,19 @@ No timing is asserted (the machine is shared); only structure, counts and consis
 """
 from __future__ import annotations
 
-import importlib.util
-import os.path as osp
-import sys
-
 import pytest
 import torch
 
 torch.set_num_threads(1)
 
-BENCH_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks")
-
-
-def _load(name: str):
-    if BENCH_DIR not in sys.path:
-        sys.path.insert(0, BENCH_DIR)
-    spec = importlib.util.spec_from_file_location(name, osp.join(BENCH_DIR, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench_cost(benchmark_module):
+    return benchmark_module("bench_cost")
 
 
 @pytest.fixture(scope="module")
-def bench_cost():
-    return _load("bench_cost")
-
-
-@pytest.fixture(scope="module")
-def study():
-    return _load("synthetic_study")
+def study(benchmark_module):
+    return benchmark_module("synthetic_study")
 
 
 # ----------------------------------------------------------------------------- bench_cost

@@ -6,7 +6,8 @@ import torch
 from timm.layers import QuickGELU
 from torch import nn
 
-from torchreid_sdtps.models.backbone import VARIANTS, ViTBackbone, build_backbone
+from torchreid_sdtps.models.backbone import VARIANTS, ViTBackbone
+from torchreid_sdtps.models.factory import build_backbone
 
 torch.set_num_threads(1)
 SMALL = dict(embed_dim=64, depth=2, num_heads=2)  # narrow copies of the named variants

@@ -5,6 +5,7 @@ No backbone is needed: patches and guides are random tensors of the documented s
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -12,8 +13,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchreid_sdtps.models.sdtps import (
-    SDTPS, GlobalLocalGuide, StackedLayerNorm, StackedLinear, combine_scores, guide_similarity,
-    minmax_normalize, num_aggregated, num_keep, select_tokens,
+    SDTPS,
+    GlobalLocalGuide,
+    StackedLayerNorm,
+    StackedLinear,
+    combine_scores,
+    guide_similarity,
+    minmax_normalize,
+    num_aggregated,
+    num_keep,
+    select_tokens,
 )
 
 B, M, C = 2, 3, 16
@@ -277,3 +286,91 @@ def test_extra_token_is_softmax_weighted_sum_of_dropped_patches():
             torch.testing.assert_close(out.tokens[b, m, -1], ref)
     assert math.isclose(float(out.mask.sum()), B * M * 5)
 
+
+
+# ---------------------------------------------------------------- same numbers as before the speed-up
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sdtps_reference.pt")
+REFERENCE_CASES = {"topk_train": ("topk", True, False), "gumbel_train": ("gumbel", True, False),
+                   "gumbel_train_score_grad": ("gumbel", True, True), "eval": ("gumbel", False, False)}
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
+def test_outputs_and_gradients_match_the_saved_reference(case):
+    """``tests/data/sdtps_reference.pt`` holds weights, inputs, outputs and gradients computed by the
+    einsum implementation this block had before its speed-up (B=2, M=3, N=20, C=16, N_c=4, the
+    Gumbel noise drawn after ``torch.manual_seed(7)``); the batched-matmul form must reproduce them."""
+    ref = torch.load(REFERENCE, weights_only=True)
+    selection, training, score_grad = REFERENCE_CASES[case]
+    blk = SDTPS(C, 4, num_modalities=M, selection=selection, score_grad=score_grad).train(training)
+    guide_mod = GlobalLocalGuide(C, M).train(training)
+    blk.load_state_dict(ref["block_state"])
+    guide_mod.load_state_dict(ref["guide_state"])
+    patches = ref["patches"].clone().requires_grad_()
+    cls = ref["cls"].clone().requires_grad_()
+    torch.manual_seed(7)
+    guide = guide_mod(cls, patches)
+    out = blk(patches, guide)
+    (out.tokens.square().mean() + out.feature.sum() + out.mask.sum() + out.score.sum()).backward()
+    want = ref[case]
+    assert torch.equal(out.mask, want["mask"])  # the same tokens are selected
+    close = dict(rtol=1e-5, atol=1e-6)
+    for name in ("guide", "tokens", "feature", "score"):
+        torch.testing.assert_close(getattr(out, name, guide) if name != "guide" else guide, want[name], **close)
+    if want["soft_mask"] is None:
+        assert out.soft_mask is None
+    else:
+        torch.testing.assert_close(out.soft_mask, want["soft_mask"], **close)
+    torch.testing.assert_close(patches.grad, want["grad_patches"], **close)
+    torch.testing.assert_close(cls.grad, want["grad_cls"], **close)
+    params = dict(blk.named_parameters()) | {"guide." + n: p for n, p in guide_mod.named_parameters()}
+    got = {k: p.grad for k, p in params.items() if p.grad is not None}
+    assert set(got) == set(want["grad_params"])
+    for k, g in want["grad_params"].items():
+        torch.testing.assert_close(got[k], g, **close, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def _bench_cost():
+    from conftest import load_benchmark
+
+    return load_benchmark("bench_cost")
+
+
+def test_stacked_block_equals_the_per_modality_loop_of_bench_cost():
+    """The speed reference in ``benchmarks/bench_cost.py`` (one ``nn.Linear`` per modality, a Python
+    loop) computes the same outputs and gradients as the stacked block."""
+    bench = _bench_cost()
+    blk = _block(num_aggr=5).train()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    loop = bench.PerModalitySDTPS(blk).train()
+    patches, guide = _inputs(n=30, grad=True)
+    out = blk(patches, guide)
+    out.tokens.square().mean().backward()
+    loop_patches = patches.detach().requires_grad_()
+    tokens, score = loop(loop_patches, guide)
+    tokens.square().mean().backward()
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(patches.grad, loop_patches.grad, **close)
+    torch.testing.assert_close(out.tokens, tokens, **close)
+    torch.testing.assert_close(out.score, score, **close)
+    aggr = blk.aggregate
+    pairs = [(blk.score_mlp.fc1, loop.score_fc1), (blk.score_mlp.fc2, loop.score_fc2),
+             (aggr.weight.fc1, loop.aggr_fc1), (aggr.weight.fc2, loop.aggr_fc2)]
+    for m in range(M):
+        for stacked, linears in pairs:
+            torch.testing.assert_close(stacked.weight.grad[m], linears[m].weight.grad.t(), **close)
+            torch.testing.assert_close(stacked.bias.grad[m], linears[m].bias.grad, **close)
+        torch.testing.assert_close(aggr.norm.weight.grad[m], loop.aggr_norm[m].weight.grad, **close)
+        torch.testing.assert_close(aggr.norm.bias.grad[m], loop.aggr_norm[m].bias.grad, **close)
+    torch.testing.assert_close(aggr.scale.grad.flatten(), loop.aggr_scale.grad, **close)
+
+
+def test_bench_cost_block_mode_times_both_forms(capsys):
+    r = _bench_cost().main(["--block", "--device", "cpu", "--batch", "2", "--patches", "12", "--dim", "8",
+                            "--iters", "2", "--threads", "1"])
+    assert r["shape"] == dict(B=2, M=3, N=12, C=8) and r["runs"] == 2
+    assert set(r["min_s"]) == {"stacked", "loop"} and all(v > 0 for v in r["min_s"].values())
+    assert r["ratio"] == pytest.approx(r["min_s"]["stacked"] / r["min_s"]["loop"])
+    assert r["max_abs_diff"] < 1e-5  # same weights, same math
+    assert "ratio stacked / loop" in capsys.readouterr().out

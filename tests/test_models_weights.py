@@ -18,7 +18,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from torchreid_sdtps.models import weights as W
-from torchreid_sdtps.models.backbone import build_backbone
+from torchreid_sdtps.models.factory import build_backbone
 
 torch.set_num_threads(1)
 # torch.jit.trace writes the TorchScript fixtures (the format OpenAI publishes); its deprecation
@@ -395,3 +395,58 @@ def test_only_rank0_logs_and_bad_source(timm_src, tmp_path, caplog, monkeypatch)
     assert torch.allclose(_tokens(m, X), _timm_tokens(timm_src, X), atol=1e-6)
     with pytest.raises(TypeError, match="True or a file path"):
         W.load_pretrained(m, 3)
+
+
+# ----------------------------------------------------------------------------- unsafe pickles
+
+def _checkpoint_with_args(timm_src, path):
+    """A training checkpoint as timm's train.py writes it: weights plus the argparse ``args``."""
+    import argparse
+    torch.save({"state_dict": timm_src.state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+
+
+def test_unsafe_pickle_needs_explicit_opt_in(timm_src, tmp_path, monkeypatch):
+    path = tmp_path / "train_ckpt.pth"
+    _checkpoint_with_args(timm_src, path)
+    monkeypatch.delenv(W.UNSAFE_PICKLE_ENV, raising=False)
+    m = _vit_backbone()
+    with pytest.raises(W.UnsafePickleError, match=r"train_ckpt\.pth.*allow_unsafe_pickle=True.*"
+                       + W.UNSAFE_PICKLE_ENV + r"=1.*argparse\.Namespace"):
+        W.load_pretrained(m, str(path))
+    with pytest.raises(W.UnsafePickleError):  # an explicit False wins over the environment
+        monkeypatch.setenv(W.UNSAFE_PICKLE_ENV, "1")
+        W.load_pretrained(m, str(path), allow_unsafe_pickle=False)
+    monkeypatch.setenv(W.UNSAFE_PICKLE_ENV, "maybe")
+    with pytest.raises(ValueError, match=W.UNSAFE_PICKLE_ENV + "='maybe'"):
+        W.load_pretrained(m, str(path))
+
+
+def test_unsafe_pickle_opt_in_by_argument_or_environment(timm_src, tmp_path, monkeypatch, caplog):
+    path = tmp_path / "train_ckpt.pth"
+    _checkpoint_with_args(timm_src, path)
+    monkeypatch.delenv(W.UNSAFE_PICKLE_ENV, raising=False)
+    with caplog.at_level(logging.WARNING, logger="torchreid_sdtps"):
+        m = _vit_backbone(pretrained=str(path), allow_unsafe_pickle=True)
+    assert torch.allclose(_tokens(m, X), _timm_tokens(timm_src, X), atol=1e-6)
+    assert "weights_only=False" in caplog.text
+    monkeypatch.setenv(W.UNSAFE_PICKLE_ENV, "1")
+    m2 = _vit_backbone(pretrained=str(path))
+    assert torch.equal(_tokens(m2, X), _tokens(m, X))
+    with pytest.raises(ValueError, match="allow_unsafe_pickle only applies"):
+        _vit_backbone(allow_unsafe_pickle=True)  # no pretrained file: the flag would be ignored
+
+
+def test_backbone_and_weights_do_not_import_each_other():
+    import ast
+    import inspect
+    from torchreid_sdtps.models import backbone as B
+
+    for mod, other in ((W, "backbone"), (B, "weights")):
+        tree = ast.parse(inspect.getsource(mod))
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(other in name for name in imported), (mod.__name__, imported)
+    src = inspect.getsource(W)
+    assert "import _" not in src and not any(  # timm's public API only
+        a.name.startswith("_") for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)
+        and (n.module or "").startswith("timm") for a in n.names)

@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "SDTPSNet": "net", "BNNeck": "net", "sdtps_clip_vit_b16": "net", "sdtps_vit_b16": "net",
     "sdtps_vit_tiny": "net", "SDTPS": "sdtps", "GlobalLocalGuide": "sdtps",
-    "TokenAggregation": "sdtps", "build_backbone": "backbone", "ViTBackbone": "backbone",
+    "TokenAggregation": "sdtps", "build_backbone": "factory", "ViTBackbone": "backbone",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,14 +12,15 @@ variant); this module only adds what re-id needs on top of it:
 * a forward that returns ``(cls (B', C), patches (B', N, C))``.
 
 Pretrained weights (download, format detection, key conversion, position-embedding
-resampling) live in :mod:`torchreid_sdtps.models.weights`.
+resampling) live in :mod:`torchreid_sdtps.models.weights`; :func:`torchreid_sdtps.models.factory.build_backbone`
+joins the two (neither module imports the other).
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import timm
 import torch
@@ -28,7 +29,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["VariantSpec", "VARIANTS", "ViTBackbone", "build_backbone", "variant_names"]
+__all__ = ["VariantSpec", "VARIANTS", "ViTBackbone", "variant_names"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -48,15 +49,15 @@ class VariantSpec:
     """
 
     timm_name: str
-    timm_kwargs: Dict[str, Any]
-    default_img_size: Tuple[int, int]
-    proj_dim: Optional[int] = None
-    mean: Tuple[float, float, float] = INCEPTION_MEAN
-    std: Tuple[float, float, float] = INCEPTION_STD
+    timm_kwargs: dict[str, Any]
+    default_img_size: tuple[int, int]
+    proj_dim: int | None = None
+    mean: tuple[float, float, float] = INCEPTION_MEAN
+    std: tuple[float, float, float] = INCEPTION_STD
     notes: str = field(default="", compare=False)
 
 
-VARIANTS: Dict[str, VariantSpec] = {
+VARIANTS: dict[str, VariantSpec] = {
     # OpenAI CLIP ViT-B/16 image tower: pre-norm (ln_pre), quick-GELU, LayerNorm eps 1e-5,
     # no patch-embed bias; reference: timm `vit_base_patch16_clip_quickgelu_224`.
     "clip_vit_b16": VariantSpec(
@@ -93,7 +94,7 @@ _RESERVED = frozenset({"img_size", "num_classes", "global_pool", "class_token", 
 _TIMM_ARGS = frozenset(inspect.signature(VisionTransformer.__init__).parameters) - {"self"} - _RESERVED
 
 
-def variant_names() -> Tuple[str, ...]:
+def variant_names() -> tuple[str, ...]:
     """The accepted ``variant`` strings."""
     return tuple(VARIANTS)
 
@@ -105,7 +106,7 @@ def _spec(variant: str) -> VariantSpec:
         raise ValueError(f"unknown backbone variant {variant!r}; expected one of {sorted(VARIANTS)}") from None
 
 
-def _as_hw(img_size: Union[int, Tuple[int, int], None], default: Tuple[int, int]) -> Tuple[int, int]:
+def _as_hw(img_size: int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
     if img_size is None:
         return default
     if isinstance(img_size, int):
@@ -138,7 +139,7 @@ class ViTBackbone(nn.Module):
     def __init__(
         self,
         variant: str = "vit_tiny",
-        img_size: Union[int, Tuple[int, int], None] = None,
+        img_size: int | tuple[int, int] | None = None,
         num_cameras: int = 0,
         sie_coe: float = 3.0,
         drop_path_rate: float = 0.1,
@@ -166,7 +167,7 @@ class ViTBackbone(nn.Module):
 
         self.width: int = int(self.vit.embed_dim)
         self.patch_size: int = int(patch)
-        self.grid_size: Tuple[int, int] = tuple(int(g) for g in self.vit.patch_embed.grid_size)  # type: ignore
+        self.grid_size: tuple[int, int] = tuple(int(g) for g in self.vit.patch_embed.grid_size)  # type: ignore
         self.num_patches: int = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens: int = int(self.vit.num_prefix_tokens)
         self.mean, self.std = spec.mean, spec.std
@@ -182,7 +183,7 @@ class ViTBackbone(nn.Module):
         self.sie_coe = float(sie_coe)
         if self.num_cameras > 0:
             sie = torch.zeros(self.num_cameras, 1, self.width, **factory)
-            self.sie_embed: Optional[nn.Parameter] = nn.Parameter(sie)
+            self.sie_embed: nn.Parameter | None = nn.Parameter(sie)
             trunc_normal_(self.sie_embed, std=0.02)
         else:
             self.register_parameter("sie_embed", None)
@@ -217,8 +218,8 @@ class ViTBackbone(nn.Module):
         return self.sie_coe * self.sie_embed[cam_label]
 
     def forward(
-        self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, cam_label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode images ``x (B', 3, H, W)`` into ``(cls (B', C), patches (B', N, C))``."""
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
@@ -234,26 +235,3 @@ class ViTBackbone(nn.Module):
             t = vit.blocks(t)
         t = self.proj(vit.norm(t))
         return t[:, 0], t[:, self.num_prefix_tokens:]
-
-
-def build_backbone(
-    variant: str,
-    img_size: Union[int, Tuple[int, int], None] = None,
-    num_cameras: int = 0,
-    pretrained: Union[bool, str] = False,
-    sie_coe: float = 3.0,
-    drop_path_rate: float = 0.1,
-    **kw: Any,
-) -> ViTBackbone:
-    """Build a :class:`ViTBackbone` and optionally load pretrained weights.
-
-    ``pretrained``: False (random init), True (the variant's published file, downloaded once
-    to ``torch.hub.get_dir()/checkpoints``) or a path to a local checkpoint (OpenAI CLIP JIT
-    archive or state dict, timm ``.pth``/``.npz``). See :func:`weights.load_pretrained`.
-    """
-    model = ViTBackbone(variant, img_size=img_size, num_cameras=num_cameras, sie_coe=sie_coe,
-                        drop_path_rate=drop_path_rate, **kw)
-    if pretrained:
-        from .weights import load_pretrained  # local import: weights.py imports this module
-        load_pretrained(model, pretrained, variant)
-    return model

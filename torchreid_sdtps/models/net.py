@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .. import dist as _dist
 from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
-from .backbone import build_backbone
+from .factory import build_backbone
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
 __all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS",

@@ -10,9 +10,13 @@ every modality ``m`` of ``M`` (RGB, NI, TI by default) it
    Gumbel top-K whose noise enters the ranking;
 3. folds the dropped patches into one extra token and aggregates the kept ones ``N_s -> N_c``.
 
-Every per-modality layer is *stacked*: one parameter tensor with a leading ``M`` axis applied in
-one einsum, so the three modalities run as one batched call and no block is copied per
-modality. Shapes: B batch, M modalities, N patches, K kept (N_s), N_c aggregated, C width.
+Every per-modality layer is *stacked*: one parameter tensor with a leading ``M`` axis applied as
+one batched matmul (``torch.baddbmm`` over ``M``), so the three modalities run as one call and no
+block is copied per modality. Tensors are passed around as ``(B, M, ...)`` but the block keeps
+them *modality-major in memory* (``(M, B, ...)`` contiguous, seen through ``transpose(0, 1)``):
+every stacked layer then reshapes to ``(M, B*..., F)`` without copying, which makes the stacked
+block at least as fast as a plain loop over modalities (``benchmarks/bench_cost.py --block``).
+Shapes: B batch, M modalities, N patches, K kept (N_s), N_c aggregated, C width.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import QuickGELU
 
 from ..choices import SELECTIONS
 
@@ -39,20 +44,22 @@ _EPS = 1e-6
 # --------------------------------------------------------------------------------------------
 # Stacked per-modality layers
 # --------------------------------------------------------------------------------------------
-class QuickGELU(nn.Module):
-    """CLIP's GELU approximation ``x * sigmoid(1.702 x)``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+def _modality_major(x: torch.Tensor) -> torch.Tensor:
+    """``(B, M, ...)`` with ``(M, B, ...)`` contiguous memory (one copy unless it already is)."""
+    return x.transpose(0, 1).contiguous().transpose(0, 1)
 
 
 def _per_modality(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """View a stacked ``(M, F)`` tensor so it broadcasts against ``(B, M, ..., F)`` of ``ndim`` dims."""
-    return t.view(t.shape[0], *([1] * (ndim - 3)), t.shape[-1])
+    """View a stacked ``(M, F)`` tensor so it broadcasts against ``(M, B, ..., F)`` of ``ndim`` dims."""
+    return t.view(t.shape[0], *([1] * (ndim - 2)), t.shape[-1])
 
 
 class StackedLinear(nn.Module):
-    """``M`` independent linear layers in one einsum: ``(B, M, ..., in) -> (B, M, ..., out)``."""
+    """``M`` independent linear layers in one batched matmul: ``(B, M, ..., in) -> (B, M, ..., out)``.
+
+    Computed as ``baddbmm(bias, x_m, W)`` on the modality-major view ``x_m (M, B*..., in)``; the
+    result is returned as a ``(B, M, ..., out)`` view of modality-major memory.
+    """
 
     def __init__(self, num: int, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -62,8 +69,13 @@ class StackedLinear(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)  # timm's ViT init for Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.einsum("bm...i,mio->bm...o", x, self.weight)
-        return y if self.bias is None else y + _per_modality(self.bias, y.dim())
+        xm = x.transpose(0, 1)  # (M, B, ..., in): a view; free to flatten when memory is modality-major
+        flat = xm.reshape(self.num, -1, self.in_features)
+        if self.bias is None:
+            y = torch.bmm(flat, self.weight)
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight)
+        return y.view(*xm.shape[:-1], self.out_features).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}"
@@ -79,8 +91,9 @@ class StackedLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M, ..., C)
-        x = F.layer_norm(x, (self.dim,), eps=self.eps)
-        return x * _per_modality(self.weight, x.dim()) + _per_modality(self.bias, x.dim())
+        y = F.layer_norm(x.transpose(0, 1), (self.dim,), eps=self.eps)  # (M, B, ..., C) contiguous
+        return torch.addcmul(_per_modality(self.bias, y.dim()), y, _per_modality(self.weight, y.dim())
+                             ).transpose(0, 1)
 
 
 class StackedMlp(nn.Module):
@@ -130,10 +143,22 @@ class TokenAggregation(nn.Module):
         self.scale = nn.Parameter(torch.ones(num_modalities, 1, 1))
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.weight(self.norm(x)).transpose(-1, -2) * self.scale  # (B, M, N_c, N_s)
-        if keep is not None:  # (B, M, N_s) decision values of the kept tokens
-            logits = logits + keep.clamp_min(_EPS).log().unsqueeze(-2)
-        return logits.softmax(dim=-1) @ x  # (B, M, N_c, C)
+        """``x (B, M, N_s, C)``, ``keep (B, M, N_s)`` or None (all 1) -> ``V̂ (B, M, N_c, C)``.
+
+        ``MLP(LN(x))`` with the LayerNorm's affine folded into the first linear layer:
+        ``(y * w + b) @ W1 + b1 = y @ (w W1) + (b @ W1 + b1)``, so the per-token affine pass
+        (and its two reductions in backward) becomes a few ``(M, C, hidden)`` products.
+        """
+        norm, fc1, mlp = self.norm, self.weight.fc1, self.weight
+        y = F.layer_norm(x.transpose(0, 1), (norm.dim,), eps=norm.eps)  # (M, B, N_s, C) contiguous
+        w1 = norm.weight.unsqueeze(-1) * fc1.weight  # (M, C, hidden)
+        b1 = torch.baddbmm(fc1.bias.unsqueeze(1), norm.bias.unsqueeze(1), fc1.weight)  # (M, 1, hidden)
+        hidden = torch.baddbmm(b1, y.reshape(y.shape[0], -1, y.shape[-1]), w1)  # (M, B*N_s, hidden)
+        h = mlp.fc2(mlp.act(hidden).view(*y.shape[:-1], -1).transpose(0, 1)).transpose(0, 1)  # (M, B, N_s, N_c)
+        logits = h.transpose(-1, -2) * self.scale.unsqueeze(1)  # (M, B, N_c, N_s)
+        if keep is not None:  # decision values of the kept tokens
+            logits = logits + keep.transpose(0, 1).clamp_min(_EPS).log().unsqueeze(-2)
+        return (logits.softmax(dim=-1) @ x.transpose(0, 1)).transpose(0, 1)  # one bmm over M*B
 
 
 def num_keep(n: int, ratio: float) -> int:
@@ -156,9 +181,14 @@ def minmax_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def guide_similarity(patches: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
     """Cosine of every patch of modality m to every guide k: ``(B,M,N,C), (B,M,C) -> (B,M,M,N)``.
 
-    ``[:, m, m]`` is ``s_im``; ``[:, m, k]`` for ``k != m`` is ``s_x(k)``.
+    ``[:, m, m]`` is ``s_im``; ``[:, m, k]`` for ``k != m`` is ``s_x(k)``. Computed as
+    ``(P_m . g_k / |g_k|) / |P_m|`` so that the patches are not normalised (copied) first.
     """
-    return torch.einsum("bmnc,bkc->bmkn", F.normalize(patches, dim=-1), F.normalize(guide, dim=-1))
+    guides = F.normalize(guide, dim=-1).transpose(-1, -2)  # (B, C, M_k)
+    pm = patches.transpose(0, 1)  # (M, B, N, C)
+    dots = pm @ guides  # (M, B, N, M_k): one bmm over M*B
+    norms = torch.linalg.vector_norm(pm, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
+    return (dots / norms).permute(1, 0, 3, 2)
 
 
 def combine_scores(s_pred: torch.Tensor, sim: torch.Tensor, beta: float) -> torch.Tensor:
@@ -211,9 +241,36 @@ def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: floa
     return Selection(keep, drop, hard + (soft - soft.detach()), soft)  # forward value exactly hard
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Gather tokens along dim 2: ``(B,M,N,C), (B,M,K) -> (B,M,K,C)``."""
-    return x.gather(2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+class _PartitionRows(torch.autograd.Function):
+    """Rows ``a`` and rows ``b`` of ``x (R, C)``, where ``[a, b]`` lists every row exactly once.
+
+    Because the two index sets partition the rows, the backward writes each row's gradient once
+    (two ``index_copy_``) instead of zero-filling and scatter-adding, and the forward copies
+    whole rows (``index_select``) instead of gathering element by element.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(a, b)
+        ctx.x_shape = x.shape
+        return x.index_select(0, a), x.index_select(0, b)
+
+    @staticmethod
+    def backward(ctx, grad_a: torch.Tensor, grad_b: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        a, b = ctx.saved_tensors
+        grad = grad_a.new_empty(ctx.x_shape)
+        return grad.index_copy_(0, a, grad_a).index_copy_(0, b, grad_b), None, None
+
+
+def _partition_tokens(patches: torch.Tensor, keep: torch.Tensor, drop: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept and dropped tokens ``(M, B, K, C)``, ``(M, B, N-K, C)`` of modality-major ``patches (B, M, N, C)``."""
+    b, m, n, c = patches.shape
+    first = (torch.arange(m * b, device=patches.device) * n).view(m, b, 1)  # row of token 0 of (m, b)
+    rows = patches.transpose(0, 1).reshape(m * b * n, c)  # a view: the memory is modality-major
+    kept, dropped = _PartitionRows.apply(rows, (keep.transpose(0, 1) + first).reshape(-1),
+                                         (drop.transpose(0, 1) + first).reshape(-1))
+    return kept.view(m, b, -1, c), dropped.view(m, b, -1, c)
 
 
 class SDTPSOutput(NamedTuple):
@@ -276,16 +333,23 @@ class SDTPS(nn.Module):
 
     def forward(self, patches: torch.Tensor, guide: torch.Tensor) -> SDTPSOutput:
         """``patches (B, M, N, C)``, ``guide (B, M, C)`` -> :class:`SDTPSOutput`."""
+        patches = _modality_major(patches)  # every stacked op below reshapes without copying
         score = self.scores(patches, guide)  # (B, M, N)
         k = num_keep(patches.shape[2], self.ratio)
         sel = select_tokens(score, k, gumbel=self.training and self.selection == "gumbel",
                             noise=self.gumbel_noise, tau=self.gumbel_tau)
-        d_keep, d_drop = sel.mask.gather(-1, sel.keep), sel.mask.gather(-1, sel.drop)  # (B,M,K), (B,M,N-K)
-        kept = _gather(patches, sel.keep) * d_keep.unsqueeze(-1)  # V_s = gather(P * D), (B, M, K, C)
-        weights = score.gather(-1, sel.drop).softmax(dim=-1) * (1 - d_drop)  # (B, M, N-K)
-        extra = torch.einsum("bmn,bmnc->bmc", weights, _gather(patches, sel.drop))  # e (B, M, C)
-        aggr = self.aggregate(kept, d_keep)  # V̂ (B, M, N_c, C)
-        tokens = torch.cat([aggr, extra.unsqueeze(2)], dim=2)  # T_m (B, M, N_c + 1, C)
+        kept, dropped = _partition_tokens(patches, sel.keep, sel.drop)  # (M, B, K, C), (M, B, N-K, C)
+        kept = kept.transpose(0, 1)  # V_s = gather(P * D), (B, M, K, C)
+        weights = score.gather(-1, sel.drop).softmax(dim=-1)  # (B, M, N-K)
+        d_keep = None
+        if sel.soft is not None:  # D carries gradient (Gumbel): apply it. Else D is exactly 1 on the
+            # kept and 0 on the dropped tokens, and multiplying by it would change no number.
+            d_keep, d_drop = sel.mask.gather(-1, sel.keep), sel.mask.gather(-1, sel.drop)
+            kept = kept * d_keep.unsqueeze(-1)
+            weights = weights * (1 - d_drop)
+        extra = weights.transpose(0, 1).unsqueeze(-2) @ dropped  # e (M, B, 1, C): one bmm over M*B
+        aggr = self.aggregate(kept, d_keep).transpose(0, 1)  # V̂ (M, B, N_c, C)
+        tokens = torch.cat([aggr, extra], dim=2).transpose(0, 1)  # T_m (B, M, N_c + 1, C)
         return SDTPSOutput(tokens, tokens.mean(dim=2), sel.mask, sel.soft, score)
 
     def extra_repr(self) -> str:

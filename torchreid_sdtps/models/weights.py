@@ -1,50 +1,55 @@
-"""Pretrained weights for :class:`~torchreid_sdtps.models.backbone.ViTBackbone`.
+"""Pretrained weights for a :class:`~torchreid_sdtps.models.backbone.ViTBackbone`.
 
 ``load_pretrained(backbone, source, variant)`` finds a checkpoint (the variant's published
-file, downloaded once into the torch hub cache, or a local path), reads it in whichever
-published format it is in, converts it to timm's key names with timm's own converters,
-resamples the position embedding to the backbone's H x W patch grid and loads it.
+file, downloaded once into the torch hub cache, or a local path), reads it, converts it to
+timm's key names and loads it. Key conversion is timm's public
+``vision_transformer.checkpoint_filter_fn`` (OpenAI CLIP, DINOv2, ... layouts) and .npz files are
+loaded by timm's ``VisionTransformer.load_pretrained``; this module only adds what timm does not
+do for a re-id backbone:
 
-Accepted files:
+* finding the file (published URL + torch hub cache, atomic download) and reading every
+  published container (OpenAI TorchScript archives, wrapped/``module.``-prefixed state dicts,
+  the CLIP visual tower saved on its own, a saved ``ViTBackbone``);
+* resampling the position embedding from a *non-square* source grid (``src_grid``; timm
+  assumes a square or its pretrained config's grid);
+* keeping the CLIP projection (timm's bias-free ``head``) as the backbone's ``proj``, dropping
+  classifier heads and blocks beyond the backbone's depth, and checking shapes with errors
+  that name the file.
 
-* OpenAI CLIP TorchScript archives (``ViT-B-16.pt`` as published) and plain OpenAI CLIP
-  state dicts (``visual.*`` keys, or the visual tower alone) -> timm ``_convert_openai_clip``;
-  ``visual.proj`` becomes the backbone's 768->512 projection.
-* timm / plain PyTorch state dicts (``.pth``/``.pt``/``.bin``), optionally wrapped in
-  ``{"state_dict": ...}`` / ``{"model": ...}`` and with ``module.`` prefixes; also a saved
-  :class:`ViTBackbone` state dict (``vit.*`` keys).
-* Google/timm JAX ``.npz`` checkpoints (augreg) -> timm ``_load_weights``.
-
-Classifier heads are dropped; blocks beyond the backbone's depth are dropped (the tiny
-variant uses the first blocks of ViT-Ti/16). Missing and unexpected keys are logged once.
+``torch.load(weights_only=False)`` (a file that pickles Python objects) runs code from the
+file; it is used only when the caller opts in with ``allow_unsafe_pickle=True`` or the
+environment variable ``TORCHREID_SDTPS_ALLOW_UNSAFE_PICKLE=1``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import pickle
 import re
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Sequence
 
 import torch
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import _convert_openai_clip, _load_weights
+from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import nn
 
 from ..dist import is_main_process
 from ..io import atomic_path
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .backbone import ViTBackbone
-
 __all__ = [
     "PretrainedFile", "PRETRAINED_FILES", "PretrainedDownloadError", "WeightsFormatError",
-    "cached_path", "download_pretrained", "read_checkpoint", "load_pretrained",
+    "UnsafePickleError", "UNSAFE_PICKLE_ENV", "cached_path", "download_pretrained",
+    "read_checkpoint", "load_pretrained",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: environment variable that opts in to ``torch.load(weights_only=False)`` (value ``1``)
+UNSAFE_PICKLE_ENV = "TORCHREID_SDTPS_ALLOW_UNSAFE_PICKLE"
 
 EXPECTED_FORMATS = (
     "an OpenAI CLIP TorchScript archive or state dict (visual.* keys), a timm/PyTorch state dict "
@@ -57,7 +62,7 @@ class PretrainedFile:
     """The published checkpoint of one variant: where it is fetched from and what it holds."""
 
     url: str
-    sha256: Optional[str] = None  # full digest when the publisher gives one (OpenAI puts it in the URL)
+    sha256: str | None = None  # full digest when the publisher gives one (OpenAI puts it in the URL)
     description: str = ""
 
     @property
@@ -67,7 +72,7 @@ class PretrainedFile:
 
 # Sources: OpenAI CLIP `clip/clip.py::_MODELS["ViT-B/16"]`; timm 1.0 `vision_transformer.py`
 # default_cfgs `vit_base_patch16_224.augreg_in21k_ft_in1k` / `vit_tiny_patch16_224.augreg_in21k_ft_in1k`.
-PRETRAINED_FILES: Dict[str, PretrainedFile] = {
+PRETRAINED_FILES: dict[str, PretrainedFile] = {
     "clip_vit_b16": PretrainedFile(
         url="https://openaipublic.azureedge.net/clip/models/"
             "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
@@ -93,6 +98,10 @@ class PretrainedDownloadError(RuntimeError):
 
 class WeightsFormatError(ValueError):
     """A checkpoint file is not in a supported format or does not fit the backbone."""
+
+
+class UnsafePickleError(WeightsFormatError):
+    """A checkpoint needs ``torch.load(weights_only=False)`` and the caller did not opt in."""
 
 
 def _published(variant: str) -> PretrainedFile:
@@ -135,7 +144,7 @@ def download_pretrained(variant: str, progress: bool = True) -> str:
 
 # ----------------------------------------------------------------------------- reading files
 
-def _zip_names(path: str) -> List[str]:
+def _zip_names(path: str) -> list[str]:
     if not zipfile.is_zipfile(path):
         return []
     try:
@@ -145,22 +154,49 @@ def _zip_names(path: str) -> List[str]:
         return []
 
 
-def _torch_load(path: str) -> object:
+def _unsafe_pickle_allowed(allow: bool | None) -> bool:
+    """The explicit argument wins; else the environment variable :data:`UNSAFE_PICKLE_ENV`."""
+    if allow is not None:
+        return bool(allow)
+    value = os.environ.get(UNSAFE_PICKLE_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"environment variable {UNSAFE_PICKLE_ENV}={value!r}: expected 1/true/yes or 0/false/no")
+
+
+def _torch_load(path: str, allow_unsafe_pickle: bool | None = None) -> object:
+    """``torch.load`` with ``weights_only=True``; ``weights_only=False`` only when opted in."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_err:  # noqa: BLE001 - retried below, reported if both fail
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001
+    except pickle.UnpicklingError as safe_err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(safe_err))
+        if found is None:  # not a pickle of Python objects: a file torch cannot read
             raise WeightsFormatError(
                 f"cannot read checkpoint {path}: {type(safe_err).__name__}: {str(safe_err)[:300]}. "
                 f"Expected {EXPECTED_FORMATS}.") from safe_err
-        logger.warning("%s holds non-tensor Python objects; it was loaded with torch.load(weights_only=False). "
-                       "Only load checkpoints you trust.", path)
-        return obj
+        if not _unsafe_pickle_allowed(allow_unsafe_pickle):
+            raise UnsafePickleError(
+                f"checkpoint {path} pickles Python objects besides tensors, so reading it needs "
+                "torch.load(weights_only=False), which can run arbitrary code from the file. If you "
+                "trust the file, opt in with load_pretrained(..., allow_unsafe_pickle=True) / "
+                f"build_backbone(..., allow_unsafe_pickle=True) or set {UNSAFE_PICKLE_ENV}=1; or "
+                f"re-save just its state dict. (It pickles {found.group(1)}.)") from safe_err
+    except Exception as safe_err:  # noqa: BLE001 - not a checkpoint torch can read at all
+        raise WeightsFormatError(
+            f"cannot read checkpoint {path}: {type(safe_err).__name__}: {str(safe_err)[:300]}. "
+            f"Expected {EXPECTED_FORMATS}.") from safe_err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise WeightsFormatError(f"cannot read checkpoint {path} even with weights_only=False: "
+                                 f"{type(e).__name__}: {str(e)[:300]}. Expected {EXPECTED_FORMATS}.") from e
+    logger.warning("%s was loaded with torch.load(weights_only=False) as opted in (allow_unsafe_pickle)", path)
+    return obj
 
 
-def _unwrap(obj: object, path: str) -> Dict[str, torch.Tensor]:
+def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
     """Turn a loaded object into a flat ``{name: tensor}`` dict without wrapper prefixes."""
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
@@ -184,8 +220,14 @@ def _unwrap(obj: object, path: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def read_checkpoint(path: str) -> Tuple[str, Optional[Dict[str, torch.Tensor]]]:
-    """Read ``path``; return ``("npz", None)`` or ``(kind, state_dict)`` with kind "jit"/"torch"."""
+def read_checkpoint(path: str, allow_unsafe_pickle: bool | None = None
+                    ) -> tuple[str, dict[str, torch.Tensor] | None]:
+    """Read ``path``; return ``("npz", None)`` or ``(kind, state_dict)`` with kind "jit"/"torch".
+
+    TorchScript archives (the format OpenAI publishes CLIP in) are read with ``torch.jit.load``,
+    whose restricted unpickler only rebuilds TorchScript modules; other files with
+    ``torch.load(weights_only=True)`` unless ``allow_unsafe_pickle`` (see :func:`load_pretrained`).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     names = _zip_names(path)
@@ -199,31 +241,33 @@ def read_checkpoint(path: str) -> Tuple[str, Optional[Dict[str, torch.Tensor]]]:
             return "jit", _unwrap(archive.state_dict(), path)
         except RuntimeError:
             logger.debug("%s is not a loadable TorchScript archive; trying torch.load", path)
-    return "torch", _unwrap(_torch_load(path), path)
+    return "torch", _unwrap(_torch_load(path, allow_unsafe_pickle), path)
 
 
 # ----------------------------------------------------------------------------- conversion
 
-def _to_timm_keys(sd: Dict[str, torch.Tensor], backbone: "ViTBackbone", path: str
-                  ) -> Tuple[str, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Map a state dict to timm ViT keys. Returns (format, vit_sd, extra) where ``extra`` holds
-    keys of the wrapper itself (``proj.weight``, ``sie_embed``)."""
-    extra: Dict[str, torch.Tensor] = {}
+def _split_layout(sd: dict[str, torch.Tensor], path: str
+                  ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Name the layout of ``sd`` and bring it to one ``checkpoint_filter_fn`` reads.
+
+    Returns ``(format, sd, extra)``; ``extra`` holds keys of a saved backbone wrapper itself
+    (``proj.weight``, ``sie_embed``).
+    """
+    if "class_embedding" in sd and "conv1.weight" in sd:  # the CLIP visual tower saved on its own
+        sd = {"visual." + k: v for k, v in sd.items()}
     if "visual.class_embedding" in sd:
-        return "openai-clip", _convert_openai_clip(sd, backbone.vit, prefix="visual."), extra
-    if "class_embedding" in sd and "conv1.weight" in sd:  # the visual tower saved on its own
-        return "openai-clip", _convert_openai_clip(sd, backbone.vit, prefix=""), extra
+        return "openai-clip", sd, {}
     if any(k.startswith("vit.") for k in sd):  # a saved ViTBackbone
         extra = {k: v for k, v in sd.items() if not k.startswith("vit.")}
         return "backbone", {k[4:]: v for k, v in sd.items() if k.startswith("vit.")}, extra
     if "patch_embed.proj.weight" in sd or "cls_token" in sd or "pos_embed" in sd:
-        return "timm", dict(sd), extra
+        return "timm", dict(sd), {}
     raise WeightsFormatError(
         f"checkpoint {path} has no ViT weights I recognise (first keys: {list(sd)[:6]}). Expected {EXPECTED_FORMATS}.")
 
 
-def _source_grid(n_tokens: int, target: Tuple[int, int], src_grid: Optional[Sequence[int]],
-                 path: str) -> Tuple[int, int]:
+def _source_grid(n_tokens: int, target: tuple[int, int], src_grid: Sequence[int] | None,
+                 path: str) -> tuple[int, int]:
     """Patch grid the checkpoint's position embedding was trained on."""
     if src_grid is not None:
         gh, gw = (int(s) for s in src_grid)
@@ -241,11 +285,35 @@ def _source_grid(n_tokens: int, target: Tuple[int, int], src_grid: Optional[Sequ
     return side, side
 
 
-def _adapt(vit_sd: Dict[str, torch.Tensor], backbone: "ViTBackbone", path: str,
-           src_grid: Optional[Sequence[int]], notes: List[str]) -> Dict[str, torch.Tensor]:
-    """Drop heads and extra blocks, take the CLIP projection, resample the position embedding."""
-    vit = backbone.vit
-    out: Dict[str, torch.Tensor] = {}
+def _resample_pos(pos: torch.Tensor, backbone: nn.Module, path: str, src_grid: Sequence[int] | None,
+                  notes: list[str]) -> torch.Tensor:
+    """Resample a ``(1, prefix + gh*gw, C)`` (or 2-D CLIP) position embedding to the backbone grid."""
+    pos = pos.float()  # OpenAI archives are fp16
+    if pos.dim() == 2:
+        pos = pos.unsqueeze(0)
+    npt = backbone.num_prefix_tokens
+    old = _source_grid(pos.shape[1] - npt, backbone.grid_size, src_grid, path)
+    if old == backbone.grid_size:
+        return pos
+    notes.append(f"pos_embed resampled {old[0]}x{old[1]} -> {backbone.grid_size[0]}x{backbone.grid_size[1]}")
+    return resample_abs_pos_embed(pos, new_size=list(backbone.grid_size), old_size=list(old),
+                                  num_prefix_tokens=npt, interpolation="bicubic", antialias=True)
+
+
+def _to_backbone_keys(sd: dict[str, torch.Tensor], backbone: nn.Module, path: str,
+                      src_grid: Sequence[int] | None, notes: list[str]) -> tuple[str, dict[str, torch.Tensor]]:
+    """Convert a checkpoint to the backbone's own keys (``vit.*``, ``proj.weight``, ``sie_embed``).
+
+    timm's ``checkpoint_filter_fn`` converts the keys; the position embedding is taken out
+    before and resampled here, because timm cannot be told a non-square source grid.
+    """
+    fmt, sd, extra = _split_layout(sd, path)
+    pos_key = "visual.positional_embedding" if fmt == "openai-clip" else "pos_embed"
+    pos = sd.pop(pos_key, None)
+    vit_sd = checkpoint_filter_fn(sd, backbone.vit)
+    if pos is not None:
+        vit_sd["pos_embed"] = _resample_pos(pos, backbone, path, src_grid, notes)
+    out: dict[str, torch.Tensor] = {}
     head_w, head_b = vit_sd.get("head.weight"), vit_sd.get("head.bias")
     proj = getattr(backbone.proj, "weight", None)
     if (proj is not None and head_w is not None and head_w.shape == proj.shape
@@ -253,33 +321,24 @@ def _adapt(vit_sd: Dict[str, torch.Tensor], backbone: "ViTBackbone", path: str,
         out["proj.weight"] = head_w  # CLIP projection: timm stores it as a bias-free `head`
     elif head_w is not None:
         notes.append(f"dropped classifier head {tuple(head_w.shape)}")
-    depth = len(vit.blocks)
+    depth = len(backbone.vit.blocks)
     block_ids = {int(m.group(1)) for k in vit_sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
     if block_ids and max(block_ids) >= depth:
         notes.append(f"checkpoint has {max(block_ids) + 1} blocks, using the first {depth}")
     for k, v in vit_sd.items():
-        if k.startswith(("head.", "pre_logits.")):
-            continue
         m = re.match(r"blocks\.(\d+)\.", k)
-        if m and int(m.group(1)) >= depth:
+        if k.startswith("head.") or (m and int(m.group(1)) >= depth):
             continue
-        if v.is_floating_point():
-            v = v.float()  # OpenAI archives are fp16
-        if k == "pos_embed":
-            if v.dim() == 2:
-                v = v.unsqueeze(0)
-            npt = backbone.num_prefix_tokens
-            old = _source_grid(v.shape[1] - npt, backbone.grid_size, src_grid, path)
-            if old != backbone.grid_size:
-                v = resample_abs_pos_embed(v, new_size=list(backbone.grid_size), old_size=list(old),
-                                           num_prefix_tokens=npt, interpolation="bicubic", antialias=True)
-                notes.append(f"pos_embed resampled {old[0]}x{old[1]} -> "
-                             f"{backbone.grid_size[0]}x{backbone.grid_size[1]}")
         out["vit." + k] = v
-    return out
+    for k, v in extra.items():  # wrapper keys of a saved ViTBackbone (proj, sie_embed)
+        out.setdefault(k, v)
+    if "sie_embed" in out and (backbone.sie_embed is None or out["sie_embed"].shape != backbone.sie_embed.shape):
+        notes.append("checkpoint camera embedding ignored (different num_cameras)")
+        del out["sie_embed"]
+    return fmt, {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 
 
-def _check_shapes(sd: Dict[str, torch.Tensor], backbone: "ViTBackbone", path: str) -> None:
+def _check_shapes(sd: dict[str, torch.Tensor], backbone: nn.Module, path: str) -> None:
     own = backbone.state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in sd.items() if k in own and own[k].shape != v.shape]
@@ -301,14 +360,14 @@ def _npz_pos_tokens(path: str) -> int:
         return int(w[key].reshape(-1, w[key].shape[-1]).shape[0]) if key else 0
 
 
-def _load_npz(backbone: "ViTBackbone", path: str, notes: List[str]) -> List[str]:
-    """Load a JAX .npz with timm's ``_load_weights``; return the backbone keys it leaves unset."""
+def _load_npz(backbone: nn.Module, path: str, notes: list[str]) -> list[str]:
+    """Load a JAX .npz with timm's ``VisionTransformer.load_pretrained``; return the backbone keys it leaves unset."""
     vit = backbone.vit
     src_depth = _npz_depth(path)
     if src_depth > len(vit.blocks):
         notes.append(f"checkpoint has {src_depth} blocks, using the first {len(vit.blocks)}")
     try:
-        _load_weights(vit, path)  # resamples pos_embed to vit.patch_embed.grid_size itself
+        vit.load_pretrained(path)  # resamples pos_embed to vit.patch_embed.grid_size itself
     except KeyError as e:
         raise WeightsFormatError(f".npz checkpoint {path} lacks {e} needed by backbone {backbone.variant!r} "
                                  f"(depth {len(vit.blocks)}). Expected {EXPECTED_FORMATS}.") from e
@@ -328,20 +387,27 @@ def _load_npz(backbone: "ViTBackbone", path: str, notes: List[str]) -> List[str]
 
 
 def load_pretrained(
-    backbone: "ViTBackbone",
-    source: Union[bool, str, os.PathLike],
-    variant: Optional[str] = None,
-    src_grid: Optional[Sequence[int]] = None,
-) -> "ViTBackbone":
+    backbone: nn.Module,
+    source: bool | str | os.PathLike,
+    variant: str | None = None,
+    src_grid: Sequence[int] | None = None,
+    allow_unsafe_pickle: bool | None = None,
+) -> nn.Module:
     """Load pretrained weights into ``backbone`` in place (and return it).
 
     Args:
-        backbone: the target :class:`ViTBackbone`.
+        backbone: the target :class:`~torchreid_sdtps.models.backbone.ViTBackbone` (typed
+            ``nn.Module`` so that this module does not import the backbone module).
         source: True for the variant's published file (downloaded once to
             ``torch.hub.get_dir()/checkpoints``), or a local checkpoint path.
         variant: which published file ``True`` means; defaults to ``backbone.variant``.
         src_grid: patch grid of the checkpoint's position embedding when it is not square
             and differs in size from the backbone's (square grids are inferred).
+        allow_unsafe_pickle: allow ``torch.load(weights_only=False)`` for a file that pickles
+            Python objects (e.g. a training checkpoint with its argparse ``args``); that runs
+            code from the file, so only for files you trust. None: read the environment
+            variable ``TORCHREID_SDTPS_ALLOW_UNSAFE_PICKLE`` (``1`` opts in); default off, and
+            such a file then raises :class:`UnsafePickleError` saying how to opt in.
     """
     variant = variant or backbone.variant
     if source is True:
@@ -351,19 +417,13 @@ def load_pretrained(
     else:
         raise TypeError(f"pretrained source must be True or a file path, got {source!r}")
 
-    kind, sd = read_checkpoint(path)
-    notes: List[str] = []
+    kind, sd = read_checkpoint(path, allow_unsafe_pickle)
+    notes: list[str] = []
     if kind == "npz":
         fmt = "npz"
         missing, unexpected = _load_npz(backbone, path, notes), []
     else:
-        fmt, vit_sd, extra = _to_timm_keys(sd, backbone, path)
-        full = _adapt(vit_sd, backbone, path, src_grid, notes)
-        for k, v in extra.items():  # wrapper keys of a saved ViTBackbone (proj, sie_embed)
-            full.setdefault(k, v.float() if v.is_floating_point() else v)
-        if "sie_embed" in full and (backbone.sie_embed is None or full["sie_embed"].shape != backbone.sie_embed.shape):
-            notes.append("checkpoint camera embedding ignored (different num_cameras)")
-            del full["sie_embed"]
+        fmt, full = _to_backbone_keys(sd, backbone, path, src_grid, notes)
         _check_shapes(full, backbone, path)
         missing, unexpected = backbone.load_state_dict(full, strict=False)
     missing = [k for k in missing if k != "sie_embed"]  # SIE is new: initialised, never pretrained
