@@ -66,9 +66,11 @@ except ImportError:  # a source checkout that is not pip-installed
     import torchreid_sdtps
 
 from torchreid_sdtps import compat, config
-from torchreid_sdtps.data.synthetic import SyntheticSpec, attribute_oracle, ensure_generated
+from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
 from torchreid_sdtps.engine import runner
 from torchreid_sdtps.io import atomic_path
+
+from synthetic_analysis import attribute_oracle  # benchmarks/ is on sys.path (script folder)
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
            "run_one", "run_study", "summarise", "report", "write_section", "main"]

@@ -21,6 +21,7 @@ def _load(name: str):
         sys.path.insert(0, BENCH_DIR)
     spec = importlib.util.spec_from_file_location(name, osp.join(BENCH_DIR, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
