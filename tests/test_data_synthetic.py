@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import torchreid_sdtps  # noqa: F401  (registers synthetic_msreid with torchreid)
 from torchreid_sdtps import compat
@@ -267,3 +268,62 @@ def test_evidence_is_split_across_modalities(tmp_path):
         assert oracle[m]["unique_fraction"] < 0.5 and oracle[m]["mAP"] < 0.6
     assert oracle["RGB+NI+TI"]["unique_fraction"] == 1.0   # ...the triple does
     assert oracle["RGB+NI+TI"]["mAP"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- localized cue
+LOCAL = syn.SyntheticSpec(num_train_ids=2, num_test_ids=12, num_cameras=2, images_per_camera=3,
+                          height=96, width=48, cue="localized", clutter=16)
+
+
+def test_localized_generator_records_cue_patches_that_carry_the_identity(tmp_path):
+    """The recorded cells hold the framed cue: in RGB their colour is the identity's palette
+    entry (b of its attribute), in NI their brightness orders like b; a random other cell's
+    colour is unrelated to the identity."""
+    ds = syn.SyntheticMSReID(root=str(tmp_path), spec=LOCAL, mode="query", verbose=False)
+    assert ds.cue_grid == (6, 3)
+    attrs = syn.identity_attributes(LOCAL)
+    pairs = np.asarray(render.PAIRS)
+    rng = np.random.default_rng(0)
+    hits = {"cue": 0, "other": 0}
+    ni_level: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    positions = set()
+    for paths, pid, _, _ in ds.query:
+        cells = ds.cue_patches(paths)
+        assert cells.shape == (3, 2) and (cells[:, 1] == cells[:, 0] + 1).all()  # 1x2 region
+        positions.add(tuple(cells[:, 0]))
+        rgb, ni = (np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths[:2])
+        b_rgb, b_ni = pairs[attrs[pid - 1, 0], 1], pairs[attrs[pid - 1, 1], 1]
+
+        def interior(img, cell):
+            r, c = divmod(int(cell), 3)
+            return img[r * 16 + 4:r * 16 + 12, c * 16 + 4:c * 16 + 12].reshape(-1, 3).mean(0)
+
+        hits["cue"] += int(np.argmax(interior(rgb, cells[0, 0])) == b_rgb)
+        other = rng.choice(np.setdiff1d(np.arange(18), cells[0]))
+        hits["other"] += int(np.argmax(interior(rgb, other)) == b_rgb)
+        ni_level[int(b_ni)].append(float(interior(ni, cells[1, 0]).mean()))
+        # the frame: the region's top border row is brighter than its interior
+        r, c = divmod(int(cells[0, 0]), 3)
+        assert rgb[r * 16, c * 16 + 2:c * 16 + 30].mean() > interior(rgb, cells[0, 0]).mean()
+    n = len(ds.query)
+    assert hits["cue"] >= 0.9 * n and hits["other"] <= 0.6 * n
+    means = [np.mean(ni_level[b]) for b in range(3) if ni_level[b]]
+    assert means == sorted(means) and len(means) >= 2
+    assert len(positions) > n // 2          # the cue moves from image to image
+    # the spread design has no ground truth
+    spread = syn.SyntheticMSReID(root=str(tmp_path / "s"), spec=TINY, mode="query", verbose=False)
+    assert spread.cue_grid is None and spread.cue_patches(spread.query[0][0]) is None
+
+
+def test_localized_spec_validation_and_cue_file(tmp_path):
+    with pytest.raises(ValueError, match="cue="):
+        syn.SyntheticSpec(cue="everywhere")
+    with pytest.raises(ValueError, match="patch_size"):
+        syn.SyntheticSpec(cue="localized", height=100)
+    with pytest.raises(ValueError, match="cue_size"):
+        syn.SyntheticSpec(cue="localized", cue_size=(9, 1))
+    folder = syn.ensure_generated(tmp_path, LOCAL, progress=False)
+    cues = syn.read_cues(folder)
+    assert cues["grid"] == [6, 3] and len(cues["cues"]) == sum(map(len, syn.expected_files(LOCAL).values()))
+    os.remove(os.path.join(folder, syn.CUE_FILE))
+    assert not syn.is_complete(folder, LOCAL)   # a missing cues.json regenerates the tree

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .. import compat
 from ..io import atomic_path
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
+from ..metrics.selection import evaluate_selection, format_selection
 
 __all__ = [
     "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
@@ -288,6 +289,11 @@ class ImageSDTPSEngine(_TripletBase):
                                        use_metric_cuhk03)
         res = summarize(cmc, mAP, sorted(set(ranks) | {1, 5, 10}))
         res.update(num_query=len(q[1]), num_gallery=len(g[1]))
+        # issue 12: token-selection recall/precision when the data set has cue ground truth
+        selection = evaluate_selection(self.model, query_loader)
+        if selection is not None:
+            res["selection"] = selection
+            logger.info("%s: %s", dataset_name, format_selection(selection))
         self.last_results[dataset_name] = res
         logger.info("%s: query %d x %d, gallery %d x %d, %.1fs; mAP %.1f%%  %s",
                     dataset_name, q[0].shape[0], q[0].shape[1], g[0].shape[0], g[0].shape[1],

@@ -24,7 +24,7 @@ torchreid's ``ImageDataManager`` cannot pass a spec to the dataset: set the defa
 :func:`set_default_spec` or, scoped, with :func:`using_spec`.
 
 Modules: ``spec`` (the spec and the default spec; pure Python), ``render`` (one sample's
-pixels), ``generate`` (the tree on disk), ``dataset`` (the torchreid data set). The data set
+pixels), ``localized`` (one sample of the ``cue="localized"`` design), ``generate`` (the tree on disk), ``dataset`` (the torchreid data set). The data set
 class is imported lazily on first access, so ``from torchreid_sdtps.data.synthetic.spec import
 SyntheticSpec`` never imports torchreid's data set machinery through this package.
 """
@@ -32,15 +32,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .generate import (GENERATOR_VERSION, IDENTITY_FILE, SPEC_FILE, SPLITS, ensure_generated,
-                       expected_files, identity_attributes, is_complete)
-from .spec import (DATASET_DIR, MODALITIES, SyntheticSpec, default_spec, set_default_spec,
+from .generate import (CUE_FILE, GENERATOR_VERSION, IDENTITY_FILE, SPEC_FILE, SPLITS,
+                       ensure_generated, expected_files, identity_attributes, is_complete,
+                       read_cues)
+from .spec import (CUES, DATASET_DIR, MODALITIES, SyntheticSpec, default_spec, set_default_spec,
                    using_spec)
 
 __all__ = [
-    "DATASET_DIR", "MODALITIES", "SPLITS", "GENERATOR_VERSION", "SPEC_FILE", "IDENTITY_FILE",
-    "SyntheticSpec", "SyntheticMSReID", "default_spec", "set_default_spec", "using_spec",
-    "ensure_generated", "is_complete", "identity_attributes", "expected_files",
+    "DATASET_DIR", "MODALITIES", "CUES", "SPLITS", "GENERATOR_VERSION", "SPEC_FILE",
+    "IDENTITY_FILE", "CUE_FILE", "SyntheticSpec", "SyntheticMSReID", "default_spec",
+    "set_default_spec", "using_spec", "ensure_generated", "is_complete", "identity_attributes",
+    "expected_files", "read_cues",
 ]
 
 

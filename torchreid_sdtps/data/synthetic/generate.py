@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
-from . import render
+from . import localized, render
 from .spec import DATASET_DIR, MODALITIES, SyntheticSpec, as_spec, default_spec
 
 try:  # POSIX advisory lock: concurrent processes (e.g. DDP ranks) generate only once
@@ -30,13 +30,15 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GENERATOR_VERSION", "SPLITS", "SPEC_FILE", "IDENTITY_FILE", "identity_attributes",
-           "split_pids", "expected_files", "is_complete", "ensure_generated"]
+__all__ = ["GENERATOR_VERSION", "SPLITS", "SPEC_FILE", "IDENTITY_FILE", "CUE_FILE",
+           "identity_attributes", "split_pids", "expected_files", "is_complete", "ensure_generated",
+           "read_cues"]
 
 SPLITS = ("train", "test")
 GENERATOR_VERSION = 1  # bump when the rendering changes: old trees are then regenerated
 SPEC_FILE = "spec.json"
 IDENTITY_FILE = "identities.json"
+CUE_FILE = "cues.json"  # cue="localized" only: the cue cells of every image
 
 
 def identity_attributes(spec: SyntheticSpec) -> np.ndarray:
@@ -80,7 +82,8 @@ def is_complete(dataset_dir: str, spec: SyntheticSpec) -> bool:
             record = json.load(f)
     except (OSError, ValueError):
         return False
-    if record != _spec_record(spec) or not osp.isfile(osp.join(dataset_dir, IDENTITY_FILE)):
+    if record != _spec_record(spec) or not all(
+            osp.isfile(osp.join(dataset_dir, name)) for name in _record_files(spec)):
         return False
     for split, files in expected_files(spec).items():
         names = {name for *_, name in files}
@@ -94,6 +97,27 @@ def is_complete(dataset_dir: str, spec: SyntheticSpec) -> bool:
     return True
 
 
+
+
+def _record_files(spec: SyntheticSpec) -> tuple[str, ...]:
+    return (IDENTITY_FILE, CUE_FILE) if spec.cue == "localized" else (IDENTITY_FILE,)
+
+
+def read_cues(dataset_dir: str) -> dict[str, Any] | None:
+    """The ``cues.json`` of a localized tree, or None when the tree has none (spread cue).
+
+    ``{"patch_size": P, "grid": [rows, cols], "modalities": [...], "cues": {"<split>/<name>":
+    [[cell, ...] per modality]}}`` with row-major cell indices of the patch grid.
+    """
+    path = osp.join(dataset_dir, CUE_FILE)
+    if not osp.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    missing = {"patch_size", "grid", "modalities", "cues"} - set(record)
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {sorted(missing)}")
+    return record
 
 
 def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
@@ -111,12 +135,18 @@ def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
     for split in SPLITS:
         for modality in MODALITIES:
             os.makedirs(osp.join(out_dir, split, modality))
+    cues: dict[str, list[list[int]]] = {}
     with tqdm(total=sum(map(len, files.values())), desc=f"generating {DATASET_DIR}",
               unit="sample", disable=not progress, leave=False) as bar:
         for split in SPLITS:
             for pid, cam, k, name in files[split]:
-                arr = render.render_sample(spec, attrs[pid - 1], cam_params[cam],
-                                     render.seeded_rng(spec.seed, render.TAG_IMG, pid, cam, k))
+                rng = render.seeded_rng(spec.seed, render.TAG_IMG, pid, cam, k)
+                if spec.cue == "localized":
+                    arr, cells = localized.render_localized_sample(
+                        spec, attrs[pid - 1], cam_params[cam], rng)
+                    cues[f"{split}/{name}"] = cells.tolist()
+                else:
+                    arr = render.render_sample(spec, attrs[pid - 1], cam_params[cam], rng)
                 for modality, pixels in zip(MODALITIES, arr):
                     Image.fromarray(pixels).save(osp.join(out_dir, split, modality, name),
                                                  quality=spec.jpeg_quality)
@@ -125,6 +155,10 @@ def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
                   for split, pids in split_pids(spec).items() for pid in pids}
     with open(osp.join(out_dir, IDENTITY_FILE), "w", encoding="utf-8") as f:
         json.dump(identities, f, indent=0)
+    if spec.cue == "localized":
+        with open(osp.join(out_dir, CUE_FILE), "w", encoding="utf-8") as f:
+            json.dump({"patch_size": spec.patch_size, "grid": list(spec.grid),
+                       "modalities": list(MODALITIES), "cues": cues}, f)
     with open(osp.join(out_dir, SPEC_FILE), "w", encoding="utf-8") as f:   # written last
         json.dump(_spec_record(spec), f, indent=2)
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from .spec import MODALITIES, SyntheticSpec
 
-__all__ = ["TAG_IDS", "TAG_CAM", "TAG_IMG", "seeded_rng", "camera_params", "render_sample"]
+__all__ = ["TAG_IDS", "TAG_CAM", "TAG_IMG", "GRAY", "seeded_rng", "camera_params", "render_sample",
+           "photometry"]
 
 # Seed-sequence tags: one independent random stream per purpose.
 TAG_IDS, TAG_CAM, TAG_IMG = 1, 2, 3
@@ -22,20 +23,20 @@ def seeded_rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
 
 
-# Attribute tables. A family value v maps to (sub-attribute a, sub-attribute b) through _PAIRS,
+# Attribute tables. A family value v maps to (sub-attribute a, sub-attribute b) through PAIRS,
 # ordered so that the first few values already differ in both sub-attributes.
-_PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (2, 1))
+PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (2, 1))
 # upper body: red / green / blue; legs: dark / khaki / white
 _UPPER = np.array([[0.78, 0.16, 0.14], [0.16, 0.60, 0.22], [0.17, 0.28, 0.80]], np.float32)
 _LOWER = np.array([[0.12, 0.12, 0.15], [0.72, 0.62, 0.36], [0.88, 0.88, 0.88]], np.float32)
 _SKIN = np.array([0.80, 0.60, 0.46], np.float32)
-_STRIPE_ANGLE = np.array([0.0, np.pi / 2, np.pi / 4], np.float32)   # vertical, horizontal, diagonal
+STRIPE_ANGLE = np.array([0.0, np.pi / 2, np.pi / 4], np.float32)   # vertical, horizontal, diagonal
 _NI_REFLECTANCE = np.array([0.3, 0.52, 0.74], np.float32)           # mean clothing brightness in NI
 _BLOB_Y = np.array([0.30, 0.44, 0.68], np.float32)                  # chest, waist, thighs (x H)
 # blob shape: (sigma_x (x W), sigma_y (x H), half distance between twin blobs (x W), twin?)
 _BLOB_SHAPE = np.array([[0.15, 0.07, 0.0], [0.08, 0.13, 0.0], [0.07, 0.06, 0.13]], np.float32)
 _EDGE_SOFTNESS = np.array([1.0, 1.0, 2.5], np.float32)              # px; TI silhouettes are blurry
-_GRAY = np.array([False, True, True])                               # NI, TI are grey images
+GRAY = np.array([False, True, True])                               # NI, TI are grey images
 
 
 def camera_params(spec: SyntheticSpec) -> dict[str, np.ndarray]:
@@ -43,7 +44,7 @@ def camera_params(spec: SyntheticSpec) -> dict[str, np.ndarray]:
     c, m, s = spec.num_cameras, len(MODALITIES), spec.camera_shift
     r = seeded_rng(spec.seed, TAG_CAM)
     chan = np.exp(r.uniform(-0.18, 0.18, (c, m, 3)) * s)
-    chan[:, _GRAY] = 1.0
+    chan[:, GRAY] = 1.0
     scene = r.uniform(0.25, 0.6, (c, m, 3))
     scene[:, 1] = r.uniform(0.3, 0.55, (c, 1))    # NI: grey
     scene[:, 2] = r.uniform(0.08, 0.28, (c, 1))   # TI: cool
@@ -127,9 +128,9 @@ def render_sample(spec: SyntheticSpec, attrs: np.ndarray, cam: dict[str, np.ndar
     head = _soft_ellipse(x, y, w / 2, 0.115 * h, 0.11 * w, 0.06 * h, soft)
 
     # --- per-modality paint of each part: (3, H, W)-broadcastable arrays.
-    a_rgb, b_rgb = _PAIRS[int(attrs[0])]
-    a_ni, b_ni = _PAIRS[int(attrs[1])]
-    a_ti, b_ti = _PAIRS[int(attrs[2])]
+    a_rgb, b_rgb = PAIRS[int(attrs[0])]
+    a_ni, b_ni = PAIRS[int(attrs[1])]
+    a_ti, b_ti = PAIRS[int(attrs[2])]
     # RGB: clothing colours (attribute) with small per-image colour jitter.
     upper_rgb = (_UPPER[a_rgb] * np.exp(rng.normal(0, 0.07, 3))).astype(f32)
     lower_rgb = (_LOWER[b_rgb] * np.exp(rng.normal(0, 0.07, 3))).astype(f32)
@@ -137,7 +138,7 @@ def render_sample(spec: SyntheticSpec, attrs: np.ndarray, cam: dict[str, np.ndar
     # NI: clothing reflectance and stripe orientation (attribute); stripe period and phase vary
     # per image.
     period = rng.uniform(6.0, 11.0) * h / 128.0
-    along = x[1] * np.cos(_STRIPE_ANGLE[a_ni]) + y[1] * np.sin(_STRIPE_ANGLE[a_ni])
+    along = x[1] * np.cos(STRIPE_ANGLE[a_ni]) + y[1] * np.sin(STRIPE_ANGLE[a_ni])
     stripes = np.tanh(2.5 * np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi)))
     cloth_ni = _NI_REFLECTANCE[b_ni] * rng.uniform(0.9, 1.1) + 0.16 * stripes
     # TI: warm body plus a hot blob (or twin blobs) of attribute position/shape.
@@ -158,14 +159,20 @@ def render_sample(spec: SyntheticSpec, attrs: np.ndarray, cam: dict[str, np.ndar
         paint = np.stack([np.broadcast_to(p, (3, h, w)) for p in paints[part]])   # (M,3,H,W)
         img = img * (1 - mask[:, None]) + paint * mask[:, None]
 
-    # --- camera photometry, per-image illumination, noise (grey modalities stay grey).
-    c = cam
+    return photometry(img, spec, cam, rng)
+
+
+def photometry(img: np.ndarray, spec: SyntheticSpec, cam: dict[str, np.ndarray],
+               rng: np.random.Generator) -> np.ndarray:
+    """Camera photometry, per-image illumination and pixel noise on ``(M, 3, H, W)`` floats in
+    [0, 1]; returns ``(M, H, W, 3)`` uint8 (grey modalities stay grey)."""
+    f32 = np.float32
+    m, _, h, w = img.shape
     illum = np.exp(rng.normal(0, 0.06, m)).astype(f32)
-    img = ((img - 0.5) * c["contrast"][:, None, None, None] + 0.5 + c["bias"][:, None, None, None])
-    img = img * (c["gain"] * illum)[:, None, None, None] * c["chan"][:, :, None, None]
+    img = ((img - 0.5) * cam["contrast"][:, None, None, None] + 0.5
+           + cam["bias"][:, None, None, None])
+    img = img * (cam["gain"] * illum)[:, None, None, None] * cam["chan"][:, :, None, None]
     noise = rng.standard_normal((m, 3, h, w), dtype=f32)
-    noise[_GRAY] = noise[_GRAY][:, :1]
+    noise[GRAY] = noise[GRAY][:, :1]
     img = img + np.asarray(spec.noise, f32)[:, None, None, None] * noise
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
-
-

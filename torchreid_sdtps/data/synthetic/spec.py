@@ -10,11 +10,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-__all__ = ["DATASET_DIR", "MODALITIES", "SyntheticSpec", "default_spec", "set_default_spec",
+__all__ = ["DATASET_DIR", "MODALITIES", "CUES", "SyntheticSpec", "default_spec", "set_default_spec",
            "using_spec", "as_spec"]
 
 DATASET_DIR = "synthetic_msreid"
 MODALITIES = ("RGB", "NI", "TI")
+CUES = ("spread", "localized")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class SyntheticSpec:
     ``noise`` is the pixel-noise std per modality (RGB, NI, TI) on a [0, 1] scale;
     ``camera_shift`` and ``pose_jitter`` scale the per-camera and per-image nuisances
     (0 switches them off); ``clutter`` is the number of candidate background shapes per image.
+
+    ``cue`` picks the identity design: ``"spread"`` (default) paints the attributes over the
+    whole body; ``"localized"`` shows each modality's attribute only in a framed region of
+    ``cue_size`` (rows, cols) cells of the ``patch_size`` grid, at a random position per image
+    and modality, amid cells of random attribute values (see ``docs/synthetic.md``). The
+    generator then records the cue cells of every image (``cues.json``).
     """
 
     num_train_ids: int = 60
@@ -41,10 +48,16 @@ class SyntheticSpec:
     clutter: int = 4
     jpeg_quality: int = 92
     seed: int = 0
+    cue: str = "spread"
+    cue_size: tuple[int, int] = (1, 2)
+    patch_size: int = 16
 
     def __post_init__(self) -> None:
         noise = tuple(float(x) for x in self.noise)
         object.__setattr__(self, "noise", noise)
+        cue_size = tuple(int(x) for x in self.cue_size)
+        object.__setattr__(self, "cue_size", cue_size)
+        grid = (self.height // max(1, self.patch_size), self.width // max(1, self.patch_size))
         checks = [
             ("num_train_ids", self.num_train_ids >= 1, ">= 1"),
             ("num_test_ids", self.num_test_ids >= 1, ">= 1"),
@@ -61,7 +74,20 @@ class SyntheticSpec:
             ("clutter", self.clutter >= 0, ">= 0"),
             ("jpeg_quality", 1 <= self.jpeg_quality <= 95, "in [1, 95]"),
             ("seed", self.seed >= 0, ">= 0"),
+            ("cue", self.cue in CUES, f"one of {CUES}"),
+            ("patch_size", self.patch_size >= 8, ">= 8"),
         ]
+        if self.cue == "localized":
+            checks += [
+                ("patch_size", self.height % self.patch_size == 0
+                 and self.width % self.patch_size == 0,
+                 f"a divisor of height={self.height} and width={self.width} (cue='localized')"),
+                ("cue_size", len(cue_size) == 2 and min(cue_size) >= 1
+                 and cue_size[0] * cue_size[1] < grid[0] * grid[1]
+                 and cue_size[0] <= grid[0] and cue_size[1] <= grid[1],
+                 f"(rows, cols) >= 1 that fit the {grid[0]}x{grid[1]} patch grid with room "
+                 "for clutter"),
+            ]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(
@@ -78,10 +104,16 @@ class SyntheticSpec:
         """Train + test identities."""
         return self.num_train_ids + self.num_test_ids
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols) of ``patch_size`` cells that ``cue="localized"`` aligns to."""
+        return self.height // self.patch_size, self.width // self.patch_size
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``noise`` as a list)."""
+        """JSON-ready dict (tuples as lists)."""
         d = dataclasses.asdict(self)
         d["noise"] = list(self.noise)
+        d["cue_size"] = list(self.cue_size)
         return d
 
     @classmethod
