@@ -495,7 +495,9 @@ def _record(args: argparse.Namespace, runs: list[dict[str, Any]], r: dict[str, A
         os.makedirs(osp.dirname(osp.abspath(args.runs_file)), exist_ok=True)
         with open(args.runs_file, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(r) + "\n")
-    res = "  ".join(f"{f}: mAP {100 * v['mAP']:.1f} R1 {100 * v['R1']:.1f}" for f, v in r["results"].items())
+    res = "  ".join(f"{f}: mAP {100 * v['mAP']:.1f} R1 {100 * v['R1']:.1f}"
+                    + (f" recall {100 * v['recall']:.1f}" if "recall" in v else "")
+                    for f, v in r["results"].items())
     progress(f"[{i}/{total}] {r['setting']:<12} seed {r['seed']} "
              f"{'trained' if r['trained'] else 'untrained'} {r['wall_s']:6.1f}s  {res}  "
              f"(elapsed {(time.time() - start) / 60:.1f} min)", flush=True)
