@@ -88,17 +88,18 @@ def test_picture_has_the_expected_size_and_marks_exactly_the_kept_patches():
     cue = np.zeros((m, 8), bool)
     cue[:, [2, 3]] = True
     pic = np.asarray(token_map(images, scores, kept, grid, cue, ["RGB", "NI", "TI"], scale))
-    assert pic.shape == (64 * scale + 16 + 14 + 3, m * (w * scale + 6) + 6, 3)
+    assert pic.shape == (16 + 2 * h * scale + 6 + 14 + 3, m * (w * scale + 6) + 6, 3)
     ph, pw = h // grid[0] * scale, w // grid[1] * scale
     for i in range(m):
-        x0, y0 = panel_origin(i, w, scale)
-        for j in range(8):
-            r, c = divmod(j, grid[1])
-            left, top = x0 + c * pw, y0 + r * ph
-            edge = tuple(pic[top + 1, left + pw // 2])        # on the outline of patch j
-            assert (edge == KEPT_COLOUR) == kept[i, j], (i, j, edge)
-            corner = tuple(pic[top + 6, left + 6])             # the cue mark
-            assert (corner == CUE_COLOUR) == cue[i, j], (i, j, corner)
+        for row in (0, 1):                                     # image row, score row
+            x0, y0 = panel_origin(i, row, (h, w), scale)
+            for j in range(8):
+                r, c = divmod(j, grid[1])
+                left, top = x0 + c * pw, y0 + r * ph
+                edge = tuple(pic[top + 1, left + pw // 2])     # on the outline of patch j
+                assert (edge == KEPT_COLOUR) == kept[i, j], (i, row, j, edge)
+                inner = tuple(pic[top + 4, left + pw // 2])    # on the cue outline
+                assert (inner == CUE_COLOUR) == cue[i, j], (i, row, j, inner)
     with pytest.raises(ValueError, match=r"\(M, N\)"):
         token_map(images, scores[:, :7], kept, grid)
 
@@ -149,7 +150,7 @@ def test_token_maps_of_a_model_and_the_cli(built, data_root, tmp_path, capsys):
     cfg, dm, model, _ = built
     ds = dm.test_loader["synthetic_msreid"]["query"].dataset
     picture, info = token_maps.sample_token_map(model, ds, 3, scale=2)
-    assert picture.size == (3 * (32 * 2 + 6) + 6, 64 * 2 + 16 + 14 + 3)
+    assert picture.size == (3 * (32 * 2 + 6) + 6, 16 + 2 * 64 * 2 + 6 + 14 + 3)
     assert set(info["recall"]) == {"RGB", "NI", "TI"}
     paths = visualize_main(["tokens", "--untrained", "--num", "2", "--scale", "2",
                             "--out", str(tmp_path / "maps"), *TINY,

@@ -1,10 +1,10 @@
 """Token heat maps: which patches SDTPS scores high and keeps, drawn over each modality's image.
 
-One picture per sample: a panel per modality, side by side. In each panel the image is tinted
-with the patch scores (min-max per modality, OpenCV's ``TURBO`` colour map: blue low, red
-high), the dropped patches are dimmed, the kept patches are outlined in green and, when the
-data set has ground truth (``cue="localized"``), the cue patches carry a magenta corner mark.
-A caption names the modality and, with ground truth, its recall / precision.
+One picture per sample, a column per modality: on top the image with the dropped patches
+dimmed and the kept ones outlined in green; below, the patch scores (min-max per modality,
+OpenCV's ``TURBO`` colour map: blue low, red high) over the grey image, with the same outlines.
+When the data set has ground truth (``cue="localized"``) the cue patches get a magenta inner
+outline and the caption gives the modality's recall.
 """
 from __future__ import annotations
 
@@ -21,26 +21,34 @@ from PIL import Image, ImageDraw, ImageFont
 from ..io import atomic_path
 from ..metrics.selection import cue_mask, has_cue_truth, selection_scores
 
-__all__ = ["KEPT_COLOUR", "CUE_COLOUR", "token_map", "sample_token_map", "save_token_maps"]
+__all__ = ["KEPT_COLOUR", "CUE_COLOUR", "panel_origin", "token_map", "sample_token_map",
+           "save_token_maps"]
 
 logger = logging.getLogger(__name__)
 
 KEPT_COLOUR = (0, 255, 0)
 CUE_COLOUR = (255, 0, 255)
 _GAP, _CAPTION, _FOOTER = 6, 16, 14
-_DIM = 0.35      # brightness of dropped patches
-_ALPHA = 0.45    # weight of the score colour
+_DIM = 0.35      # brightness of dropped patches (top row)
+_ALPHA = 0.65    # weight of the score colour over the grey image (bottom row)
 
 
-def panel_origin(index: int, width: int, scale: int) -> tuple[int, int]:
-    """Top-left pixel (x, y) of panel ``index`` (image area) in a :func:`token_map` picture."""
-    return _GAP + index * (width * scale + _GAP), _CAPTION
+def panel_origin(index: int, row: int, size: tuple[int, int], scale: int) -> tuple[int, int]:
+    """Top-left pixel (x, y) of modality ``index``'s panel in ``row`` (0: image, 1: scores) of a
+    :func:`token_map` picture of ``size = (H, W)`` images."""
+    h, w = size
+    return _GAP + index * (w * scale + _GAP), _CAPTION + row * (h * scale + _GAP)
 
 
 def token_map(images: np.ndarray, scores: np.ndarray, kept: np.ndarray, grid: tuple[int, int],
               cue: np.ndarray | None = None, labels: Sequence[str] = (), scale: int = 3,
               footer: bool = True) -> Image.Image:
-    """The heat-map picture of one sample.
+    """The heat-map picture of one sample: a column per modality, two rows.
+
+    Top row: the image, dropped patches dimmed, kept patches outlined in green
+    (:data:`KEPT_COLOUR`). Bottom row: the patch scores (min-max per modality, OpenCV's TURBO
+    map: blue low, red high) over the grey image, with the same outlines. Cue patches (ground
+    truth, optional) get a magenta inner outline (:data:`CUE_COLOUR`) in both rows.
 
     Args:
         images: ``(M, H, W, 3)`` uint8, the images the model saw (its input size).
@@ -48,14 +56,14 @@ def token_map(images: np.ndarray, scores: np.ndarray, kept: np.ndarray, grid: tu
         grid: patch grid ``(rows, cols)`` with ``rows * cols = N`` dividing ``H x W``.
         labels: one caption per modality. ``scale``: integer upscaling of each panel.
 
-    Size: width ``M * (W * scale + 6) + 6``, height ``H * scale + 16 (+ 14 legend)``.
+    Size: width ``M * (W * scale + 6) + 6``, height ``2 * H * scale + 6 + 16 + 3 (+ 14)``.
     """
     images, scores, kept = np.asarray(images), np.asarray(scores, np.float32), np.asarray(kept, bool)
-    m, h, w = images.shape[:3]
-    gh, gw = grid
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         raise ValueError(f"token_map: images must be (M, H, W, 3) uint8, got "
                          f"{images.shape} {images.dtype}")
+    m, h, w = images.shape[:3]
+    gh, gw = grid
     if scores.shape != (m, gh * gw) or kept.shape != (m, gh * gw) or (
             cue is not None and np.shape(cue) != (m, gh * gw)):
         raise ValueError(f"token_map: scores {scores.shape}, kept {kept.shape} and cue "
@@ -68,33 +76,39 @@ def token_map(images: np.ndarray, scores: np.ndarray, kept: np.ndarray, grid: tu
     heat = cv2.applyColorMap((norm * 255).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_TURBO)
     heat = heat.reshape(m, gh, gw, 3)[..., ::-1].astype(np.float32)          # BGR -> RGB
 
-    height = h * scale + _CAPTION + (_FOOTER if footer else 0) + _GAP // 2
+    def cells(a: np.ndarray) -> np.ndarray:                                   # (gh, gw, ...) -> pixels
+        return np.repeat(np.repeat(a, ph, 0), pw, 1)
+
+    height = _CAPTION + 2 * h * scale + _GAP + (_FOOTER if footer else 0) + _GAP // 2
     canvas = Image.new("RGB", (m * (w * scale + _GAP) + _GAP, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for i in range(m):
         up = np.asarray(Image.fromarray(images[i]).resize((w * scale, h * scale),
                                                           Image.Resampling.NEAREST), np.float32)
-        tint = np.repeat(np.repeat(heat[i], ph, 0), pw, 1)
-        shade = np.repeat(np.repeat(np.where(kept[i], 1.0, _DIM).reshape(gh, gw), ph, 0), pw, 1)
-        pix = ((1 - _ALPHA) * up + _ALPHA * tint) * shade[..., None]
-        x0, y0 = panel_origin(i, w, scale)
-        canvas.paste(Image.fromarray(np.clip(pix, 0, 255).astype(np.uint8)), (x0, y0))
-        for j in range(gh * gw):
-            r, c = divmod(j, gw)
-            left, top = x0 + c * pw, y0 + r * ph
-            if kept[i, j]:
-                draw.rectangle([left + 1, top + 1, left + pw - 2, top + ph - 2],
-                               outline=KEPT_COLOUR, width=2)
-            if cue is not None and cue[i, j]:
-                draw.rectangle([left + 4, top + 4, left + 9, top + 9], fill=CUE_COLOUR)
+        shade = cells(np.where(kept[i], 1.0, _DIM).reshape(gh, gw))[..., None]
+        grey = up.mean(-1, keepdims=True)
+        rows = (up * shade, (1 - _ALPHA) * grey + _ALPHA * cells(heat[i]))
+        for row, pix in enumerate(rows):
+            x0, y0 = panel_origin(i, row, (h, w), scale)
+            canvas.paste(Image.fromarray(np.clip(pix, 0, 255).astype(np.uint8)), (x0, y0))
+            for j in range(gh * gw):
+                r, c = divmod(j, gw)
+                left, top = x0 + c * pw, y0 + r * ph
+                if kept[i, j]:
+                    draw.rectangle([left + 1, top + 1, left + pw - 2, top + ph - 2],
+                                   outline=KEPT_COLOUR, width=2)
+                if cue is not None and cue[i, j]:
+                    draw.rectangle([left + 4, top + 4, left + pw - 5, top + ph - 5],
+                                   outline=CUE_COLOUR, width=2)
         if i < len(labels):
-            draw.text((x0, 2), labels[i], fill=(0, 0, 0), font=font)
+            draw.text((panel_origin(i, 0, (h, w), scale)[0], 2), labels[i], fill=(0, 0, 0),
+                      font=font)
     if footer:
-        legend = "green: kept   dimmed: dropped   tint: score (blue low, red high)"
+        legend = "top: kept (green), dropped (dim)   bottom: score, blue low to red high"
         if cue is not None:
             legend += "   magenta: cue"
-        draw.text((_GAP, h * scale + _CAPTION + 1), legend, fill=(60, 60, 60), font=font)
+        draw.text((_GAP, height - _FOOTER - _GAP // 2 + 1), legend, fill=(60, 60, 60), font=font)
     return canvas
 
 
