@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["selection_counts", "selection_scores", "cue_mask", "has_cue_truth",
-           "evaluate_selection", "format_selection"]
+           "unwrap_model", "evaluate_selection", "format_selection"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def _sample_paths(impath: Any) -> list[tuple[str, ...]]:
     return [(p,) if isinstance(p, str) else tuple(p) for p in impath]
 
 
-def _bare(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "extract"):  # DataParallel / DDP
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The network under DataParallel / DDP wrappers (the first module with ``extract``)."""
+    while hasattr(model, "module") and not hasattr(model, "extract"):
         model = model.module
     return model
 
@@ -96,7 +97,7 @@ def evaluate_selection(model: torch.nn.Module, loader: Any,
     "cue_fraction" (= chance precision), "num_samples"}``. The model runs in eval mode (restored
     afterwards); its patch grid must equal the data set's cue grid.
     """
-    dataset, net = loader.dataset, _bare(model)
+    dataset, net = loader.dataset, unwrap_model(model)
     if not has_cue_truth(dataset) or not hasattr(net, "extract"):
         return None
     grid = tuple(dataset.cue_grid)

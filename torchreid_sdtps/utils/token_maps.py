@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..io import atomic_path
-from ..metrics.selection import cue_mask, has_cue_truth, selection_scores
+from ..metrics.selection import cue_mask, has_cue_truth, selection_scores, unwrap_model
 
 __all__ = ["KEPT_COLOUR", "CUE_COLOUR", "panel_origin", "token_map", "sample_token_map",
            "save_token_maps"]
@@ -112,19 +112,13 @@ def token_map(images: np.ndarray, scores: np.ndarray, kept: np.ndarray, grid: tu
     return canvas
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "extract"):
-        model = model.module
-    return model
-
-
 @torch.no_grad()
 def sample_token_map(model: torch.nn.Module, dataset: Any, index: int, scale: int = 3
                      ) -> tuple[Image.Image, dict[str, Any]]:
     """Run ``model.extract`` on sample ``index`` of ``dataset`` (its own transform, e.g. the
     test transform) and draw it. Returns the picture and ``{"paths", "pid", "camid", "recall",
     "precision"}`` (the last two None without ground truth)."""
-    net = _unwrap(model)
+    net = unwrap_model(model)
     if not hasattr(net, "extract"):
         raise TypeError(f"{type(net).__name__} has no extract(): token maps need an SDTPS model")
     item = dataset[index]
