@@ -28,6 +28,8 @@ import warnings
 import numpy as np
 
 warnings.filterwarnings("ignore", message="Cython evaluation")  # before torchreid is imported
+from synthetic_analysis import attribute_oracle, rank_scores, raw_pixel_baseline  # noqa: E402
+
 from torchreid_sdtps.data import synthetic as syn  # noqa: E402
 
 
@@ -65,7 +67,7 @@ def chance(spec: syn.SyntheticSpec, seed: int = 0) -> dict[str, float]:
     pids = np.array([f[0] for f in files])
     cams = np.array([f[1] for f in files])
     dist = np.random.default_rng(seed).random((len(files), len(files)))
-    return syn.rank_scores(dist, pids, cams)
+    return rank_scores(dist, pids, cams)
 
 
 def learned_probe(folder: str, epochs: int, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -130,7 +132,7 @@ def learned_probe(folder: str, epochs: int, seed: int = 0) -> dict[str, dict[str
     for name, idx in [*((mod, [i]) for i, mod in enumerate(syn.MODALITIES)),
                       ("+".join(syn.MODALITIES), list(range(m)))]:
         g = f[:, idx].flatten(1) / len(idx) ** 0.5
-        out[name] = syn.rank_scores((2 - 2 * g @ g.T).numpy(), p_te, c_te)
+        out[name] = rank_scores((2 - 2 * g @ g.T).numpy(), p_te, c_te)
     return out
 
 
@@ -160,7 +162,7 @@ def main() -> None:
             t0 = time.perf_counter()
             folder = syn.ensure_generated(root, spec, progress=False)
             times.append(time.perf_counter() - t0)
-            for name, res in syn.raw_pixel_baseline(folder, size=tuple(args.size)).items():
+            for name, res in raw_pixel_baseline(folder, size=tuple(args.size)).items():
                 raw_runs.setdefault(name, []).append(res)
             if args.probe:
                 t0 = time.perf_counter()
@@ -170,7 +172,7 @@ def main() -> None:
         finally:
             if args.root is None:
                 shutil.rmtree(root, ignore_errors=True)
-        for name, res in syn.attribute_oracle(spec).items():
+        for name, res in attribute_oracle(spec).items():
             oracle_runs.setdefault(name, []).append(res)
         chance_runs["random distances"].append(chance(spec, seed))
 

@@ -49,17 +49,19 @@ import os.path as osp
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
+from _common import command_line, machine, now
+from _common import write_section as _write_section
+from synthetic_analysis import attribute_oracle  # benchmarks/ is on sys.path (script folder)
 from torch import nn
 
 import torchreid_sdtps
-from _common import command_line, machine, now
-from _common import write_section as _write_section
 from torchreid_sdtps import build, compat, config, optim
-from torchreid_sdtps.data.synthetic import SyntheticSpec, attribute_oracle, ensure_generated
+from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
            "run_one", "run_study", "summarise", "report", "write_section", "main"]
@@ -141,6 +143,16 @@ SMOKE_SPEC = SyntheticSpec(num_train_ids=6, num_test_ids=6, num_cameras=2, image
                            height=64, width=32)
 
 
+def study_spec(args: argparse.Namespace) -> SyntheticSpec:
+    """The data of this invocation: ``args.spec`` when a caller set one, else the study's."""
+    return getattr(args, "spec", None) or (SMOKE_SPEC if args.smoke else STUDY_SPEC)
+
+
+def catalog(args: argparse.Namespace) -> Mapping[str, Setting]:
+    """The settings table of this invocation: ``args.catalog`` when a caller set one."""
+    return getattr(args, "catalog", None) or SETTINGS
+
+
 def _spec_opts(spec: SyntheticSpec) -> list[str]:
     out: list[str] = []
     for key, value in spec.to_dict().items():
@@ -150,8 +162,7 @@ def _spec_opts(spec: SyntheticSpec) -> list[str]:
 
 def build_config(args: argparse.Namespace, setting: Setting, seed: int, save_dir: str) -> Any:
     """The demo config with the study's data, budget, seed and the setting's overrides."""
-    spec = SMOKE_SPEC if args.smoke else STUDY_SPEC
-    opts = _spec_opts(spec) + [
+    opts = _spec_opts(study_spec(args)) + [
         "data.root", args.root, "data.save_dir", save_dir, "use_gpu", "False",
         "train.max_epoch", str(args.epochs), "train.batch_size", str(args.batch),
         "train.seed", str(seed), "train.print_freq", "1000", "test.eval_freq", "-1",
@@ -168,13 +179,19 @@ def _quiet() -> contextlib.AbstractContextManager:
 
 
 def _metrics(res: dict[str, Any]) -> dict[str, float]:
-    return {"mAP": float(res["mAP"]), "R1": float(res["R1"])}
+    """mAP, R1 and, when the engine measured token selection, its mean recall / precision."""
+    out = {"mAP": float(res["mAP"]), "R1": float(res["R1"])}
+    if res.get("selection"):
+        out.update(recall=float(res["selection"]["recall_mean"]),
+                   precision=float(res["selection"]["precision_mean"]),
+                   chance_recall=float(res["selection"]["keep_ratio"]))
+    return out
 
 
 def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True) -> dict[str, Any]:
     """Train setting ``name`` with ``seed`` (or only build it, ``trained=False``) and rank it
     with each of its eval features; returns ``{"setting", "seed", "results": {feature: ...}}``."""
-    setting = SETTINGS[name]
+    setting = catalog(args)[name]
     with tempfile.TemporaryDirectory(prefix="sdtps_study_") as save_dir:
         cfg = build_config(args, setting, seed, save_dir)
         start = time.time()
@@ -198,7 +215,13 @@ def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True
             test_kwargs = {"dist_metric": cfg.test.dist_metric,
                            "normalize_feature": cfg.test.normalize_feature,
                            "ranks": list(cfg.test.ranks)}
+            # engine.run's final test already ranked the feature the model was trained with
+            trained_with = net.test_feature
+            final = dict(getattr(engine, "last_results", None) or {}) if trained else {}
             for feature in setting.evals:
+                if feature == trained_with and final:
+                    results[feature] = _metrics(next(iter(final.values())))
+                    continue
                 # the eval feature is chosen at run time; "kept": concat of the kept modalities
                 net.test_feature = "concat" if feature == "kept" else feature
                 if isinstance(model, ZeroModalities):
@@ -207,11 +230,18 @@ def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True
             if getattr(engine, "writer", None) is not None:  # before its folder is removed
                 engine.writer.close()
     return {"setting": name, "seed": seed, "trained": trained, "results": results,
-            "wall_s": round(time.time() - start, 1), "train_s": round(train_s, 1)}
+            "wall_s": round(time.time() - start, 1), "train_s": round(train_s, 1),
+            "fingerprint": fingerprint(args)}
 
 
-def _row_label(name: str, feature: str) -> str:
-    setting = SETTINGS[name]
+def fingerprint(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's numbers depend on besides (setting, seed): resumed runs must match it."""
+    return {"epochs": args.epochs, "batch": args.batch, "num_instances": args.num_instances,
+            "spec": study_spec(args).to_dict()}
+
+
+def _row_label(name: str, feature: str, settings: Mapping[str, Setting] = SETTINGS) -> str:
+    setting = settings[name]
     if len(setting.evals) == 1:
         return setting.label
     if feature == "kept":
@@ -221,13 +251,15 @@ def _row_label(name: str, feature: str) -> str:
     return f"{setting.label}, test_feature={feature}"
 
 
-def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and (sample) std over seeds of every (setting, eval feature) row, in run order."""
+def summarise(runs: Sequence[dict[str, Any]], settings: Mapping[str, Setting] = SETTINGS
+              ) -> dict[str, dict[str, Any]]:
+    """Mean and (sample) std over seeds of every (setting, eval feature) row, in run order
+    (mAP, R1 and the selection metrics where every run of the row has them)."""
     groups: dict[str, list[dict[str, float]]] = {}
     keys: dict[str, tuple[str, str, bool]] = {}
     for r in runs:
         for feature, res in r["results"].items():
-            label = _row_label(r["setting"], feature) if r["trained"] else (
+            label = _row_label(r["setting"], feature, settings) if r["trained"] else (
                 f"untrained (random init), test_feature={feature}")
             groups.setdefault(label, []).append(res)
             keys[label] = (r["setting"], feature, r["trained"])
@@ -235,7 +267,9 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for label, rows in groups.items():
         stats: dict[str, Any] = {"n": len(rows), "setting": keys[label][0], "feature": keys[label][1],
                                  "trained": keys[label][2]}
-        for metric in ("mAP", "R1"):
+        for metric in ("mAP", "R1", "recall", "precision", "chance_recall"):
+            if not all(metric in row for row in rows):
+                continue
             values = [100 * row[metric] for row in rows]
             stats[metric] = statistics.fmean(values)
             stats[metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -256,8 +290,8 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _find(summary: dict[str, dict[str, Any]], setting: str, feature: Optional[str] = None
-          ) -> Optional[dict[str, Any]]:
+def _find(summary: dict[str, dict[str, Any]], setting: str, feature: str | None = None
+          ) -> dict[str, Any] | None:
     for s in summary.values():
         if s["trained"] and s["setting"] == setting and (feature is None or s["feature"] == feature):
             return s
@@ -309,7 +343,7 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> list[str]:
 def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], oracle: dict[str, Any],
            wall_s: float, command: str) -> str:
     """The markdown section: command, machine, data, table, verdicts, reference rows."""
-    spec = SMOKE_SPEC if args.smoke else STUDY_SPEC
+    spec = study_spec(args)
     summary = summarise(runs)
     train_times = [r["train_s"] for r in runs if r["trained"]]
     lines = [
@@ -373,9 +407,10 @@ def _run_item(item: tuple[argparse.Namespace, str, int, bool]) -> dict[str, Any]
     return run_one(args, name, seed, trained=trained)
 
 
-def sort_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Untrained reference first, then the settings in :data:`SETTINGS` order, then seeds."""
-    order = {name: i for i, name in enumerate(SETTINGS)}
+def sort_runs(runs: Sequence[dict[str, Any]], settings: Mapping[str, Setting] = SETTINGS
+              ) -> list[dict[str, Any]]:
+    """Untrained reference first, then the settings in ``settings`` order, then seeds."""
+    order = {name: i for i, name in enumerate(settings)}
     return sorted(runs, key=lambda r: (r["trained"], order[r["setting"]], r["seed"]))
 
 
@@ -389,10 +424,15 @@ def run_study(args: argparse.Namespace, progress: Callable[..., None] = print
     done: set[tuple[str, int, bool]] = set()
     if args.runs_file and osp.isfile(args.runs_file):  # --resume: reuse finished runs
         with open(args.runs_file, encoding="utf-8") as fh:
-            runs = [json.loads(line) for line in fh if line.strip()]
+            stored = [json.loads(line) for line in fh if line.strip()]
+        wanted = {name for name in args.settings} | {"sdtps_topk"}
+        runs = [r for r in stored if r.get("fingerprint") == fingerprint(args)
+                and r["setting"] in wanted and r["seed"] < args.seeds]
         done = {(r["setting"], r["seed"], r["trained"]) for r in runs}
         args.resumed = len(runs)
-        progress(f"resuming: {len(runs)} finished runs read from {args.runs_file}")
+        progress(f"resuming: {len(runs)} finished runs read from {args.runs_file}"
+                 + (f" ({len(stored) - len(runs)} others of other settings, seeds or budget "
+                    "ignored)" if len(stored) > len(runs) else ""))
     plan = [("sdtps_topk", s, False) for s in range(args.seeds)]
     plan += [(name, s, True) for s in range(args.seeds) for name in args.settings]
     todo = [(args, name, seed, trained) for name, seed, trained in plan if (name, seed, trained) not in done]
@@ -408,7 +448,7 @@ def run_study(args: argparse.Namespace, progress: Callable[..., None] = print
     finally:
         if pool is not None:
             pool.terminate()
-    return sort_runs(runs), time.time() - start
+    return sort_runs(runs, catalog(args)), time.time() - start
 
 
 def _record(args: argparse.Namespace, runs: list[dict[str, Any]], r: dict[str, Any], i: int,
@@ -419,13 +459,15 @@ def _record(args: argparse.Namespace, runs: list[dict[str, Any]], r: dict[str, A
         os.makedirs(osp.dirname(osp.abspath(args.runs_file)), exist_ok=True)
         with open(args.runs_file, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(r) + "\n")
-    res = "  ".join(f"{f}: mAP {100 * v['mAP']:.1f} R1 {100 * v['R1']:.1f}" for f, v in r["results"].items())
+    res = "  ".join(f"{f}: mAP {100 * v['mAP']:.1f} R1 {100 * v['R1']:.1f}"
+                    + (f" recall {100 * v['recall']:.1f}" if "recall" in v else "")
+                    for f, v in r["results"].items())
     progress(f"[{i}/{total}] {r['setting']:<12} seed {r['seed']} "
              f"{'trained' if r['trained'] else 'untrained'} {r['wall_s']:6.1f}s  {res}  "
              f"(elapsed {(time.time() - start) / 60:.1f} min)", flush=True)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
@@ -459,7 +501,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the study, print the table and verdicts, optionally write ``--out``."""
     args = parse_args(argv)
     if args.threads:
@@ -467,7 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torchreid_sdtps.load_plugins()
     command = command_line("synthetic_study.py", argv)
-    spec = SMOKE_SPEC if args.smoke else STUDY_SPEC
+    spec = study_spec(args)
     ensure_generated(args.root, spec, progress=False)  # once, before any worker starts
     runs, wall_s = run_study(args)
     oracle = attribute_oracle(spec)

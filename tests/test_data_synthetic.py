@@ -1,17 +1,23 @@
 """Tests of the synthetic tri-modal data set (generation, caching, atomicity, protocol, design)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing as mp
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import torchreid_sdtps  # noqa: F401  (registers synthetic_msreid with torchreid)
 from torchreid_sdtps import compat
+from torchreid_sdtps.data import RGBNT201
 from torchreid_sdtps.data import synthetic as syn
+from torchreid_sdtps.data.synthetic import render
 
 # 6 train + 4 test ids, 2 cameras, 2 images per id and camera: 24 + 16 samples.
 TINY = syn.SyntheticSpec(num_train_ids=6, num_test_ids=4, num_cameras=2, images_per_camera=2)
@@ -48,12 +54,12 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
 
 
 def test_rendering_does_not_depend_on_order():
-    cams = syn._camera_params(TINY)
+    cams = render.camera_params(TINY)
     attrs = syn.identity_attributes(TINY)
     cam1 = {k: v[1] for k, v in cams.items()}
-    first = syn._render_sample(TINY, attrs[2], cam1, syn._rng(TINY.seed, syn._TAG_IMG, 3, 1, 0))
-    syn._render_sample(TINY, attrs[0], cam1, syn._rng(TINY.seed, syn._TAG_IMG, 1, 1, 1))
-    again = syn._render_sample(TINY, attrs[2], cam1, syn._rng(TINY.seed, syn._TAG_IMG, 3, 1, 0))
+    first = render.render_sample(TINY, attrs[2], cam1, render.seeded_rng(TINY.seed, render.TAG_IMG, 3, 1, 0))
+    render.render_sample(TINY, attrs[0], cam1, render.seeded_rng(TINY.seed, render.TAG_IMG, 1, 1, 1))
+    again = render.render_sample(TINY, attrs[2], cam1, render.seeded_rng(TINY.seed, render.TAG_IMG, 3, 1, 0))
     assert first.shape == (3, TINY.height, TINY.width, 3) and first.dtype == np.uint8
     np.testing.assert_array_equal(first, again)
     # NI and TI are grey images; RGB is not
@@ -100,7 +106,7 @@ def test_spec_change_or_incomplete_tree_regenerates(tmp_path):
 
 
 def test_failure_mid_generation_leaves_nothing_behind(tmp_path, monkeypatch):
-    real = syn._render_sample
+    real = render.render_sample
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -109,18 +115,18 @@ def test_failure_mid_generation_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(syn, "_render_sample", failing)
+    monkeypatch.setattr(render, "render_sample", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         syn.ensure_generated(tmp_path, TINY, progress=False)
     assert not os.path.exists(os.path.join(tmp_path, syn.DATASET_DIR))
     assert _leftovers(tmp_path) == []
 
     # with a valid tree in place, a failed regeneration keeps the old tree intact
-    monkeypatch.setattr(syn, "_render_sample", real)
+    monkeypatch.setattr(render, "render_sample", real)
     folder = syn.ensure_generated(tmp_path, TINY, progress=False)
     before = _snapshot(folder)
     calls["n"] = 0
-    monkeypatch.setattr(syn, "_render_sample", failing)
+    monkeypatch.setattr(render, "render_sample", failing)
     changed = syn.SyntheticSpec(**{**TINY.to_dict(), "seed": 5})
     with pytest.raises(RuntimeError, match="disk on fire"):
         syn.ensure_generated(tmp_path, changed, progress=False)
@@ -167,7 +173,7 @@ def test_layout_matches_rgbnt201_names(tmp_path):
 
 def test_dataset_protocol(tmp_path):
     ds = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, verbose=False)
-    assert isinstance(ds, syn.RGBNT201)
+    assert isinstance(ds, RGBNT201)
     assert ds.num_train_pids == 6 and len(ds.train) == 24
     assert sorted({s[1] for s in ds.train}) == list(range(6))          # relabelled
     assert ds.query == ds.gallery and len(ds.query) == 16
@@ -221,17 +227,103 @@ def test_default_spec_api_and_validation():
     assert syn.SyntheticSpec.from_dict(TINY.to_dict()) == TINY
 
 
+def _analysis():
+    """``benchmarks/synthetic_analysis.py`` (the raw-pixel baseline and the attribute oracle)."""
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    spec = importlib.util.spec_from_file_location("synthetic_analysis",
+                                                  os.path.join(bench, "synthetic_analysis.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spec_module_is_light():
+    """spec.py stands alone: it loads with numpy, PIL, torch and torchreid made unimportable."""
+    path = os.path.join(os.path.dirname(syn.__file__), "spec.py")
+    code = ("import sys, importlib.util\n"
+            "for name in ('numpy', 'PIL', 'torch', 'torchreid', 'torchreid_sdtps'):\n"
+            "    sys.modules[name] = None\n"
+            f"spec = importlib.util.spec_from_file_location('spec', {path!r})\n"
+            "mod = sys.modules['spec'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(mod)\n"
+            "print(mod.SyntheticSpec().num_ids)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(syn.SyntheticSpec().num_ids)
+    assert syn.SyntheticMSReID.__module__ == "torchreid_sdtps.data.synthetic.dataset"
+
+
 def test_evidence_is_split_across_modalities(tmp_path):
     """Raw-pixel NN: the three modalities together beat every single one, none is near perfect."""
+    analysis = _analysis()
     spec = syn.SyntheticSpec(num_train_ids=1, num_test_ids=12, num_cameras=2,
                              images_per_camera=3, values_per_modality=3)
     folder = syn.ensure_generated(tmp_path, spec, progress=False)
-    raw = syn.raw_pixel_baseline(folder)
+    raw = analysis.raw_pixel_baseline(folder)
     singles = [raw[m]["mAP"] for m in syn.MODALITIES]
     assert raw["RGB+NI+TI"]["mAP"] > max(singles) + 0.05
     assert max(r["mAP"] for r in raw.values()) < 0.7
-    oracle = syn.attribute_oracle(spec)
+    oracle = analysis.attribute_oracle(spec)
     for m in syn.MODALITIES:   # one modality never identifies everyone...
         assert oracle[m]["unique_fraction"] < 0.5 and oracle[m]["mAP"] < 0.6
     assert oracle["RGB+NI+TI"]["unique_fraction"] == 1.0   # ...the triple does
     assert oracle["RGB+NI+TI"]["mAP"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- localized cue
+LOCAL = syn.SyntheticSpec(num_train_ids=2, num_test_ids=12, num_cameras=2, images_per_camera=3,
+                          height=96, width=48, cue="localized", clutter=16)
+
+
+def test_localized_generator_records_cue_patches_that_carry_the_identity(tmp_path):
+    """The recorded cells hold the framed cue: in RGB their colour is the identity's palette
+    entry (b of its attribute), in NI their brightness orders like b; a random other cell's
+    colour is unrelated to the identity."""
+    ds = syn.SyntheticMSReID(root=str(tmp_path), spec=LOCAL, mode="query", verbose=False)
+    assert ds.cue_grid == (6, 3)
+    attrs = syn.identity_attributes(LOCAL)
+    pairs = np.asarray(render.PAIRS)
+    rng = np.random.default_rng(0)
+    hits = {"cue": 0, "other": 0}
+    ni_level: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    positions = set()
+    for paths, pid, _, _ in ds.query:
+        cells = ds.cue_patches(paths)
+        assert cells.shape == (3, 2) and (cells[:, 1] == cells[:, 0] + 1).all()  # 1x2 region
+        positions.add(tuple(cells[:, 0]))
+        rgb, ni = (np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths[:2])
+        b_rgb, b_ni = pairs[attrs[pid - 1, 0], 1], pairs[attrs[pid - 1, 1], 1]
+
+        def interior(img, cell):
+            r, c = divmod(int(cell), 3)
+            return img[r * 16 + 4:r * 16 + 12, c * 16 + 4:c * 16 + 12].reshape(-1, 3).mean(0)
+
+        hits["cue"] += int(np.argmax(interior(rgb, cells[0, 0])) == b_rgb)
+        other = rng.choice(np.setdiff1d(np.arange(18), cells[0]))
+        hits["other"] += int(np.argmax(interior(rgb, other)) == b_rgb)
+        ni_level[int(b_ni)].append(float(interior(ni, cells[1, 0]).mean()))
+        # the frame: the region's top border row is brighter than its interior
+        r, c = divmod(int(cells[0, 0]), 3)
+        assert rgb[r * 16, c * 16 + 2:c * 16 + 30].mean() > interior(rgb, cells[0, 0]).mean()
+    n = len(ds.query)
+    assert hits["cue"] >= 0.9 * n and hits["other"] <= 0.6 * n
+    means = [np.mean(ni_level[b]) for b in range(3) if ni_level[b]]
+    assert means == sorted(means) and len(means) >= 2
+    assert len(positions) > n // 2          # the cue moves from image to image
+    # the spread design has no ground truth
+    spread = syn.SyntheticMSReID(root=str(tmp_path / "s"), spec=TINY, mode="query", verbose=False)
+    assert spread.cue_grid is None and spread.cue_patches(spread.query[0][0]) is None
+
+
+def test_localized_spec_validation_and_cue_file(tmp_path):
+    with pytest.raises(ValueError, match="cue="):
+        syn.SyntheticSpec(cue="everywhere")
+    with pytest.raises(ValueError, match="patch_size"):
+        syn.SyntheticSpec(cue="localized", height=100)
+    with pytest.raises(ValueError, match="cue_size"):
+        syn.SyntheticSpec(cue="localized", cue_size=(9, 1))
+    folder = syn.ensure_generated(tmp_path, LOCAL, progress=False)
+    cues = syn.read_cues(folder)
+    assert cues["grid"] == [6, 3] and len(cues["cues"]) == sum(map(len, syn.expected_files(LOCAL).values()))
+    os.remove(os.path.join(folder, syn.CUE_FILE))
+    assert not syn.is_complete(folder, LOCAL)   # a missing cues.json regenerates the tree

@@ -183,7 +183,7 @@ def get_demo_config() -> CfgNode:
 
 def _spec_class() -> type:
     """``SyntheticSpec`` from its pure-Python module (not the data set's)."""
-    from ..data.synthetic import SyntheticSpec
+    from ..data.synthetic.spec import SyntheticSpec
 
     return SyntheticSpec
 

@@ -33,6 +33,7 @@ import torch
 from .. import compat
 from ..choices import HEAD_REDUCTIONS
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
+from ..metrics.selection import evaluate_selection, format_selection
 from .evaluation import (
     DEFAULT_MISSING_SETTINGS,
     evaluating,
@@ -237,6 +238,11 @@ class ImageSDTPSEngine(_TripletBase):
         ranked = rank_split(self, query_loader, gallery_loader, dist_metric, normalize_feature,
                             rerank, ranks, use_metric_cuhk03)
         res = ranked.result
+        # token-selection recall/precision when the data set has cue ground truth (issue 12)
+        selection = evaluate_selection(self.model, query_loader)
+        if selection is not None:
+            res["selection"] = selection
+            logger.info("%s: %s", dataset_name, format_selection(selection))
         self.last_results[dataset_name] = res
         logger.info("%s: query %d, gallery %d, %d-d features, %.1fs; mAP %.1f%%  %s",
                     dataset_name, res["num_query"], res["num_gallery"], ranked.feat_dim,

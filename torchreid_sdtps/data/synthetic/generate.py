@@ -1,0 +1,231 @@
+"""Generation of the ``synthetic_msreid`` tree: layout, completeness check, atomic write.
+
+The tree ``<root>/synthetic_msreid/{train,test}/{RGB,NI,TI}/<pid:06d>_cam<c>_<k:04d>.jpg``
+(RGBNT201 style, cameras 1-based in the names) is generated into a temporary folder beside
+the target and moved into place with ``os.replace``; later calls reuse it as long as its
+``spec.json`` matches the requested spec and no file is missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import os.path as osp
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import localized, render
+from .spec import DATASET_DIR, MODALITIES, SyntheticSpec, as_spec, default_spec
+
+try:  # POSIX advisory lock: concurrent processes (e.g. DDP ranks) generate only once
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GENERATOR_VERSION", "SPLITS", "SPEC_FILE", "IDENTITY_FILE", "CUE_FILE",
+           "identity_attributes", "split_pids", "expected_files", "is_complete", "ensure_generated",
+           "read_cues"]
+
+SPLITS = ("train", "test")
+GENERATOR_VERSION = 1  # bump when the rendering changes: old trees are then regenerated
+SPEC_FILE = "spec.json"
+IDENTITY_FILE = "identities.json"
+CUE_FILE = "cues.json"  # cue="localized" only: the cue cells of every image
+
+
+def identity_attributes(spec: SyntheticSpec) -> np.ndarray:
+    """``(num_ids, 3)`` int array: attribute value of each identity (row ``pid - 1``) per modality.
+
+    Triples are drawn without replacement from ``values_per_modality ** 3``, so they are unique.
+    Train identities are pids ``1..num_train_ids``, test identities the following ones.
+    """
+    v = spec.values_per_modality
+    codes = render.seeded_rng(spec.seed, render.TAG_IDS).permutation(v ** 3)[: spec.num_ids]
+    return np.stack([codes // (v * v), (codes // v) % v, codes % v], axis=1)
+
+
+def split_pids(spec: SyntheticSpec) -> dict[str, range]:
+    return {"train": range(1, spec.num_train_ids + 1),
+            "test": range(spec.num_train_ids + 1, spec.num_ids + 1)}
+
+
+def _file_name(pid: int, cam: int, k: int) -> str:
+    return f"{pid:06d}_cam{cam + 1}_{k:04d}.jpg"
+
+
+def expected_files(spec: SyntheticSpec) -> dict[str, list[tuple[int, int, int, str]]]:
+    """Per split: ``(pid, cam0, k, file name)`` of every sample (same name in all modalities)."""
+    return {
+        split: [(pid, cam, k, _file_name(pid, cam, k))
+                for pid in pids for cam in range(spec.num_cameras)
+                for k in range(spec.images_per_camera)]
+        for split, pids in split_pids(spec).items()
+    }
+
+
+def _spec_record(spec: SyntheticSpec) -> dict[str, Any]:
+    return {"generator_version": GENERATOR_VERSION, "dataset": DATASET_DIR, "spec": spec.to_dict()}
+
+
+def is_complete(dataset_dir: str, spec: SyntheticSpec) -> bool:
+    """True when ``dataset_dir`` holds the tree ``spec`` describes (spec.json + every file)."""
+    try:
+        with open(osp.join(dataset_dir, SPEC_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if record != _spec_record(spec) or not all(
+            osp.isfile(osp.join(dataset_dir, name)) for name in _record_files(spec)):
+        return False
+    for split, files in expected_files(spec).items():
+        names = {name for *_, name in files}
+        for modality in MODALITIES:
+            try:
+                present = set(os.listdir(osp.join(dataset_dir, split, modality)))
+            except OSError:
+                return False
+            if not names <= present:
+                return False
+    return True
+
+
+
+
+def _record_files(spec: SyntheticSpec) -> tuple[str, ...]:
+    return (IDENTITY_FILE, CUE_FILE) if spec.cue == "localized" else (IDENTITY_FILE,)
+
+
+def read_cues(dataset_dir: str) -> dict[str, Any] | None:
+    """The ``cues.json`` of a localized tree, or None when the tree has none (spread cue).
+
+    ``{"patch_size": P, "grid": [rows, cols], "modalities": [...], "cues": {"<split>/<name>":
+    [[cell, ...] per modality]}}`` with row-major cell indices of the patch grid.
+    """
+    path = osp.join(dataset_dir, CUE_FILE)
+    if not osp.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    missing = {"patch_size", "grid", "modalities", "cues"} - set(record)
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {sorted(missing)}")
+    return record
+
+
+def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
+    """Render every sample of ``spec`` into ``out_dir`` (which must be a fresh folder).
+
+    Serial on purpose: the default tree takes ~4-5 s of CPU, and every sample has its own seed,
+    so the bytes would not change if this were split across processes.
+    """
+    from tqdm import tqdm
+
+    attrs = identity_attributes(spec)
+    cams = render.camera_params(spec)
+    cam_params = [{key: v[c] for key, v in cams.items()} for c in range(spec.num_cameras)]
+    files = expected_files(spec)
+    for split in SPLITS:
+        for modality in MODALITIES:
+            os.makedirs(osp.join(out_dir, split, modality))
+    cues: dict[str, list[list[int]]] = {}
+    with tqdm(total=sum(map(len, files.values())), desc=f"generating {DATASET_DIR}",
+              unit="sample", disable=not progress, leave=False) as bar:
+        for split in SPLITS:
+            for pid, cam, k, name in files[split]:
+                rng = render.seeded_rng(spec.seed, render.TAG_IMG, pid, cam, k)
+                if spec.cue == "localized":
+                    arr, cells = localized.render_localized_sample(
+                        spec, attrs[pid - 1], cam_params[cam], rng)
+                    cues[f"{split}/{name}"] = cells.tolist()
+                else:
+                    arr = render.render_sample(spec, attrs[pid - 1], cam_params[cam], rng)
+                for modality, pixels in zip(MODALITIES, arr):
+                    Image.fromarray(pixels).save(osp.join(out_dir, split, modality, name),
+                                                 quality=spec.jpeg_quality)
+                bar.update(1)
+    identities = {f"{pid:06d}": {"split": split, **dict(zip(MODALITIES, map(int, attrs[pid - 1])))}
+                  for split, pids in split_pids(spec).items() for pid in pids}
+    with open(osp.join(out_dir, IDENTITY_FILE), "w", encoding="utf-8") as f:
+        json.dump(identities, f, indent=0)
+    if spec.cue == "localized":
+        with open(osp.join(out_dir, CUE_FILE), "w", encoding="utf-8") as f:
+            json.dump({"patch_size": spec.patch_size, "grid": list(spec.grid),
+                       "modalities": list(MODALITIES), "cues": cues}, f)
+    with open(osp.join(out_dir, SPEC_FILE), "w", encoding="utf-8") as f:   # written last
+        json.dump(_spec_record(spec), f, indent=2)
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_generated(root: str | os.PathLike = "",
+                     spec: SyntheticSpec | Mapping[str, Any] | None = None,
+                     progress: bool = True) -> str:
+    """Generate ``<root>/synthetic_msreid`` for ``spec`` unless an identical tree exists.
+
+    Returns the dataset folder. Generation writes into a temporary folder beside the target
+    and swaps it in with ``os.replace``; on any error the temporary folder is removed and an
+    existing tree is left untouched. A lock file ``<root>/.synthetic_msreid.lock`` serialises
+    concurrent processes; the second one reuses what the first generated.
+    """
+    spec = default_spec() if spec is None else as_spec(spec)
+    root = osp.abspath(osp.expanduser(root))
+    target = osp.join(root, DATASET_DIR)
+    if is_complete(target, spec):
+        return target
+    os.makedirs(root, exist_ok=True)
+    with _locked(osp.join(root, f".{DATASET_DIR}.lock")):
+        if is_complete(target, spec):
+            return target
+        stale = osp.lexists(target)
+        logger.info("%s %s (%d train + %d test ids, %d cameras, %d images/id/camera, %dx%d)",
+                    "regenerating stale" if stale else "generating", target, spec.num_train_ids,
+                    spec.num_test_ids, spec.num_cameras, spec.images_per_camera,
+                    spec.height, spec.width)
+        tmp = tempfile.mkdtemp(prefix=f".{DATASET_DIR}.tmp-", dir=root)
+        try:
+            _write_tree(tmp, spec, progress)
+            _swap_in(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _swap_in(tmp: str, target: str) -> None:
+    """Move ``tmp`` to ``target``; an existing target is moved aside first, then deleted."""
+    if not osp.lexists(target):
+        os.replace(tmp, target)
+        return
+    old = f"{osp.join(osp.dirname(target), '.' + DATASET_DIR)}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    if osp.isdir(old) and not osp.islink(old):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.remove(old)
+
+

@@ -1,0 +1,1 @@
+"""Visual tools: token heat maps (``token_maps``)."""
