@@ -32,6 +32,7 @@ import torch
 
 from .. import compat, config, plugins
 from ..config import ConfigError
+from ..data.checks import EVAL_TRAIN_SAMPLER
 from ..io import atomic_path
 from .sdtps_engine import format_table, rank_targets, rng_fork
 
@@ -244,13 +245,20 @@ def _test_kwargs(cfg: Any) -> dict[str, Any]:
             "rerank": cfg.test.rerank, "ranks": list(cfg.test.ranks)}
 
 
-def evaluate(engine: Any, cfg: Any) -> dict[str, dict[str, Any]]:
-    """Rank every target with ``engine``; ``{target: {"mAP", "R1", "R5", "R10", ...}}``."""
+def evaluate(engine: Any, cfg: Any, visrank: bool | None = None) -> dict[str, dict[str, Any]]:
+    """Rank every target with ``engine``; ``{target: {"mAP", "R1", "R5", "R10", ...}}``.
+    ``visrank`` (default ``test.visrank``) also draws the rank lists to
+    ``<save_dir>/visrank_<target>/`` through the engine's own ``test()``."""
+    visrank = bool(cfg.test.visrank) if visrank is None else visrank
+    vis = {"visrank": visrank, "visrank_topk": int(cfg.test.visrank_topk),
+           "save_dir": cfg.data.save_dir}
     if hasattr(engine, "last_results"):
-        engine.test(**_test_kwargs(cfg), save_dir=cfg.data.save_dir)
+        engine.test(**_test_kwargs(cfg), **vis)
         results = engine.last_results
     else:  # torchreid's stock engines (or a third party's) only print their metrics
         results = rank_targets(engine, **_test_kwargs(cfg))
+        if visrank:
+            engine.test(**_test_kwargs(cfg), **vis)
     return {k: {m: v for m, v in r.items() if m != "cmc"} for k, r in results.items()}
 
 
@@ -264,7 +272,7 @@ def untrained_results(cfg: Any, engine: Any, datamanager: Any) -> dict[str, dict
         fresh_cfg.model.load_weights = ""
         fresh = build_model(fresh_cfg, datamanager)
         with _swapped_model(engine, fresh):
-            return evaluate(engine, cfg)
+            return evaluate(engine, cfg, visrank=False)
 
 
 def latest_checkpoint(save_dir: str) -> Optional[str]:
@@ -392,6 +400,7 @@ def test(cfg: Any) -> dict[str, Any]:
     (also written to ``<save_dir>/test_results.json``)."""
     cfg = cfg.clone()
     cfg.defrost()
+    cfg.sampler.train_sampler = EVAL_TRAIN_SAMPLER  # ranking only: no P x K batch to fill
     if not cfg.model.load_weights:
         found = latest_checkpoint(cfg.data.save_dir)
         if found is None:
