@@ -325,3 +325,16 @@ def test_importing_the_plugin_first_does_not_recurse(wheel_site):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK True" in proc.stdout
+
+
+def test_autoload_failure_names_the_switch(monkeypatch):
+    from torchreid_sdtps import _autoload
+
+    def broken(name):
+        raise RuntimeError(f"cannot import {name}")
+
+    monkeypatch.setattr(_autoload.importlib, "import_module", broken)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # uninstall() edits it
+    with pytest.raises(ImportError, match="RuntimeError: cannot import torchreid_sdtps.*"
+                                          "TORCHREID_SDTPS_AUTOLOAD=0"):
+        _autoload.TorchreidHook().on_torchreid_loaded()

@@ -55,7 +55,8 @@ def tree(tmp_path_factory) -> str:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TORCHREID_SDTPS_AUTOLOAD")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "TORCHREID_SDTPS_AUTOLOAD")}
     return dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
@@ -120,8 +121,9 @@ def test_main_evaluates_a_stock_checkpoint_and_draws_rank_lists(scripts, tree, t
     assert len(pictures) == 16  # one per query (4 test ids x 2 cameras x 2 images)
     from torchreid_sdtps.utils import visrank
 
+    size = (visrank.LABEL_W + 64 + visrank.QUERY_GAP + 3 * (64 + visrank.SPACING),
+            visrank.HEADER_H + 3 * 128)  # 3 modalities of 128 x 64, query + top-3
     for path in pictures:
         with Image.open(path) as im:
             im.load()
-            assert im.size == (visrank.LABEL_W + 64 + visrank.QUERY_GAP + 3 * (64 + visrank.SPACING),
-                               visrank.HEADER_H + 3 * 128)
+            assert im.size == size

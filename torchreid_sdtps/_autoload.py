@@ -94,7 +94,12 @@ class TorchreidHook:
         pkg = sys.modules.get("torchreid_sdtps")
         if pkg is not None and getattr(getattr(pkg, "__spec__", None), "_initializing", False):
             return
-        importlib.import_module("torchreid_sdtps").load_plugins()
+        try:
+            importlib.import_module("torchreid_sdtps").load_plugins()
+        except Exception as exc:
+            raise ImportError(
+                f"torchreid-sdtps could not register with torchreid ({type(exc).__name__}: "
+                f"{exc}); set {ENV_VAR}=0 to import torchreid without the plugin") from exc
 
     # importlib.invalidate_caches() calls this on every meta_path entry
     def invalidate_caches(self) -> None:

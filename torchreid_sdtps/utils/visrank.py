@@ -86,7 +86,8 @@ def visualize_ranked_results(distmat: np.ndarray, dataset: tuple, data_type: str
         topk: gallery samples per query.
     """
     if data_type != "image":
-        raise ValueError(f"multi-modal rank lists support data_type 'image' only; got {data_type!r}")
+        raise ValueError(f"multi-modal rank lists support data_type 'image' only; "
+                         f"got {data_type!r}")
     query, gallery = dataset
     distmat = np.asarray(distmat)
     if distmat.shape != (len(query), len(gallery)):
