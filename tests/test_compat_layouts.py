@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import os.path as osp
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import pytest
 import torch
 from PIL import Image
 
-import torchreid_sdtps
 from torchreid_sdtps import compat, config
 from torchreid_sdtps.data.checks import SamplerConfigError, check_train_sampler
 from torchreid_sdtps.engine import runner
