@@ -201,7 +201,7 @@ def test_visrank_excludes_what_the_protocol_excludes_msvr310_scene(tmp_path):
 
     root = make_msvr310_tree(tmp_path, num_ids=2, cams=2, per_cam=2, scenes=2)
     ds = MSVR310(root=root, verbose=False)
-    for paths, pid, camid, *_ in ds.query + ds.gallery:
+    for paths, _pid, camid, *_ in ds.query + ds.gallery:
         assert camid == parse_msvr310_name(paths[0])[1]  # scene
     rng = np.random.RandomState(0)
     for q in ds.query:

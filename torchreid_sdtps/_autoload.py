@@ -43,7 +43,7 @@ def enabled() -> bool:
 class _Loader:
     """Wraps torchreid's loader: runs it, then registers the plugin."""
 
-    def __init__(self, loader: Any, hook: "TorchreidHook") -> None:
+    def __init__(self, loader: Any, hook: TorchreidHook) -> None:
         self._loader, self._hook = loader, hook
 
     def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package, ...

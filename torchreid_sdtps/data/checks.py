@@ -8,7 +8,8 @@ config keys change it. Evaluation-only runs build their data manager with
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["SamplerConfigError", "check_train_sampler", "EVAL_TRAIN_SAMPLER"]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
