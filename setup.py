@@ -3,9 +3,33 @@ import os.path as osp
 import runpy
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = osp.dirname(osp.abspath(__file__))
 ENTRY_POINTS = runpy.run_path(osp.join(HERE, "torchreid_sdtps", "_entry_points.py"))["ENTRY_POINTS"]
+AUTOLOAD = runpy.run_path(osp.join(HERE, "torchreid_sdtps", "_autoload.py"))
+
+
+class BuildPyWithAutoload(build_py):
+    """Also write ``torchreid_sdtps_autoload.pth`` to the root of site-packages, so importing
+    torchreid registers the plugin (see torchreid_sdtps/_autoload.py).
+
+    Wheels (``pip install .``): the file goes to ``build_lib``, whose root becomes the wheel's.
+    Editable wheels (``pip install -e .``): setuptools builds into a throw-away ``build_lib``
+    and packs the ``install_lib`` folder, so the file goes there.
+    """
+
+    def run(self) -> None:
+        super().run()
+        targets = [self.build_lib]
+        if getattr(self, "editable_mode", False):
+            targets.append(self.get_finalized_command("install").install_lib)
+        for folder in targets:
+            self.mkpath(folder)
+            path = osp.join(folder, AUTOLOAD["PTH_NAME"])
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(AUTOLOAD["PTH_LINE"] + "\n")
+
 
 # the command-line tools (tools/train.py and tools/test.py are thin wrappers of the same)
 CONSOLE_SCRIPTS = {
@@ -45,6 +69,7 @@ setup(
         "pyyaml",
     ] + TORCHREID_RUNTIME,
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    cmdclass={"build_py": BuildPyWithAutoload},
     entry_points={
         **{group: [f"{name} = {value}" for name, value in entries.items()]
            for group, entries in ENTRY_POINTS.items()},

@@ -162,7 +162,7 @@ def test_explicit_num_aggr_and_aggr_ratio():
 
 
 # ---------------------------------------------------------------- errors
-@pytest.mark.parametrize("shape", [(B, 3, 128, 64), (B, 2, 3, 128, 64), (B, M, 1, 128, 64),
+@pytest.mark.parametrize("shape", [(B, 1, 128, 64), (B, 2, 3, 128, 64), (B, M, 1, 128, 64),
                                    (B, M, 3, 64, 64)])
 def test_bad_input_shape_names_the_expected_shape(shape):
     model = _model()

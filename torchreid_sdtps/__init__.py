@@ -16,3 +16,6 @@ from .plugins import ENGINES, LOSSES, get_engine, get_loss, load_plugins, regist
 __all__ = ["__version__", "register", "load_plugins", "get_loss", "get_engine", "LOSSES", "ENGINES"]
 
 register()
+from . import compat as _compat  # noqa: E402
+
+_compat.install_hooks()  # safe-loader allow-list, multi-modal visrank, sampler check

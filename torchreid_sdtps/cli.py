@@ -27,6 +27,7 @@ import torch
 from . import compat, config
 from .build import build_all, build_model, check_names, use_gpu
 from .config import CfgNode
+from .data.checks import EVAL_TRAIN_SAMPLER
 from .engine.evaluation import format_table, rank_targets, results_summary
 from .engine.state import resume_from_checkpoint, rng_fork
 from .errors import ConfigError, SDTPSError
@@ -55,13 +56,20 @@ def _test_kwargs(cfg: CfgNode) -> dict[str, Any]:
             "rerank": cfg.test.rerank, "ranks": list(cfg.test.ranks)}
 
 
-def evaluate(engine: Any, cfg: CfgNode) -> dict[str, dict[str, Any]]:
-    """Rank every target with ``engine``; ``{target: {"mAP", "R1", "R5", "R10", ...}}``."""
+def evaluate(engine: Any, cfg: CfgNode, visrank: bool | None = None) -> dict[str, dict[str, Any]]:
+    """Rank every target with ``engine``; ``{target: {"mAP", "R1", "R5", "R10", ...}}``.
+    ``visrank`` (default ``test.visrank``) also draws the rank lists to
+    ``<save_dir>/visrank_<target>/`` through the engine's own ``test()``."""
+    visrank = bool(cfg.test.visrank) if visrank is None else visrank
+    vis = {"visrank": visrank, "visrank_topk": int(cfg.test.visrank_topk),
+           "save_dir": cfg.data.save_dir}
     if hasattr(engine, "last_results"):
-        engine.test(**_test_kwargs(cfg), save_dir=cfg.data.save_dir)
+        engine.test(**_test_kwargs(cfg), **vis)
         results = engine.last_results
     else:  # torchreid's stock engines (or a third party's) only print their metrics
         results = rank_targets(engine, **_test_kwargs(cfg))
+        if visrank:
+            engine.test(**_test_kwargs(cfg), **vis)
     return results_summary(results)
 
 
@@ -75,7 +83,7 @@ def untrained_results(cfg: CfgNode, engine: Any, datamanager: Any) -> dict[str, 
         fresh_cfg.model.load_weights = ""
         fresh = build_model(fresh_cfg, datamanager)
         with _swapped_model(engine, fresh):
-            return evaluate(engine, cfg)
+            return evaluate(engine, cfg, visrank=False)
 
 
 def latest_checkpoint(save_dir: str) -> str | None:
@@ -204,6 +212,7 @@ def test(cfg: CfgNode) -> dict[str, Any]:
     (also written to ``<save_dir>/test_results.json``)."""
     cfg = cfg.clone()
     cfg.defrost()
+    cfg.sampler.train_sampler = EVAL_TRAIN_SAMPLER  # ranking only: no P x K batch to fill
     if not cfg.model.load_weights:
         found = latest_checkpoint(cfg.data.save_dir)
         if found is None:

@@ -19,6 +19,7 @@ __all__ = [
     "torchreid", "layout", "data", "datasets", "models", "engine", "losses", "metrics",
     "optim", "utils", "image_dataset_base", "image_dataset_registry",
     "register_image_dataset", "model_factory", "build_transforms",
+    "allow_checkpoint_globals", "patch_visrank", "patch_train_sampler", "install_hooks",
 ]
 
 
@@ -142,3 +143,93 @@ def checkpoint_loading() -> Any:
 
     safe = getattr(torch.serialization, "safe_globals", None)
     return safe(checkpoint_safe_globals()) if safe is not None else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks into torchreid's own code paths (installed once by ``install_hooks()`` when the plugin
+# is imported, which with the plugin installed happens on ``import torchreid``)
+# --------------------------------------------------------------------------------------------
+_PATCHED = "__torchreid_sdtps_patch__"
+
+
+def allow_checkpoint_globals() -> None:
+    """Allow-list :func:`checkpoint_safe_globals` for torch's safe loader, process-wide.
+
+    torchreid's own ``load_pretrained_weights`` / ``resume_from_checkpoint`` /
+    ``load_checkpoint`` (as called by upstream's ``scripts/main.py``) then read checkpoints of
+    torchreid's stock engines (a NumPy ``rank1``) under torch>=2.6's ``weights_only=True``
+    default. Only these NumPy scalar and dtype types are added: no code can run from them.
+    """
+    import torch
+
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:  # torch < 2.4 has no safe loader default to satisfy
+        add(checkpoint_safe_globals())
+
+
+def _module_of(obj: Any) -> ModuleType:
+    import sys
+
+    return sys.modules[obj.__module__]
+
+
+def _patch(module: Any, name: str, make: Callable[[Callable], Callable]) -> bool:
+    """Bind ``make(original)`` as ``module.name`` once; returns True when newly bound."""
+    original = getattr(module, name)
+    if getattr(original, _PATCHED, False):
+        return False
+    wrapper = make(original)
+    wrapper.__wrapped__ = original
+    setattr(wrapper, _PATCHED, True)
+    setattr(module, name, wrapper)
+    return True
+
+
+def _visrank_dispatch(original: Callable) -> Callable:
+    def visualize_ranked_results(distmat: Any, dataset: Any, data_type: str, width: int = 128,
+                                 height: int = 256, save_dir: str = "", topk: int = 10) -> Any:
+        """Multi-modal samples (a tuple of paths): the plugin's rank lists; single images:
+        torchreid's original."""
+        from .utils import visrank
+
+        if data_type == "image" and visrank.is_multimodal(dataset):
+            return visrank.visualize_ranked_results(distmat, dataset, data_type, width=width,
+                                                    height=height, save_dir=save_dir, topk=topk)
+        return original(distmat, dataset, data_type, width=width, height=height,
+                        save_dir=save_dir, topk=topk)
+
+    return visualize_ranked_results
+
+
+def patch_visrank() -> None:
+    """Make ``visrank`` draw multi-modal rank lists in every engine: rebinds
+    ``visualize_ranked_results`` in torchreid's engine module (used by the stock engines'
+    ``_evaluate``) and in ``torchreid.utils`` (used by ``ImageSDTPSEngine``)."""
+    _patch(_module_of(engine().Engine), "visualize_ranked_results", _visrank_dispatch)
+    _patch(utils(), "visualize_ranked_results", _visrank_dispatch)
+
+
+def _checked_sampler(original: Callable) -> Callable:
+    def build_train_sampler(data_source: Any, train_sampler: str, batch_size: int = 32,
+                            num_instances: int = 4, **kwargs: Any) -> Any:
+        """torchreid's ``build_train_sampler`` after :func:`~torchreid_sdtps.data.checks.
+        check_train_sampler` (a clear error instead of the sampler's bare assertion)."""
+        from .data.checks import check_train_sampler
+
+        check_train_sampler(data_source, train_sampler, batch_size, num_instances)
+        return original(data_source, train_sampler, batch_size=batch_size,
+                        num_instances=num_instances, **kwargs)
+
+    return build_train_sampler
+
+
+def patch_train_sampler() -> None:
+    """Check P x K batches before torchreid's ``ImageDataManager`` builds its sampler."""
+    _patch(_module_of(data().ImageDataManager), "build_train_sampler", _checked_sampler)
+
+
+def install_hooks() -> None:
+    """Everything above, idempotent: safe-loader allow-list, visrank and sampler checks."""
+    allow_checkpoint_globals()
+    patch_visrank()
+    patch_train_sampler()

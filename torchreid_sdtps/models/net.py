@@ -148,6 +148,19 @@ class SDTPSNet(nn.Module):
                         _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, sdtps_ratio),
                         n_c, selection if self.use_sdtps else "none (use_sdtps=False)")
 
+    def as_multimodal(self, x: torch.Tensor) -> torch.Tensor:
+        """The probe convention: a single-image batch ``(B, 3, H, W)`` is shown to every
+        modality, i.e. broadcast to ``(B, M, 3, H, W)``.
+
+        torchreid's tools probe a model with single images (``compute_model_complexity(model,
+        (1, 3, H, W))`` in ``scripts/main.py``, ``FeatureExtractor``); with this convention they
+        measure the full multi-modal model (the same parameters and FLOPs as an ``(B, M, 3, H,
+        W)`` input). Real multi-modal data always arrives as ``(B, M, 3, H, W)``.
+        """
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3:
+            return x.unsqueeze(1).expand(-1, self.num_modalities, -1, -1, -1)
+        return x
+
     def _check_input(self, x: torch.Tensor) -> None:
         m = self.num_modalities
         h, w = self.img_size if self.img_size is not None else ("H", "W")
@@ -156,10 +169,12 @@ class SDTPSNet(nn.Module):
         if not ok:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"SDTPSNet expects input of shape (B, M, 3, H, W) = (B, {m}, 3, {h}, {w}) "
-                             f"with M={m} modalities stacked in dim 1; got {got}")
+                             f"with M={m} modalities stacked in dim 1 (or one image per sample, "
+                             f"(B, 3, {h}, {w}), shown to every modality); got {got}")
 
     def forward_features(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None) -> dict:
         """Everything before the heads, as a dict of tensors (see :meth:`extract`)."""
+        x = self.as_multimodal(x)
         self._check_input(x)
         b, m = x.shape[:2]
         if cam_label is not None:

@@ -68,13 +68,18 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num, out_features)) if bias else None  # (M, out)
         nn.init.trunc_normal_(self.weight, std=0.02)  # timm's ViT init for Linear
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, in_affine: StackedLayerNorm | None = None) -> torch.Tensor:
+        """``in_affine``: a LayerNorm whose affine is folded into this layer (``x`` is then its
+        normalised, affine-free output): ``(y * w + b) @ W + c = y @ (w W) + (b @ W + c)``."""
         xm = x.transpose(0, 1)  # (M, B, ..., in): a view; free to flatten when memory is modality-major
         flat = xm.reshape(self.num, -1, self.in_features)
-        if self.bias is None:
-            y = torch.bmm(flat, self.weight)
-        else:
-            y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight)
+        weight = self.weight
+        bias = None if self.bias is None else self.bias.unsqueeze(1)  # (M, 1, out)
+        if in_affine is not None:
+            weight = in_affine.weight.unsqueeze(-1) * self.weight  # (M, in, out)
+            shift = in_affine.bias.unsqueeze(1)  # (M, 1, in)
+            bias = shift @ self.weight if bias is None else torch.baddbmm(bias, shift, self.weight)
+        y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias, flat, weight)
         return y.view(*xm.shape[:-1], self.out_features).transpose(0, 1)
 
     def extra_repr(self) -> str:
@@ -90,8 +95,12 @@ class StackedLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num, dim))
         self.bias = nn.Parameter(torch.zeros(num, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M, ..., C)
+    def forward(self, x: torch.Tensor, affine: bool = True) -> torch.Tensor:  # (B, M, ..., C)
+        """``affine=False``: normalise only (the next layer folds the affine in, see
+        :meth:`StackedLinear.forward`)."""
         y = F.layer_norm(x.transpose(0, 1), (self.dim,), eps=self.eps)  # (M, B, ..., C) contiguous
+        if not affine:
+            return y.transpose(0, 1)
         return torch.addcmul(_per_modality(self.bias, y.dim()), y, _per_modality(self.weight, y.dim())
                              ).transpose(0, 1)
 
@@ -149,12 +158,12 @@ class TokenAggregation(nn.Module):
         ``(y * w + b) @ W1 + b1 = y @ (w W1) + (b @ W1 + b1)``, so the per-token affine pass
         (and its two reductions in backward) becomes a few ``(M, C, hidden)`` products.
         """
-        norm, fc1, mlp = self.norm, self.weight.fc1, self.weight
-        y = F.layer_norm(x.transpose(0, 1), (norm.dim,), eps=norm.eps)  # (M, B, N_s, C) contiguous
-        w1 = norm.weight.unsqueeze(-1) * fc1.weight  # (M, C, hidden)
-        b1 = torch.baddbmm(fc1.bias.unsqueeze(1), norm.bias.unsqueeze(1), fc1.weight)  # (M, 1, hidden)
-        hidden = torch.baddbmm(b1, y.reshape(y.shape[0], -1, y.shape[-1]), w1)  # (M, B*N_s, hidden)
-        h = mlp.fc2(mlp.act(hidden).view(*y.shape[:-1], -1).transpose(0, 1)).transpose(0, 1)  # (M, B, N_s, N_c)
+        mlp = self.weight
+        # modules called (not their tensors used) so that hooks, e.g. torchreid's complexity
+        # counter, see them; every result is a (B, M, ...) view of modality-major memory
+        y = self.norm(x, affine=False)
+        hidden = mlp.act(mlp.fc1(y, in_affine=self.norm))  # (B, M, N_s, hidden)
+        h = mlp.fc2(hidden).transpose(0, 1)  # (M, B, N_s, N_c)
         logits = h.transpose(-1, -2) * self.scale.unsqueeze(1)  # (M, B, N_c, N_s)
         if keep is not None:  # decision values of the kept tokens
             logits = logits + keep.transpose(0, 1).clamp_min(_EPS).log().unsqueeze(-2)
