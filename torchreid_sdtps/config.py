@@ -8,6 +8,8 @@ torchreid user's YAML files and ``KEY VALUE`` overrides read the same. New here:
   ``warmup_multi_step`` / ``warmup_single_step`` schedulers (torchreid has no warm-up);
 - ``test.missing_modalities`` / ``test.missing_settings`` (the missing-modality table);
 - ``test.compare_untrained`` (the demo's trained-versus-untrained table);
+- ``train.sync_bn``, ``train.auto_resume``, ``sampler.distributed`` (multi-GPU runs under
+  torchrun, see :mod:`torchreid_sdtps.engine.ddp`);
 - ``sdtps``: model options of SDTPSNet, auxiliary loss weights, AMP and the engine name;
 - ``synthetic``: the fields of ``SyntheticSpec`` (used when a source is ``synthetic_msreid``).
 
@@ -78,6 +80,7 @@ def get_default_config() -> CN:
     cfg.sampler.num_instances = 4
     cfg.sampler.num_cams = 1
     cfg.sampler.num_datasets = 1
+    cfg.sampler.distributed = "auto"  # auto | always | never: P x K share per rank (DDP)
 
     cfg.train = CN()
     cfg.train.optim = "adam"
@@ -99,6 +102,8 @@ def get_default_config() -> CN:
     cfg.train.min_lr_factor = 0.01  # cosine floor, as a fraction of lr
     cfg.train.print_freq = 20
     cfg.train.seed = 1
+    cfg.train.sync_bn = False  # DDP: synchronise every BatchNorm across ranks
+    cfg.train.auto_resume = False  # resume from the latest checkpoint in save_dir (restarts)
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -340,6 +345,9 @@ def check_config(cfg: CN) -> None:
     if cfg.sdtps.test_feature not in ("concat", "sdtps", "ori"):
         raise ConfigError(f"sdtps.test_feature must be concat, sdtps or ori, got "
                           f"'{cfg.sdtps.test_feature}'")
+    if cfg.sampler.distributed not in ("auto", "always", "never"):
+        raise ConfigError(f"sampler.distributed must be auto, always or never, got "
+                          f"'{cfg.sampler.distributed}'")
     if cfg.data.type != "image":
         raise ConfigError(f"data.type must be 'image' (multi-modal image re-id), got "
                           f"'{cfg.data.type}'")

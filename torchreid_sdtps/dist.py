@@ -1,9 +1,45 @@
-"""Process-rank helpers: distributed runs log on rank 0 only."""
+"""Process-group helpers over ``torch.distributed`` (torchrun sets the environment).
+
+``torchrun --nproc_per_node N tools/train.py ...`` exports ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` joins that group
+(NCCL on CUDA, gloo on the CPU). Without torchrun every helper answers as a single process
+(rank 0 of 1), so the same code paths run either way. Distributed runs log on rank 0 only.
+
+Gathers:
+
+- :func:`all_gather_with_grad`: concatenation over ranks of one tensor per rank (same shape),
+  differentiable (torch's functional collectives, ``all_gather_single``; the older
+  ``torch.distributed.nn.functional.all_gather`` is deprecated). Its backward *sums*
+  the gradient of every rank's copy into the owning rank; with DDP's gradient averaging and
+  every rank computing the same global loss, the parameter gradient equals the
+  single-process gradient of that loss on the concatenated batch.
+- :func:`all_gather_objects`: any picklable object per rank, possibly of different sizes
+  (evaluation features of uneven shards).
+"""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import logging
 import os
+from typing import Any, Iterator
 
+import torch
 import torch.distributed as dist
+
+__all__ = [
+    "rank", "local_rank", "world_size", "is_distributed", "is_main_process",
+    "init_distributed", "cleanup", "barrier", "all_gather_with_grad", "all_reduce_with_grad",
+    "all_gather_tensor",
+    "all_gather_objects", "broadcast_object", "main_first", "broadcast_buffers",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
@@ -13,6 +49,134 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def local_rank() -> int:
+    """Rank on this machine (torchrun's ``LOCAL_RANK``; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    """Number of processes in the group (1 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
 def is_main_process() -> bool:
-    """True on rank 0, the only process that logs summaries."""
+    """True on rank 0, the only process that logs, writes tensorboard and checkpoints."""
     return rank() == 0
+
+
+def init_distributed(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
+    """Join torchrun's process group when ``WORLD_SIZE > 1``; returns True when this call
+    initialised it (the caller then owns :func:`cleanup`).
+
+    ``backend="auto"``: NCCL when CUDA is available, gloo otherwise. On CUDA the process uses
+    the GPU ``LOCAL_RANK``. An already initialised group is kept (returns False).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return False
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return False
+    if not dist.is_available():
+        raise RuntimeError(f"WORLD_SIZE={size} but this torch build has no torch.distributed")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={size} but {missing} are not set; start distributed "
+                           "runs with torchrun (e.g. torchrun --nproc_per_node 2 "
+                           "tools/train.py --config-file CFG)")
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"distributed backend must be 'auto', 'nccl' or 'gloo', got "
+                         f"'{backend}'")
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend 'nccl' needs CUDA; use 'gloo' on the CPU")
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if is_main_process():
+        logger.info("distributed: %d processes, backend %s", world_size(), backend)
+    return True
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op when none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. generating or downloading data), the others after it."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
+def _waited(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.wait() if hasattr(tensor, "wait") else tensor
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """``cat`` over ranks along dim 0, differentiable (see the module doc); identity when not
+    distributed. Every rank must pass the same shape."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed import _functional_collectives as fc
+
+    return _waited(fc.all_gather_single(tensor.contiguous(), 0, dist.group.WORLD))
+
+
+def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, differentiable (the backward sums the ranks' gradients, the gradient
+    of the sum of every rank's loss); identity when not distributed."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed import _functional_collectives as fc
+
+    return _waited(fc.all_reduce(tensor.contiguous(), "sum", dist.group.WORLD))
+
+
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """``cat`` over ranks along dim 0 without gradient (labels); same shape on every rank."""
+    if not is_distributed():
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """One picklable object per rank, in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank, so all ranks
+    evaluate with the weights the checkpoint holds."""
+    if not is_distributed():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)

@@ -30,9 +30,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from .. import compat, config, plugins
+from .. import compat, config, dist, plugins
 from ..config import ConfigError
 from ..io import atomic_path
+from . import ddp
+from .ddp import swapped_model as _swapped_model  # DDP: one helper for both
 from .sdtps_engine import format_table, rank_targets, rng_fork
 
 __all__ = [
@@ -219,25 +221,20 @@ def build_all(cfg: Any) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
     compat.utils().set_random_seed(cfg.train.seed)
     check_names(cfg)
-    dm = build_datamanager(cfg)
+    with dist.main_first():  # DDP: rank 0 generates/downloads data first
+        dm = build_datamanager(cfg)
+    ddp.use_distributed_sampler(dm, cfg)  # DDP: this rank's share of the global batches
     model = build_model(cfg, dm)
+    model = ddp.convert_model(model, cfg)  # DDP: train.sync_bn, before the optimizer
     optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    model = ddp.wrap_model(model, cfg.train.fixbase_epoch > 0)  # DDP: DistributedDataParallel
     engine = build_engine(cfg, dm, model, optimizer, scheduler)
+    engine = ddp.prepare_engine(engine, cfg)  # DDP: global losses, rank-0 IO, set_epoch
     return dm, model, optimizer, scheduler, engine
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-@contextlib.contextmanager
-def _swapped_model(engine: Any, model: torch.nn.Module) -> Iterator[None]:
-    old, old_reg = engine.model, engine._models.get("model")
-    engine.model, engine._models["model"] = model, model
-    try:
-        yield
-    finally:
-        engine.model, engine._models["model"] = old, old_reg
-
 
 def _test_kwargs(cfg: Any) -> dict[str, Any]:
     return {"dist_metric": cfg.test.dist_metric, "normalize_feature": cfg.test.normalize_feature,
@@ -276,6 +273,8 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
 
 
 def _write_json(path: str, obj: Any) -> None:
+    if not dist.is_main_process():  # DDP: rank 0 alone writes
+        return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2)
 
@@ -347,15 +346,16 @@ def train(cfg: Any) -> dict[str, Any]:
     start = time.time()
     dm, model, _, _, engine = build_all(cfg)
     start_epoch = int(cfg.train.start_epoch)
-    if cfg.model.resume:
-        if not osp.isfile(cfg.model.resume):
-            raise FileNotFoundError(f"model.resume: no checkpoint '{cfg.model.resume}'")
+    resume = ddp.resume_path(cfg)  # DDP: model.resume, or train.auto_resume's latest
+    if resume:
+        if not osp.isfile(resume):
+            raise FileNotFoundError(f"model.resume: no checkpoint '{resume}'")
         if hasattr(engine, "resume"):
-            start_epoch = engine.resume(cfg.model.resume)
+            start_epoch = engine.resume(resume)
         else:
             with compat.checkpoint_loading():
                 start_epoch = compat.utils().resume_from_checkpoint(
-                    cfg.model.resume, model, engine.optimizer, engine.scheduler)
+                    resume, ddp.unwrap(model), engine.optimizer, engine.scheduler)  # DDP: unwrap
     run_kwargs = dict(config.engine_run_kwargs(cfg), start_epoch=start_epoch)
     run_kwargs.pop("test_only")
     if start_epoch >= cfg.train.max_epoch:
@@ -492,10 +492,17 @@ def _main(kind: str, argv: Optional[Sequence[str]]) -> dict[str, Any]:
     torchreid_sdtps.load_plugins()
     cfg = _config_from_args(kind, args)
     check_names(cfg)
-    with run_logging(cfg.data.save_dir, kind) as log_path:
-        logger.info("Configuration (%s):\n%s", args.config_file or "embedded synthetic_demo", cfg)
-        result = train(cfg) if kind == "train" else test(cfg)
-        result["log"] = log_path
+    joined = dist.init_distributed()  # DDP: join torchrun's group (no-op without torchrun)
+    logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
+    try:
+        with logs as log_path:  # DDP: rank 0 alone logs
+            logger.info("Configuration (%s):\n%s", args.config_file or "embedded synthetic_demo",
+                        cfg)
+            result = train(cfg) if kind == "train" else test(cfg)
+            result["log"] = log_path
+    finally:
+        if joined:
+            dist.cleanup()  # DDP
     return result
 
 

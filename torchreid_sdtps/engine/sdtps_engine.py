@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .. import compat
 from ..io import atomic_path
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
+from .ddp import gather_shards, shard_loader  # DDP: sharded evaluation
 
 __all__ = [
     "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
@@ -405,6 +406,8 @@ class ImageSDTPSEngine(_TripletBase):
 @torch.no_grad()
 def extract_split(engine: Any, loader: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Features, pids and protocol camids of one split through ``engine``'s own hooks."""
+    dataset = loader.dataset
+    loader = shard_loader(loader)  # DDP: this rank's contiguous share of the split
     feats, pids, camids = [], [], []
     for data in loader:
         imgs, pid, camid = engine.parse_data_for_eval(data)
@@ -413,8 +416,9 @@ def extract_split(engine: Any, loader: Any) -> tuple[torch.Tensor, np.ndarray, n
         feats.append(engine.extract_features(imgs).cpu())
         pids.extend(torch.as_tensor(pid).tolist())
         camids.extend(torch.as_tensor(camid).tolist())
+    feats, pids, camids = gather_shards(feats, pids, camids)  # DDP: every share, in order
     if not feats:
-        raise ValueError(f"evaluation split of {type(loader.dataset).__name__} is empty")
+        raise ValueError(f"evaluation split of {type(dataset).__name__} is empty")
     return torch.cat(feats), np.asarray(pids), np.asarray(camids)
 
 
