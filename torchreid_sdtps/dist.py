@@ -94,7 +94,19 @@ def init_distributed(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
         if not torch.cuda.is_available():
             raise RuntimeError("backend 'nccl' needs CUDA; use 'gloo' on the CPU")
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        # torchrun keeps one TCPStore across restarts: without a per-attempt prefix a restarted
+        # group reads the previous attempt's keys (gloo's peer addresses: "connection refused")
+        from torch.distributed.rendezvous import rendezvous
+
+        store, rank_, size_ = next(rendezvous("env://", timeout=timeout))
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{restart}/",
+                                                                        store),
+                                rank=rank_, world_size=size_, timeout=timeout)
     if is_main_process():
         logger.info("distributed: %d processes, backend %s", world_size(), backend)
     return True
