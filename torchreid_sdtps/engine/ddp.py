@@ -222,7 +222,8 @@ class DistributedEngineMixin:
                                       model: Any = None) -> None:
         # torchreid looks up open_layers as attributes of the model: not of a DDP wrapper
         super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
-                                              model=unwrap(model or self.model))
+                                              model=unwrap(self.model if model is None
+                                                           else model))
 
     def forward_backward(self, data: Any) -> Any:
         _maybe_fail(self.epoch, getattr(self, "batch_idx", 0))
