@@ -13,9 +13,10 @@ and the optimisation are the same for every N.
     python benchmarks/bench_ddp.py --device cuda          # 1 GPU vs all GPUs (NCCL)
     python benchmarks/bench_ddp.py --procs 1,2 --batch 16 --iters 5 --threads 1
 
-On the CPU each process gets ``--threads`` threads; 2 processes on a 2-core machine share
-the same cores, so expect no speed-up there (the point of the CPU run is that the
-distributed path works and what it costs).
+On the CPU each process gets ``--threads`` threads (default: the CPU count divided by the
+number of processes, so every setting uses the same cores); on a 2-core machine expect no
+speed-up from 2 processes: the point of the CPU run is that the distributed path works and
+what its communication costs.
 """
 from __future__ import annotations
 
@@ -37,23 +38,18 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 def _worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, REPO)
-    from torchreid_sdtps import config, dist
+    import torchreid_sdtps
+    from torchreid_sdtps import compat, config, dist
     from torchreid_sdtps.engine import ImageSDTPSEngine, ddp
     from torchreid_sdtps.models import sync_bn
-    from torchreid_sdtps.models.net import sdtps_vit_tiny
-    from torchreid_sdtps.plugins import load_plugins  # noqa: F401  (registers the factories)
 
     torch.set_num_threads(args.threads)
     dist.init_distributed()
     world, rank = dist.world_size(), dist.rank()
     cuda = args.device == "cuda"
     torch.manual_seed(0)
-    from torchreid_sdtps import compat
-
-    import torchreid_sdtps
     torchreid_sdtps.load_plugins()
-    factory = compat.model_factory()[args.model] if args.model != "sdtps_vit_tiny" \
-        else sdtps_vit_tiny
+    factory = compat.model_factory()[args.model]
     size = (args.height, args.width)
     model = factory(num_classes=args.batch // 2, loss="triplet", pretrained=False,
                     img_size=size)
@@ -95,12 +91,13 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, procs: int) -> dict:
+    threads = args.threads or max(1, (os.cpu_count() or 1) // procs)
     with tempfile.TemporaryDirectory() as tmp:
         result = osp.join(tmp, "result.json")
         cmd = [osp.join(osp.dirname(sys.executable), "torchrun"), "--standalone",
                "--nproc_per_node", str(procs), osp.abspath(__file__), "--worker",
-               "--result", result] + [a for a in sys.argv[1:] if a not in ("--procs",)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               "--result", result, "--threads", str(threads)] + _forwarded(args)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                    PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
                               timeout=args.timeout)
@@ -108,7 +105,15 @@ def _run(args: argparse.Namespace, procs: int) -> dict:
             raise RuntimeError(f"torchrun with {procs} processes failed "
                                f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         with open(result, encoding="utf-8") as fh:
-            return json.load(fh)
+            return dict(json.load(fh), threads=threads)
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The worker's options (model, sizes, batch, steps, device, SyncBN)."""
+    out = ["--device", args.device, "--model", args.model, "--height", str(args.height),
+           "--width", str(args.width), "--batch", str(args.batch), "--iters", str(args.iters),
+           "--warmup", str(args.warmup)]
+    return out + (["--sync-bn"] if args.sync_bn else [])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="global batch (P x K, K=2)")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per process (0: CPU count / processes)")
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--timeout", type=float, default=1200.0)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -148,11 +154,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = rows[0]["samples_per_s"]
     print(f"DDP throughput, {args.model} {args.height}x{args.width} M=3, global batch "
           f"{args.batch}, {args.iters} timed steps, device {args.device}, "
-          f"{args.threads} thread(s)/process, sync_bn={args.sync_bn}; "
+          f"sync_bn={args.sync_bn}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"{'processes':>10} {'s/step':>8} {'samples/s':>10} {'speed-up':>9}")
+    print(f"{'processes':>10} {'threads':>8} {'s/step':>8} {'samples/s':>10} {'speed-up':>9}")
     for r in rows:
-        print(f"{r['procs']:>10} {r['seconds'] / args.iters:>8.3f} "
+        print(f"{r['procs']:>10} {r['threads']:>8} {r['seconds'] / args.iters:>8.3f} "
               f"{r['samples_per_s']:>10.2f} {r['samples_per_s'] / base:>8.2f}x")
     return rows
 

@@ -2,7 +2,8 @@
 SyncBN, sharded evaluation, rank-0-only IO, and torchrun's restart with auto-resume.
 
 The process checks start real processes: ``tests/_ddp_worker.py`` (two ranks started directly,
-plus a single-process reference, concurrently) and ``tools/train.py`` under ``torchrun``.
+while the single-process reference runs the same code in the test process) and
+``tools/train.py`` under ``torchrun``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 import pytest
 import torch
 
+import _ddp_worker
 from torchreid_sdtps import config
 from torchreid_sdtps.config import ConfigError
 from torchreid_sdtps.data.samplers import DistributedIdentitySampler
@@ -123,13 +125,14 @@ def worker_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_worker")
     script = osp.join(REPO, "tests", "_ddp_worker.py")
     port = str(_free_port())
-    logs = [str(out / f"{name}.log") for name in ("ref", "rank0", "rank1")]
-    procs = [_start([PYTHON, script, str(out / "ref")], logs[0])]
-    for r in range(2):
-        procs.append(_start([PYTHON, script, str(out / "ddp")], logs[1 + r], RANK=str(r),
-                            LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                            MASTER_PORT=port))
-    _wait(procs, logs, "ddp worker")
+    logs = [str(out / f"rank{r}.log") for r in range(2)]
+    procs = [_start([PYTHON, script, str(out / "ddp")], logs[r], RANK=str(r),
+                    LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=port) for r in range(2)]
+    try:
+        _ddp_worker.main(str(out / "ref"))  # the 1-process reference, meanwhile, in-process
+    finally:
+        _wait(procs, logs, "ddp worker")
     ref = torch.load(out / "ref" / "result.pt", weights_only=False)
     res = torch.load(out / "ddp" / "result.pt", weights_only=False)
     assert (ref["world"], res["world"]) == (1, 2)
