@@ -134,6 +134,14 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
+def _functional() -> Any:
+    """torch's functional collectives when they have autograd (``all_gather_single``, recent
+    torch), else None: then the older ``torch.distributed.nn.functional`` ops are used."""
+    from torch.distributed import _functional_collectives as fc
+
+    return fc if hasattr(fc, "all_gather_single") else None
+
+
 def _waited(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.wait() if hasattr(tensor, "wait") else tensor
 
@@ -143,8 +151,11 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     distributed. Every rank must pass the same shape."""
     if not is_distributed():
         return tensor
-    from torch.distributed import _functional_collectives as fc
+    fc = _functional()
+    if fc is None:
+        from torch.distributed.nn.functional import all_gather
 
+        return torch.cat(all_gather(tensor.contiguous()), dim=0)
     return _waited(fc.all_gather_single(tensor.contiguous(), 0, dist.group.WORLD))
 
 
@@ -153,8 +164,11 @@ def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     of the sum of every rank's loss); identity when not distributed."""
     if not is_distributed():
         return tensor
-    from torch.distributed import _functional_collectives as fc
+    fc = _functional()
+    if fc is None:
+        from torch.distributed.nn.functional import all_reduce
 
+        return all_reduce(tensor.contiguous())
     return _waited(fc.all_reduce(tensor.contiguous(), "sum", dist.group.WORLD))
 
 
