@@ -184,13 +184,13 @@ TINY = ["synthetic.num_train_ids", "6", "synthetic.num_test_ids", "6",
         "test.eval_freq", "1", "test.compare_untrained", "False", "train.auto_resume", "True"]
 
 
-def _torchrun(root, save_dir, log_dir, max_restarts: int, **env: str) -> None:
+def _torchrun(root, save_dir, log_dir, max_restarts: int, *opts: str, **env: str) -> None:
     """``torchrun --standalone --nproc_per_node 2 tools/train.py ...`` to completion; each
     rank's stdout/stderr land under ``log_dir`` (torchrun's own output in ``log_dir``.log)."""
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "--max-restarts",
            str(max_restarts), "--log-dir", str(log_dir), "--redirects", "3",
            osp.join(REPO, "tools", "train.py"), "data.root", str(root),
-           "data.save_dir", str(save_dir), *TINY]
+           "data.save_dir", str(save_dir), *TINY, *opts]
     log = f"{log_dir}.log"
     _wait([_start(cmd, log, **env)], [log], "torchrun")
 
@@ -225,17 +225,31 @@ def test_killed_worker_restarts_resumes_and_ends_like_an_uninterrupted_run(plain
     assert a["trained"] and b["trained"] == a["trained"]  # the uninterrupted run's metrics
 
 
-def test_only_rank0_logs_and_writes_files(plain_run):
-    logs, save = plain_run / "logs_plain", plain_run / "plain"
+def _check_rank0_only(logs, save, rank0_says: str) -> None:
+    """Rank 1 printed and logged nothing and wrote no file; rank 0 wrote one of each."""
     assert _rank_logs(logs, 1, "stdout") == ""
     err1 = _rank_logs(logs, 1, "stderr")
     assert "Configuration" not in err1 and "epoch" not in err1
     out0 = _rank_logs(logs, 0, "stdout")
-    assert "Configuration" in out0 and "trained (2 epochs)" in out0  # rank 0 does log
+    assert "Configuration" in out0 and rank0_says in out0  # rank 0 does log
     files = sorted(osp.relpath(p, save) for p in glob.glob(str(save / "**" / "*"),
                                                             recursive=True) if osp.isfile(p))
-    logs = [f for f in files if f.startswith("train.log-")]
+    texts = [f for f in files if f.startswith("train.log-")]
     events = [f for f in files if "tfevents" in f]
-    assert len(logs) == 1 and len(events) == 1, files
-    assert set(files) - set(logs) - set(events) == {
+    assert len(texts) == 1 and len(events) == 1, files
+    assert set(files) - set(texts) - set(events) == {
         "results.json", osp.join("model", "model.pth.tar-1"), osp.join("model", "model.pth.tar-2")}
+
+
+def test_only_rank0_logs_and_writes_files(plain_run):
+    _check_rank0_only(plain_run / "logs_plain", plain_run / "plain", "trained (2 epochs)")
+
+
+def test_stock_engine_with_sync_bn_trains_under_torchrun(plain_run):
+    """torchreid's own ImageTripletEngine through the same wrapping, SyncBN on."""
+    tmp = plain_run
+    _torchrun(tmp / "data", tmp / "stock", tmp / "logs_stock", 0, "sdtps.engine", "triplet",
+              "train.sync_bn", "True")
+    _check_rank0_only(tmp / "logs_stock", tmp / "stock", "** Results **")
+    state = torch.load(tmp / "stock" / "model" / "model.pth.tar-2", weights_only=False)
+    assert not any(k.startswith("module.") for k in state["state_dict"])

@@ -78,11 +78,14 @@ def convert_model(model: nn.Module, cfg: Any) -> nn.Module:
     return convert_sync_batchnorm(model)
 
 
-def wrap_model(model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+def wrap_model(model: nn.Module, find_unused_parameters: bool = True) -> nn.Module:
     """``DistributedDataParallel(model)`` when distributed (device ``LOCAL_RANK`` on CUDA).
 
-    ``find_unused_parameters`` must be True when some parameters can miss a step's graph,
-    e.g. layers frozen by ``train.fixbase_epoch`` (the runner sets it then).
+    ``find_unused_parameters`` (default True) is needed whenever some parameters can miss a
+    step's graph: torchreid's stock engines call the model without camera labels and
+    auxiliary outputs (the SIE embedding and SDTPS tokens then get no gradient), and
+    ``train.fixbase_epoch`` freezes layers. It costs one autograd-graph walk per step; pass
+    False only for an engine that uses every parameter at every step.
     """
     if not dist.is_distributed():
         return model

@@ -228,7 +228,7 @@ def build_all(cfg: Any) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     model = ddp.convert_model(model, cfg)  # DDP: train.sync_bn, before the optimizer
     optimizer = compat.optim().build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
-    model = ddp.wrap_model(model, cfg.train.fixbase_epoch > 0)  # DDP: DistributedDataParallel
+    model = ddp.wrap_model(model)  # DDP: DistributedDataParallel
     engine = build_engine(cfg, dm, model, optimizer, scheduler)
     engine = ddp.prepare_engine(engine, cfg)  # DDP: global losses, rank-0 IO, set_epoch
     return dm, model, optimizer, scheduler, engine
