@@ -43,6 +43,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _read(path) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
 def _start(cmd: list[str], log: str, **env: str) -> subprocess.Popen:
     """Start ``cmd`` with stdout and stderr into the file ``log`` (never a full pipe)."""
     with open(log, "w", encoding="utf-8") as fh:
@@ -60,7 +65,7 @@ def _wait(procs: list[subprocess.Popen], logs: list[str], what: str) -> None:
                 p.kill()
                 p.wait()
     bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
-    tails = "\n".join(open(f, encoding="utf-8").read()[-3000:] for f in logs)
+    tails = "\n".join(_read(f)[-3000:] for f in logs)
     assert not bad, f"{what}: processes (index, exit code) {bad} failed:\n{tails}"
 
 
@@ -199,7 +204,7 @@ def _rank_logs(log_dir, rank: int, stream: str) -> str:
     files = glob.glob(osp.join(str(log_dir), "**", "attempt_*", str(rank), f"{stream}.log"),
                       recursive=True)
     assert files, f"no {stream}.log of rank {rank} under {log_dir}"
-    return "".join(open(f, encoding="utf-8").read() for f in files)
+    return "".join(_read(f) for f in files)
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +224,8 @@ def test_killed_worker_restarts_resumes_and_ends_like_an_uninterrupted_run(plain
               **{ddp.FAIL_AT_ENV: "1:1:1", ddp.FAIL_MARKER_ENV: str(marker)})
     assert marker.exists()  # rank 1 did die ...
     assert glob.glob(str(tmp / "logs_faulty" / "**" / "attempt_1"), recursive=True)
-    a = json.load(open(tmp / "plain" / "results.json"))
-    b = json.load(open(tmp / "faulty" / "results.json"))
+    a = json.loads(_read(tmp / "plain" / "results.json"))
+    b = json.loads(_read(tmp / "faulty" / "results.json"))
     assert (a["start_epoch"], b["start_epoch"]) == (0, 1)  # ... the group resumed at epoch 1
     assert a["trained"] and b["trained"] == a["trained"]  # the uninterrupted run's metrics
 

@@ -32,7 +32,7 @@ import logging
 import os
 import os.path as osp
 import sys
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import torch
 from torch import nn

@@ -12,7 +12,6 @@ checkpoints load into either layer.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import dist
