@@ -66,6 +66,36 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+#: torch's switch that gives every torchrun restart a fresh store (see _shared_store_attempt)
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
+def _shared_store_attempt() -> str | None:
+    """The restart count to prefix the store with, or None when no prefix is needed.
+
+    torchrun's agent shares one TCPStore with its workers across restarts (pytorch#135712):
+    a restarted group then reads the previous attempt's keys (gloo's peer addresses:
+    "connection refused"; NCCL's unique id). On one machine the agent's restart count is the
+    same for every worker and isolates the attempts. Across machines it is not (each agent
+    counts its own restarts), so there a warning asks for ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+    (a fresh store per restart), which makes the prefix unnecessary.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        return None
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    if nodes > 1:
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and \
+                int(os.environ.get("RANK", "0")) == 0:
+            logger.warning("torchrun --max-restarts on %d machines with a shared rendezvous "
+                           "store: restarted groups can read stale keys (pytorch#135712); "
+                           "set %s=1 for torchrun on every machine", nodes, FRESH_STORE_ENV)
+        return None
+    return restart
+
+
 def init_distributed(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     """Join torchrun's process group when ``WORLD_SIZE > 1``; returns True when this call
     initialised it (the caller then owns :func:`cleanup`).
@@ -95,12 +125,10 @@ def init_distributed(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
             raise RuntimeError("backend 'nccl' needs CUDA; use 'gloo' on the CPU")
         torch.cuda.set_device(local_rank())
     timeout = datetime.timedelta(seconds=timeout_s)
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    restart = _shared_store_attempt()
     if restart is None:
         dist.init_process_group(backend=backend, timeout=timeout)
     else:
-        # torchrun keeps one TCPStore across restarts: without a per-attempt prefix a restarted
-        # group reads the previous attempt's keys (gloo's peer addresses: "connection refused")
         from torch.distributed.rendezvous import rendezvous
 
         store, rank_, size_ = next(rendezvous("env://", timeout=timeout))
