@@ -122,6 +122,23 @@ def test_single_process_refuses_sync_bn_and_bad_sampler_mode():
         config.load_config(opts=["sampler.distributed", "sometimes"])
 
 
+def test_restart_store_prefix_only_where_the_restart_count_is_shared(monkeypatch, caplog):
+    from torchreid_sdtps import dist
+
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    assert dist._shared_store_attempt() == "2"  # one machine: one agent, one count
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with caplog.at_level("WARNING"):
+        assert dist._shared_store_attempt() is None  # counts differ across machines
+    assert dist.FRESH_STORE_ENV in caplog.text
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # fresh store per restart
+    assert dist._shared_store_attempt() is None
+
+
 # ----------------------------------------------------------------------------- 2 ranks vs 1
 
 @pytest.fixture(scope="module")
