@@ -34,12 +34,16 @@ __all__ = [
     "merge_from_file", "merge_from_list", "merge_from_dict", "load_config",
     "datamanager_kwargs", "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
     "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
-    "REMOVED_STAGES",
+    "REMOVED_STAGES", "SAMPLER_MODES",
 ]
 
 #: DeMo stages that SDTPS replaces; a config key naming one of them is refused
 REMOVED_STAGES: tuple[str, ...] = ("hdm", "atm", "moe")
 _REMOVED_RE = re.compile(r"(?:^|[^a-z0-9])(" + "|".join(REMOVED_STAGES) + r")(?:$|[^a-z0-9])")
+
+
+#: values of ``sampler.distributed`` (see :mod:`torchreid_sdtps.engine.ddp`)
+SAMPLER_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -345,8 +349,8 @@ def check_config(cfg: CN) -> None:
     if cfg.sdtps.test_feature not in ("concat", "sdtps", "ori"):
         raise ConfigError(f"sdtps.test_feature must be concat, sdtps or ori, got "
                           f"'{cfg.sdtps.test_feature}'")
-    if cfg.sampler.distributed not in ("auto", "always", "never"):
-        raise ConfigError(f"sampler.distributed must be auto, always or never, got "
+    if cfg.sampler.distributed not in SAMPLER_MODES:
+        raise ConfigError(f"sampler.distributed must be one of {list(SAMPLER_MODES)}, got "
                           f"'{cfg.sampler.distributed}'")
     if cfg.data.type != "image":
         raise ConfigError(f"data.type must be 'image' (multi-modal image re-id), got "

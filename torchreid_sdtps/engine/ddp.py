@@ -39,15 +39,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import compat, dist
-from ..config import ConfigError
+from ..config import SAMPLER_MODES, ConfigError
 from ..data.samplers import DistributedIdentitySampler
 from ..losses.gather import GlobalBatchLoss
 from ..models.sync_bn import convert_sync_batchnorm
 
 __all__ = [
     "DistributedEngineMixin", "prepare_engine", "convert_model", "wrap_model", "unwrap",
-    "use_distributed_sampler", "resume_path", "swapped_model", "shard_loader", "gather_shards", "silenced",
-    "FAIL_AT_ENV", "FAIL_MARKER_ENV", "SAMPLER_MODES",
+    "use_distributed_sampler", "resume_path", "swapped_model", "shard_loader", "gather_shards",
+    "silenced", "FAIL_AT_ENV", "FAIL_MARKER_ENV",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,6 @@ logger = logging.getLogger(__name__)
 #: step (0-based epoch and batch), once: only while the file named by FAIL_MARKER_ENV is absent
 FAIL_AT_ENV = "TORCHREID_SDTPS_FAIL_AT"
 FAIL_MARKER_ENV = "TORCHREID_SDTPS_FAIL_MARKER"
-#: values of ``sampler.distributed``
-SAMPLER_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 
 # ----------------------------------------------------------------------------- model
