@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from . import compat, config, plugins
+from . import compat, config, dist, plugins
 from .choices import SYNTHETIC_DATASET
 from .config import CfgNode
+from .engine import ddp
 from .errors import ConfigError, UnknownNameError
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -142,9 +143,14 @@ def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
     compat.utils().set_random_seed(cfg.train.seed)
     check_names(cfg)
-    dm = build_datamanager(cfg)
+    with dist.main_first():  # rank 0 generates/downloads the data first
+        dm = build_datamanager(cfg)
+    ddp.use_distributed_sampler(dm, cfg)  # this rank's share of the global batches
     model = build_model(cfg, dm)
+    model = ddp.convert_model(model, cfg)  # train.sync_bn: new modules, before the optimizer
     optimizer = build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
+    model = ddp.wrap_model(model)  # DistributedDataParallel (no-op in one process)
     engine = build_engine(cfg, dm, model, optimizer, scheduler)
+    engine = ddp.prepare_engine(engine, cfg)  # global losses, rank-0 IO, set_epoch
     return dm, model, optimizer, scheduler, engine

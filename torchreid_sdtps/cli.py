@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import logging
 import os
 import os.path as osp
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
-
-from . import compat, config
+from . import compat, config, dist
 from .build import build_all, build_model, check_names, use_gpu
 from .config import CfgNode
 from .data.checks import EVAL_TRAIN_SAMPLER
+from .engine import ddp
+from .engine.ddp import swapped_model as _swapped_model
 from .engine.evaluation import format_table, rank_targets, results_summary
-from .engine.state import resume_from_checkpoint, rng_fork
+from .engine.state import latest_checkpoint, resume_from_checkpoint, rng_fork
 from .errors import ConfigError, SDTPSError
 from .io import atomic_path
 
@@ -40,16 +38,6 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-@contextlib.contextmanager
-def _swapped_model(engine: Any, model: torch.nn.Module) -> Iterator[None]:
-    old, old_reg = engine.model, engine._models.get("model")
-    engine.model, engine._models["model"] = model, model
-    try:
-        yield
-    finally:
-        engine.model, engine._models["model"] = old, old_reg
-
 
 def _test_kwargs(cfg: CfgNode) -> dict[str, Any]:
     return {"dist_metric": cfg.test.dist_metric, "normalize_feature": cfg.test.normalize_feature,
@@ -86,15 +74,9 @@ def untrained_results(cfg: CfgNode, engine: Any, datamanager: Any) -> dict[str, 
             return evaluate(engine, cfg, visrank=False)
 
 
-def latest_checkpoint(save_dir: str) -> str | None:
-    """The highest-epoch ``model.pth.tar-<epoch>`` under ``<save_dir>/model``, if any."""
-    paths = glob.glob(osp.join(save_dir, "model", "model.pth.tar-*"))
-    epochs = [(int(m.group(1)), p) for p in paths
-              if (m := re.search(r"model\.pth\.tar-(\d+)$", p))]
-    return max(epochs)[1] if epochs else None
-
-
 def _write_json(path: str, obj: Any) -> None:
+    if not dist.is_main_process():  # DDP: rank 0 alone writes
+        return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2)
 
@@ -165,13 +147,14 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     start = time.time()
     dm, model, _, _, engine = build_all(cfg)
     start_epoch = int(cfg.train.start_epoch)
-    if cfg.model.resume:
-        if not osp.isfile(cfg.model.resume):
-            raise FileNotFoundError(f"model.resume: no checkpoint '{cfg.model.resume}'")
+    resume = ddp.resume_path(cfg)  # model.resume, or train.auto_resume's latest checkpoint
+    if resume:
+        if not osp.isfile(resume):
+            raise FileNotFoundError(f"model.resume: no checkpoint '{resume}'")
         if hasattr(engine, "resume"):
-            start_epoch = engine.resume(cfg.model.resume)
-        else:
-            start_epoch, _ = resume_from_checkpoint(cfg.model.resume, model, engine.optimizer,
+            start_epoch = engine.resume(resume)
+        else:  # the checkpoint holds the plain model, not its DDP wrapper
+            start_epoch, _ = resume_from_checkpoint(resume, ddp.unwrap(model), engine.optimizer,
                                                     engine.scheduler)
     run_kwargs = dict(config.engine_run_kwargs(cfg), start_epoch=start_epoch)
     run_kwargs.pop("test_only")
@@ -314,10 +297,16 @@ def _main(kind: str, argv: Sequence[str] | None, prog: str | None = None) -> dic
     torchreid_sdtps.load_plugins()
     cfg = _config_from_args(kind, args)
     check_names(cfg)
-    with run_logging(cfg.data.save_dir, kind) as log_path:
-        logger.info("Configuration (%s):\n%s", args.config_file or config.DEMO_CONFIG, cfg)
-        result = train(cfg) if kind == "train" else test(cfg)
-        result["log"] = log_path
+    joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
+    logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
+    try:
+        with logs as log_path:  # rank 0 alone logs
+            logger.info("Configuration (%s):\n%s", args.config_file or config.DEMO_CONFIG, cfg)
+            result = train(cfg) if kind == "train" else test(cfg)
+            result["log"] = log_path
+    finally:
+        if joined:
+            dist.cleanup()
     return result
 
 

@@ -18,6 +18,7 @@ from ..choices import (
     NECK_FEATS,
     ORI_HEADS,
     REMOVED_STAGES,
+    SAMPLER_MODES,
     SELECTIONS,
     TEST_FEATURES,
     TRANSFORM_STYLES,
@@ -40,7 +41,7 @@ __all__ = [
     "merge_from_file", "merge_from_list", "merge_from_dict", "load_config", "check_config",
     "iter_keys", "datamanager_kwargs", "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
     "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
-    "REMOVED_STAGES",
+    "REMOVED_STAGES", "SAMPLER_MODES",
 ]
 
 
@@ -84,6 +85,8 @@ def check_config(cfg: CfgNode) -> None:
                                 ("loss.head_reduction", cfg.loss.head_reduction, HEAD_REDUCTIONS),
                                 ("data.transform_style", cfg.data.transform_style,
                                  TRANSFORM_STYLES),
+                                ("sampler.distributed", cfg.sampler.distributed,
+                                 SAMPLER_MODES),
                                 ("data.type", cfg.data.type, ("image",))):
         if value not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got '{value}'")

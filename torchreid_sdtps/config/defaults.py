@@ -12,6 +12,8 @@ YAML files and ``KEY VALUE`` overrides read the same. New here:
   keys, ``train.backbone_*``/``bias_lr_factor``/``weight_decay_bias`` parameter groups,
   ``train.lr_noise*``, ``loss.triplet.soft_margin``, ``loss.head_reduction``,
   ``test.best_on_test``;
+- ``train.sync_bn``, ``train.auto_resume``, ``sampler.distributed`` (multi-GPU runs under
+  torchrun, see :mod:`torchreid_sdtps.engine.ddp`);
 - ``sdtps``: model options of SDTPSNet, auxiliary loss weights, AMP and the engine name;
 - ``synthetic``: the fields of ``SyntheticSpec`` (used when a source is ``synthetic_msreid``).
 
@@ -76,6 +78,7 @@ def get_default_config() -> CfgNode:
     cfg.sampler.num_instances = 4
     cfg.sampler.num_cams = 1
     cfg.sampler.num_datasets = 1
+    cfg.sampler.distributed = "auto"  # auto | always | never: P x K share per rank (DDP)
 
     cfg.train = CfgNode()
     cfg.train.optim = "adam"
@@ -107,6 +110,8 @@ def get_default_config() -> CfgNode:
     cfg.train.lr_noise_seed = 42
     cfg.train.print_freq = 20
     cfg.train.seed = 1
+    cfg.train.sync_bn = False  # DDP: synchronise every BatchNorm across ranks
+    cfg.train.auto_resume = False  # resume from the latest checkpoint in save_dir (restarts)
 
     cfg.sgd = CfgNode()
     cfg.sgd.momentum = 0.9

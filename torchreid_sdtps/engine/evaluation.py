@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..choices import MISSING_SETTINGS
 from .. import compat
+from ..choices import MISSING_SETTINGS
+from .ddp import gather_shards, shard_loader
 from .state import rng_fork
 
 __all__ = [
@@ -85,7 +86,10 @@ class Ranking(NamedTuple):
 
 @torch.no_grad()
 def extract_split(engine: Any, loader: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Features, pids and protocol camids of one split through ``engine``'s own hooks."""
+    """Features, pids and protocol camids of one split through ``engine``'s own hooks; under
+    DDP each rank extracts its contiguous share and the shares are gathered in order."""
+    dataset = loader.dataset
+    loader = shard_loader(loader)
     feats, pids, camids = [], [], []
     for data in loader:
         imgs, pid, camid = engine.parse_data_for_eval(data)
@@ -94,8 +98,9 @@ def extract_split(engine: Any, loader: Any) -> tuple[torch.Tensor, np.ndarray, n
         feats.append(engine.extract_features(imgs).cpu())
         pids.extend(torch.as_tensor(pid).tolist())
         camids.extend(torch.as_tensor(camid).tolist())
+    feats, pids, camids = gather_shards(feats, pids, camids)
     if not feats:
-        raise ValueError(f"evaluation split of {type(loader.dataset).__name__} is empty")
+        raise ValueError(f"evaluation split of {type(dataset).__name__} is empty")
     return torch.cat(feats), np.asarray(pids), np.asarray(camids)
 
 

@@ -8,9 +8,11 @@ Checkpoints use torchreid's layout (``<dir>/model.pth.tar-<epoch>``), so torchre
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os.path as osp
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +23,7 @@ from .. import compat
 from ..io import atomic_path
 
 __all__ = ["get_rng_state", "set_rng_state", "rng_fork", "save_checkpoint_atomic",
-           "load_checkpoint", "resume_from_checkpoint"]
+           "load_checkpoint", "resume_from_checkpoint", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,14 @@ def save_checkpoint_atomic(state: dict[str, Any], save_dir: str, is_best: bool =
             torch.save(state, tmp)
     logger.info("Checkpoint saved to \"%s\"", fpath)
     return fpath
+
+
+def latest_checkpoint(save_dir: str) -> str | None:
+    """The highest-epoch ``model.pth.tar-<epoch>`` under ``<save_dir>/model``, if any."""
+    paths = glob.glob(osp.join(save_dir, "model", "model.pth.tar-*"))
+    epochs = [(int(m.group(1)), p) for p in paths
+              if (m := re.search(r"model\.pth\.tar-(\d+)$", p))]
+    return max(epochs)[1] if epochs else None
 
 
 def load_checkpoint(fpath: str) -> dict[str, Any]:
