@@ -132,6 +132,8 @@ def test_stock_checkpoints_load_in_torchreids_own_loaders(built, tmp_path):
              "optimizer": engine.optimizer.state_dict()}
     utils.save_checkpoint(state, str(tmp_path), remove_module_from_keys=True)
     path = str(tmp_path / "model.pth.tar-3")
+    with compat.checkpoint_loading():  # the plugin's own loads leave the global list in place
+        utils.load_checkpoint(path)
     utils.load_pretrained_weights(model, path)  # no context manager: the global allow-list
     assert utils.resume_from_checkpoint(path, model, optimizer=engine.optimizer) == 3
     added = set(torch.serialization.get_safe_globals())

@@ -142,7 +142,12 @@ def checkpoint_loading() -> Any:
     import torch
 
     safe = getattr(torch.serialization, "safe_globals", None)
-    return safe(checkpoint_safe_globals()) if safe is not None else contextlib.nullcontext()
+    if safe is None:
+        return contextlib.nullcontext()
+    # torch's context removes its globals on exit: pass only those not yet allowed, so the
+    # process-wide allow-list of allow_checkpoint_globals() survives the block
+    allowed = torch.serialization.get_safe_globals()
+    return safe([t for t in checkpoint_safe_globals() if t not in allowed])
 
 
 # --------------------------------------------------------------------------------------------
