@@ -2,7 +2,7 @@
 """Training throughput (samples/s) with 1 process and with N processes under torchrun + DDP.
 
 Each setting starts ``torchrun --standalone --nproc_per_node N`` on this script (``--worker``).
-Every rank builds the model, wraps it as the runner does (``train.sync_bn`` optional,
+Every rank builds the model, wraps it as `build.build_all` does (``train.sync_bn`` optional,
 ``DistributedDataParallel``), and runs :class:`ImageSDTPSEngine`'s ``forward_backward``
 (ID + global-batch triplet and alignment losses, optimizer step) on its ``B/N`` share of a
 fixed random global batch of B samples (M=3 modalities). After ``--warmup`` steps it times

@@ -1,7 +1,7 @@
-"""DistributedDataParallel for the runner: any torchreid engine, one process per device.
+"""DistributedDataParallel for build_all and the CLI: any torchreid engine, one process per device.
 
 ``torchrun --nproc_per_node N tools/train.py --config-file CFG`` starts N copies of the usual
-command; the runner then calls, in order (each call is a no-op in a single process unless
+command; `build.build_all` and `cli` then call, in order (each call is a no-op in a single process unless
 stated):
 
 1. :func:`torchreid_sdtps.dist.init_distributed` (NCCL on CUDA, gloo on the CPU);
