@@ -1,8 +1,8 @@
 """DistributedDataParallel for build_all and the CLI: any torchreid engine, one process per device.
 
 ``torchrun --nproc_per_node N tools/train.py --config-file CFG`` starts N copies of the usual
-command; `build.build_all` and `cli` then call, in order (each call is a no-op in a single process unless
-stated):
+command; ``build.build_all`` and ``cli`` then call, in order (each call is a no-op in a
+single process unless stated):
 
 1. :func:`torchreid_sdtps.dist.init_distributed` (NCCL on CUDA, gloo on the CPU);
 2. :func:`use_distributed_sampler` - the train loader draws this rank's share of global
