@@ -212,7 +212,13 @@ def build_engine(cfg: Any, datamanager: Any, model: torch.nn.Module, optimizer: 
     """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
-    return engine_cls(datamanager, model, **_accepted(engine_cls.__init__, kwargs))
+    engine = engine_cls(datamanager, model, **_accepted(engine_cls.__init__, kwargs))
+    if hasattr(engine, "checkpoint_meta"):  # checkpoints then rebuild the model on their own
+        from ..utils.feature_extractor import checkpoint_meta
+
+        engine.checkpoint_meta = checkpoint_meta(cfg, datamanager.num_train_pids,
+                                                 num_camera_labels(datamanager))
+    return engine
 
 
 def build_all(cfg: Any) -> tuple[Any, torch.nn.Module, Any, Any, Any]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .. import compat
 from ..io import atomic_path
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss
+from ..utils.modalities import zero_modalities
 
 __all__ = [
     "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
@@ -181,6 +182,9 @@ class ImageSDTPSEngine(_TripletBase):
         self.last_checkpoint: Optional[str] = None
         self._zeroed: tuple[int, ...] = ()
         self._eval_cam: Optional[torch.Tensor] = None
+        #: what rebuilds the model from a checkpoint (model name, kwargs, image size,
+        #: normalisation, config); saved as the checkpoint's "meta" entry when set
+        self.checkpoint_meta: Optional[dict[str, Any]] = None
         # parameters the model froze itself (e.g. BNNeck biases); torchreid's
         # open_all_layers() would unfreeze them every epoch
         self._frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -201,11 +205,7 @@ class ImageSDTPSEngine(_TripletBase):
         imgs, pids, camids = data["img"], data["pid"], data["camid"]
         self._eval_cam = self._cam_label(data)
         if self._zeroed:
-            if imgs.dim() != 5:
-                raise ValueError(f"missing-modality evaluation needs images (B, M, 3, H, W), "
-                                 f"got shape {tuple(imgs.shape)}")
-            imgs = imgs.clone()
-            imgs[:, list(self._zeroed)] = 0
+            imgs = zero_modalities(imgs, self._zeroed)
         return imgs, pids, camids
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -362,7 +362,8 @@ class ImageSDTPSEngine(_TripletBase):
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results), atomic write."""
+        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and
+        :attr:`checkpoint_meta`), atomic write."""
         for name in self.get_model_names():
             state: dict[str, Any] = {
                 "state_dict": self._models[name].state_dict(),
@@ -376,6 +377,8 @@ class ImageSDTPSEngine(_TripletBase):
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
+            if self.checkpoint_meta is not None:
+                state["meta"] = self.checkpoint_meta
             self.last_checkpoint = save_checkpoint_atomic(state, osp.join(save_dir, name),
                                                           is_best=is_best)
 
