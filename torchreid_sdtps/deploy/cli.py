@@ -14,7 +14,8 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from .features import (METRICS, dataset_samples, extract_samples, folder_samples,
-                       format_search, load_features, save_features, search, write_json)
+                       format_search, load_features, save_features, search, synthetic_spec_of,
+                       train_config, write_json)
 
 __all__ = ["main_extract", "main_search", "main_export", "cli", "ParityError"]
 
@@ -42,28 +43,8 @@ def _extractor(args: argparse.Namespace, **kwargs: Any) -> Any:
                             device=args.device, batch_size=args.batch_size, **kwargs)
 
 
-def _train_cfg(meta: dict[str, Any]) -> Any:
-    """The training config stored in the checkpoint's meta (None without one)."""
-    if "config" not in meta:
-        return None
-    import yaml
-
-    from .. import config
-
-    return config.merge_from_dict(config.get_default_config(), yaml.safe_load(meta["config"]),
-                                  source="the checkpoint's stored config")
-
-
-def _synthetic_spec(meta: dict[str, Any]) -> Any:
-    """The synthetic spec of the checkpoint's training config (package default without)."""
-    from .. import config
-
-    cfg = _train_cfg(meta)
-    return config.synthetic_spec(cfg) if cfg is not None else None
-
-
 def _root(args: argparse.Namespace, meta: dict[str, Any]) -> str:
-    cfg = _train_cfg(meta)
+    cfg = train_config(meta)
     return args.root or (str(cfg.data.root) if cfg is not None else "reid-data")
 
 
@@ -98,7 +79,7 @@ def main_extract(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.dataset:
         paths, pids, camids, cams = dataset_samples(args.dataset, args.split,
                                                     _root(args, fx.meta),
-                                                    _synthetic_spec(fx.meta))
+                                                    synthetic_spec_of(fx.meta))
         info.update(dataset=args.dataset, split=args.split)
         fs = extract_samples(fx, paths, pids, camids, cams if fx.num_cameras else (), info)
     else:
@@ -183,7 +164,7 @@ def main_export(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     print(f"exported {fx.meta['model_name']} -> {output}")
     if args.no_check:
         return summary
-    parity = check_parity(fx, output, _root(args, fx.meta), _synthetic_spec(fx.meta),
+    parity = check_parity(fx, output, _root(args, fx.meta), synthetic_spec_of(fx.meta),
                           batch_size=args.batch_size, atol=args.atol)
     summary["parity"] = parity
     print(f"parity on a real batch of {parity['batch']}: max |torch - onnxruntime| = "

@@ -18,7 +18,7 @@ import torch
 from .. import compat
 from ..io import atomic_path
 
-__all__ = ["FeatureSet", "save_features", "load_features", "extract_samples",
+__all__ = ["FeatureSet", "train_config", "synthetic_spec_of", "save_features", "load_features", "extract_samples",
            "dataset_samples", "folder_samples", "search", "format_search", "write_json",
            "METRICS"]
 
@@ -76,6 +76,26 @@ def load_features(path: str) -> FeatureSet:
 
 
 # ----------------------------------------------------------------------------- extraction
+
+def train_config(meta: dict[str, Any]) -> Any:
+    """The training config stored in a checkpoint's meta (None without one)."""
+    if "config" not in meta:
+        return None
+    import yaml
+
+    from .. import config
+
+    return config.merge_from_dict(config.get_default_config(), yaml.safe_load(meta["config"]),
+                                  source="the checkpoint's stored config")
+
+
+def synthetic_spec_of(meta: dict[str, Any]) -> Any:
+    """The synthetic spec the checkpoint was trained with (None: the package default)."""
+    from .. import config
+
+    cfg = train_config(meta)
+    return config.synthetic_spec(cfg) if cfg is not None else None
+
 
 def dataset_samples(name: str, split: str, root: str, spec: Any = None
                     ) -> tuple[list[tuple[str, ...]], list[int], list[int], list[int]]:
