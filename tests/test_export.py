@@ -86,3 +86,27 @@ def test_parity_check_catches_a_diverging_model(exported):
         other.model.neck_ori.bn.weight.mul_(1.5)
     parity = check_parity(other, exported["onnx"], str(exported["root"]))
     assert not parity["ok"] and parity["max_abs_diff"] > 1e-2
+
+
+def test_inference_benchmark_smoke(tmp_path):
+    """benchmarks/bench_inference.py --smoke: both backends timed, same features, report."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    spec = importlib.util.spec_from_file_location("bench_inference",
+                                                  bench_dir / "bench_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nkept\n")
+    r = bench.main(["--smoke", "--threads", "1", "--out", str(out)])
+    (res,) = r["results"]
+    assert [row["batch"] for row in res["rows"]] == [1, 2]
+    for row in res["rows"]:
+        assert row["eager_ms"] > 0 and row["onnx_ms"] > 0 and row["max_abs_diff"] <= PARITY_ATOL
+        assert row["speedup"] == pytest.approx(row["onnx_sps"] / row["eager_sps"])
+    text = out.read_text()
+    assert "kept" in text and bench.BEGIN in text and "| sdtps_vit_tiny | 64x32 | 2 (6) |" in text
