@@ -140,3 +140,14 @@ def test_checkpoint_without_meta_needs_the_config(tiny, tmp_path):
     assert fx.meta["num_classes"] == tiny["fx"].meta["num_classes"] and fx.num_cameras == 2
     sample, cam = tiny["paths"][0], tiny["cams"][:1]
     torch.testing.assert_close(fx(sample, cam_ids=cam), tiny["fx"](sample, cam_ids=cam))
+
+
+def test_camera_ids_on_a_model_without_sie_are_refused(tiny):
+    demo = ["model.name", "sdtps_vit_tiny", "model.pretrained", "False", "sdtps.sie_camera",
+            "False"]
+    fx = FeatureExtractor(opts=TINY + demo, device="cpu")  # random weights, no checkpoint
+    assert fx.num_cameras == 0 and fx.meta["num_classes"] == 1
+    sample = tiny["paths"][0]
+    assert fx(sample).shape == (1, fx.model.feature_dim)
+    with pytest.raises(ValueError, match="no SIE camera embedding"):
+        fx(sample, cam_ids=[0])

@@ -70,10 +70,13 @@ def main_extract(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("-o", "--output", required=True, help="feature file to write (.pt)")
     args = parser.parse_args(argv)
     fx = _extractor(args, normalize=args.normalize, verbose=True)
+    use_cams = bool(fx.num_cameras)
     if args.onnx:
         from .onnx import OrtForward
 
-        fx = fx.with_forward(OrtForward(args.onnx))
+        ort = OrtForward(args.onnx)
+        fx = fx.with_forward(ort)
+        use_cams = use_cams and "cam_label" in ort.inputs
     info = {"weights": args.weights, "model": fx.meta["model_name"], "normalized": args.normalize,
             "backend": "onnxruntime" if args.onnx else "torch"}
     if args.dataset:
@@ -81,7 +84,7 @@ def main_extract(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                                     _root(args, fx.meta),
                                                     synthetic_spec_of(fx.meta))
         info.update(dataset=args.dataset, split=args.split)
-        fs = extract_samples(fx, paths, pids, camids, cams if fx.num_cameras else (), info)
+        fs = extract_samples(fx, paths, pids, camids, cams if use_cams else (), info)
     else:
         dirs = args.modality_dirs or list(fx.modalities)
         paths = folder_samples(args.folder, dirs, fx.modalities)

@@ -124,6 +124,9 @@ class OrtForward:
                                  "uses an SIE camera embedding; pass cam_ids (or export with "
                                  "cameras=False / --no-cameras)")
             feeds["cam_label"] = torch.as_tensor(cams).long().cpu().numpy()
+        elif cams is not None:
+            raise ValueError(f"'{self.path}' was exported without the cam_label input; camera "
+                             "ids cannot be used with it")
         return torch.from_numpy(self.session.run(["features"], feeds)[0])
 
 

@@ -280,10 +280,13 @@ class FeatureExtractor:
     def _cams(self, cam_ids: Any, batch: int) -> torch.Tensor | None:
         if cam_ids is None:
             return None
+        if not self.num_cameras:
+            raise ValueError(f"cam_ids given, but model '{self.meta['model_name']}' has no SIE "
+                             "camera embedding (num_cameras=0): camera ids would be ignored")
         cams = torch.as_tensor(cam_ids, dtype=torch.long).reshape(-1)
         if cams.numel() != batch:
             raise ValueError(f"cam_ids has {cams.numel()} entries for {batch} sample(s)")
-        if self.num_cameras and (cams.min() < 0 or cams.max() >= self.num_cameras):
+        if cams.min() < 0 or cams.max() >= self.num_cameras:
             raise ValueError(f"cam_ids must be in [0, {self.num_cameras - 1}] (the model's "
                              f"{self.num_cameras} SIE cameras), got {cams.tolist()}")
         return cams
