@@ -93,8 +93,9 @@ def _shape_of(state: dict[str, torch.Tensor], suffix: str) -> torch.Size | None:
 
 def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()
               ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """``(meta, state_dict)`` of ``checkpoint``; its ``"meta"`` entry, else one built from
-    ``config_file`` + ``opts`` with classes and SIE cameras read off the weights' shapes.
+    """``(meta, state_dict)`` of ``checkpoint``: its ``"meta"`` entry, or (when a config is
+    given, or the checkpoint has no meta) one built from ``config_file`` + ``opts`` with
+    classes and SIE cameras read off the weights' shapes.
     Without a checkpoint (random weights, e.g. for a benchmark), ``meta`` comes from the config
     and ``state_dict`` is None."""
     ckpt = _read_checkpoint(checkpoint) if checkpoint else None
