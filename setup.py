@@ -35,6 +35,10 @@ class BuildPyWithAutoload(build_py):
 CONSOLE_SCRIPTS = {
     "torchreid-sdtps-train": "torchreid_sdtps.cli:console_train",
     "torchreid-sdtps-test": "torchreid_sdtps.cli:console_test",
+    # using a trained model (torchreid_sdtps/deploy/cli.py)
+    "torchreid-sdtps-extract": "torchreid_sdtps.deploy.cli:extract_entry",
+    "torchreid-sdtps-search": "torchreid_sdtps.deploy.cli:search_entry",
+    "torchreid-sdtps-export": "torchreid_sdtps.deploy.cli:export_entry",
 }
 
 # torchreid==0.2.5 on PyPI declares no dependencies: everything it imports is listed here.
@@ -68,7 +72,11 @@ setup(
         "tqdm",
         "pyyaml",
     ] + TORCHREID_RUNTIME,
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.5"],
+        # ONNX export (torch's dynamo exporter needs onnxscript) and ONNX Runtime inference
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
+    },
     cmdclass={"build_py": BuildPyWithAutoload},
     entry_points={
         **{group: [f"{name} = {value}" for name, value in entries.items()]

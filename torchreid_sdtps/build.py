@@ -129,7 +129,13 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
             raise ConfigError(f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__}) has no "
                               f"option {key}={kwargs[key]!r} (config: {_RECIPE_KEYS[key]}); "
                               f"use sdtps.engine sdtps or set it back to {plain!r}")
-    return engine_cls(datamanager, model, **accepted)
+    engine = engine_cls(datamanager, model, **accepted)
+    if hasattr(engine, "checkpoint_meta"):  # checkpoints then rebuild the model on their own
+        from .utils.feature_extractor import checkpoint_meta
+
+        engine.checkpoint_meta = checkpoint_meta(cfg, datamanager.num_train_pids,
+                                                 num_camera_labels(datamanager))
+    return engine
 
 
 #: engine options of the real-data recipe and their torchreid-equivalent values

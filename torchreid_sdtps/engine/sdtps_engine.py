@@ -50,6 +50,7 @@ from .state import (
     save_checkpoint_atomic,
     set_rng_state,
 )
+from ..utils.modalities import zero_modalities
 
 # the helpers stay importable from here (their homes are .state and .evaluation)
 __all__ = [
@@ -127,6 +128,9 @@ class ImageSDTPSEngine(_TripletBase):
         self.last_checkpoint: str | None = None
         self._zeroed: tuple[int, ...] = ()
         self._eval_cam: torch.Tensor | None = None
+        #: what rebuilds the model from a checkpoint (model name, kwargs, image size,
+        #: normalisation, config); saved as the checkpoint's "meta" entry when set
+        self.checkpoint_meta: dict[str, Any] | None = None
         # parameters the model froze itself (e.g. BNNeck biases); torchreid's
         # open_all_layers() would unfreeze them every epoch
         self._frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -147,11 +151,7 @@ class ImageSDTPSEngine(_TripletBase):
         imgs, pids, camids = data["img"], data["pid"], data["camid"]
         self._eval_cam = self._cam_label(data)
         if self._zeroed:
-            if imgs.dim() != 5:
-                raise ValueError(f"missing-modality evaluation needs images (B, M, 3, H, W), "
-                                 f"got shape {tuple(imgs.shape)}")
-            imgs = imgs.clone()
-            imgs[:, list(self._zeroed)] = 0
+            imgs = zero_modalities(imgs, self._zeroed)
         return imgs, pids, camids
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -314,7 +314,8 @@ class ImageSDTPSEngine(_TripletBase):
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results), atomic write; with
+        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and
+        :attr:`checkpoint_meta`), atomic write; with
         ``best_on_test`` also ``model-best.pth.tar`` when the first target's mAP improved."""
         if self.best_on_test and self.last_results and not is_best:
             first = next(iter(self.last_results.values()))
@@ -335,6 +336,8 @@ class ImageSDTPSEngine(_TripletBase):
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
+            if self.checkpoint_meta is not None:
+                state["meta"] = self.checkpoint_meta
             self.last_checkpoint = save_checkpoint_atomic(state, osp.join(save_dir, name),
                                                           is_best=is_best)
 

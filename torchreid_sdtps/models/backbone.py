@@ -210,6 +210,8 @@ class ViTBackbone(nn.Module):
         if cam_label.dtype.is_floating_point or cam_label.dtype == torch.bool:
             raise ValueError(f"cam_label must be an integer tensor, got dtype {cam_label.dtype}")
         cam_label = cam_label.to(device=self.sie_embed.device, dtype=torch.long)
+        if torch.compiler.is_exporting():  # no data-dependent check in an exported graph;
+            return self.sie_coe * self.sie_embed[cam_label]  # its Gather bound-checks instead
         lo, hi = int(cam_label.min()), int(cam_label.max())
         if lo < 0 or hi >= self.num_cameras:
             raise ValueError(

@@ -1,0 +1,112 @@
+"""ONNX export: dynamic batch, camera ids as a second input, the meta in the file, and parity
+with PyTorch (max abs feature difference <= PARITY_ATOL = 1e-4, the same mAP/R1 and the same
+ranking on the synthetic test split)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from torchreid_sdtps.deploy.cli import cli, main_export  # noqa: E402
+from torchreid_sdtps.deploy.onnx import (PARITY_ATOL, OrtForward, check_parity,  # noqa: E402
+                                         export_onnx, read_onnx_meta)
+from torchreid_sdtps.utils import FeatureExtractor  # noqa: E402
+
+from _deploy import tiny_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The tiny SIE checkpoint exported through tools/export.py's main (with its parity check)."""
+    root = tmp_path_factory.mktemp("export")
+    cfg, _, _, ckpt = tiny_checkpoint(root, root / "log")
+    onnx_path = str(root / "tiny.onnx")
+    summary = main_export(["--weights", ckpt, "-o", onnx_path])
+    return {"root": root, "ckpt": ckpt, "onnx": onnx_path, "summary": summary,
+            "fx": FeatureExtractor(ckpt, device="cpu")}
+
+
+def test_export_tool_reports_parity(exported):
+    parity = exported["summary"]["parity"]
+    assert parity["ok"] and parity["same_ranking"]
+    assert parity["max_abs_diff"] <= PARITY_ATOL == parity["atol"]
+    assert parity["torch"] == parity["onnxruntime"]
+    assert parity["num_query"] == 24 and parity["batch"] == 24
+    with open(exported["onnx"][:-len(".onnx")] + ".parity.json", encoding="utf-8") as fh:
+        assert json.load(fh) == parity
+
+
+def test_onnx_has_dynamic_batch_camera_input_and_meta(exported):
+    ort = OrtForward(exported["onnx"])
+    inputs = {i.name: i for i in ort.session.get_inputs()}
+    assert list(inputs) == ["images", "cam_label"]
+    assert inputs["images"].shape[1:] == [3, 3, 64, 32] and isinstance(inputs["images"].shape[0], str)
+    assert inputs["cam_label"].type == "tensor(int64)"
+    meta = read_onnx_meta(exported["onnx"])
+    assert meta["model_name"] == "sdtps_vit_tiny" and meta["height"] == 64
+    fx = exported["fx"]
+    x = torch.randn(5, 3, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    for b in (1, 5):  # other batch sizes than the export's 2
+        cams = torch.arange(b) % 2
+        diff = (ort(x[:b], cams) - fx.forward(x[:b], cams)).abs().max()
+        assert diff <= PARITY_ATOL
+    # the camera term is really in the graph: other cameras, other features
+    assert (ort(x, torch.zeros(5, dtype=torch.long)) - ort(x, torch.ones(5, dtype=torch.long))
+            ).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="takes camera ids"):
+        ort(x)
+
+
+def test_export_without_cameras_matches_torch_without_them(exported, tmp_path):
+    fx = exported["fx"]
+    path = export_onnx(fx.model, str(tmp_path / "nocam.onnx"), fx.meta, cameras=False)
+    ort = OrtForward(path)
+    assert [i.name for i in ort.session.get_inputs()] == ["images"]
+    parity = check_parity(fx, path, str(exported["root"]))
+    assert parity["ok"] and parity["same_ranking"]
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*"))
+
+
+def test_export_errors(exported, tmp_path, capsys):
+    assert cli(main_export, "export", ["--weights", str(tmp_path / "none.pth")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        OrtForward(str(tmp_path / "missing.onnx"))
+
+def test_parity_check_catches_a_diverging_model(exported):
+    """The check fails when the ONNX file does not compute what the PyTorch model computes."""
+    other = FeatureExtractor(exported["ckpt"], device="cpu")
+    with torch.no_grad():
+        other.model.neck_ori.bn.weight.mul_(1.5)
+    parity = check_parity(other, exported["onnx"], str(exported["root"]))
+    assert not parity["ok"] and parity["max_abs_diff"] > 1e-2
+
+
+def test_inference_benchmark_smoke(tmp_path):
+    """benchmarks/bench_inference.py --smoke: both backends timed, same features, report."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    spec = importlib.util.spec_from_file_location("bench_inference",
+                                                  bench_dir / "bench_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nkept\n")
+    r = bench.main(["--smoke", "--threads", "1", "--out", str(out)])
+    (res,) = r["results"]
+    assert [row["batch"] for row in res["rows"]] == [1, 2]
+    for row in res["rows"]:
+        assert row["eager_ms"] > 0 and row["onnx_ms"] > 0 and row["max_abs_diff"] <= PARITY_ATOL
+        assert row["speedup"] == pytest.approx(row["onnx_sps"] / row["eager_sps"])
+    text = out.read_text()
+    assert "kept" in text and bench.BEGIN in text and "| sdtps_vit_tiny | 64x32 | 2 (6) |" in text
