@@ -52,14 +52,15 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from _common import command_line, machine, now
 from _common import write_section as _write_section
+from torch import nn
+
 from torchreid_sdtps.models import net as _net
 
 __all__ = ["build", "param_breakdown", "time_steps", "count_flops", "saved_activation_bytes",
@@ -92,7 +93,7 @@ def make_batch(args: argparse.Namespace, model: nn.Module) -> tuple[torch.Tensor
     return x.to(args.device), pids.to(args.device)
 
 
-def _count(module: Optional[nn.Module]) -> int:
+def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
@@ -397,7 +398,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, pids: torch.Tensor
     return sum(seen.values())
 
 
-def _proc_status_bytes(key: str) -> Optional[int]:
+def _proc_status_bytes(key: str) -> int | None:
     """``VmHWM`` / ``VmRSS`` of this process from ``/proc/self/status`` (Linux), in bytes."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -604,7 +605,7 @@ def write_section(path: str, body: str) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -649,7 +650,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure, print the report (and the target lines), optionally write ``--out``."""
     args = parse_args(argv)
     if args.threads:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os.path as osp
 import shlex
 import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_report(r: dict[str, Any], command: str) -> str:
-    lines = [f"### Inference: PyTorch eager vs ONNX Runtime (`benchmarks/bench_inference.py`)",
+    lines = ["### Inference: PyTorch eager vs ONNX Runtime (`benchmarks/bench_inference.py`)",
              "", f"`{command}` ({r['date']}; {r['machine']}; ORT intra-op threads "
              f"{r['threads']}). Random weights, 3 modalities, eval mode, no SIE; median of the "
              "round-robin timings.", "",
@@ -115,7 +115,7 @@ def format_report(r: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -133,7 +133,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
     r = run(args)

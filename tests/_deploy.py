@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from torchreid_sdtps import config
-from torchreid_sdtps import build
+from torchreid_sdtps import build, config
 
 __all__ = ["TINY", "tiny_checkpoint"]
 

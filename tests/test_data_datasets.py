@@ -8,16 +8,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _trees import make_msvr310_tree, make_rgbnt100_tree, make_rgbnt201_tree
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import torchreid_sdtps  # noqa: F401  (registers rgbnt201 / rgbnt100 / msvr310)
 from torchreid_sdtps import compat
-from torchreid_sdtps.data import (MSVR310, RGBNT100, RGBNT201, DatasetFormatError,
-                                  DatasetNotFoundError, EmptySplitError, MissingModalityError,
-                                  MultiModalImageDataset)
-
-from _trees import make_msvr310_tree, make_rgbnt100_tree, make_rgbnt201_tree
+from torchreid_sdtps.data import (
+    MSVR310,
+    RGBNT100,
+    RGBNT201,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    EmptySplitError,
+    MissingModalityError,
+    MultiModalImageDataset,
+)
 
 H, W = 32, 16
 IDS, CAMS, PER_CAM = 4, 2, 2
@@ -74,7 +80,7 @@ def test_rgbnt201_camids_and_query_equals_gallery(root):
     ds = RGBNT201(root=root, verbose=False)
     assert {s[2] for s in ds.train} == {0, 1}
     assert ds.query == ds.gallery
-    for paths, pid, camid, _ in ds.train + ds.query:
+    for paths, _pid, camid, _ in ds.train + ds.query:
         name = osp.basename(paths[0])
         assert [osp.basename(p) for p in paths] == [name] * 3
         assert camid == int(name.split("_cam")[1][0]) - 1

@@ -10,11 +10,10 @@ import types
 import zipfile
 
 import pytest
+from _trees import make_msvr310_tree, make_rgbnt201_tree
 
 from torchreid_sdtps.data import MSVR310, RGBNT201
 from torchreid_sdtps.data.download import DRIVE_SOURCES, how_to_get
-
-from _trees import make_msvr310_tree, make_rgbnt201_tree
 
 
 def _zip_tree(src_root: str, top: str, out: str) -> str:

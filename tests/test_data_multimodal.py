@@ -8,16 +8,21 @@ import random
 import numpy as np
 import pytest
 import torch
+from _trees import make_rgbnt201_tree, write_jpeg
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import torchreid_sdtps  # noqa: F401  (registers the datasets)
 from torchreid_sdtps import compat
-from torchreid_sdtps.data import (EmptySplitError, ImageReadError, MissingModalityError,
-                                  MultiModalImageDataset, RGBNT201, read_image)
+from torchreid_sdtps.data import (
+    RGBNT201,
+    EmptySplitError,
+    ImageReadError,
+    MissingModalityError,
+    MultiModalImageDataset,
+    read_image,
+)
 from torchreid_sdtps.data.multimodal import apply_synchronized, load_modalities
-
-from _trees import make_rgbnt201_tree, write_jpeg
 
 H, W = 32, 16
 SEEDS = range(24)

@@ -11,12 +11,17 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from torchreid_sdtps.deploy.cli import cli, main_export  # noqa: E402
-from torchreid_sdtps.deploy.onnx import (PARITY_ATOL, OrtForward, check_parity,  # noqa: E402
-                                         export_onnx, read_onnx_meta)
-from torchreid_sdtps.utils import FeatureExtractor  # noqa: E402
-
 from _deploy import tiny_checkpoint  # noqa: E402
+
+from torchreid_sdtps.deploy.cli import cli, main_export  # noqa: E402
+from torchreid_sdtps.deploy.onnx import (  # noqa: E402
+    PARITY_ATOL,
+    OrtForward,
+    check_parity,
+    export_onnx,
+    read_onnx_meta,
+)
+from torchreid_sdtps.utils import FeatureExtractor  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _deploy import TINY, tiny_checkpoint
 from PIL import Image
 
 from torchreid_sdtps.data.multimodal import ImageReadError, MissingModalityError
 from torchreid_sdtps.engine.evaluation import extract_split
 from torchreid_sdtps.utils import FeatureExtractor, zero_modalities
-
-from _deploy import TINY, tiny_checkpoint
 
 torch.set_num_threads(1)
 TARGET = "synthetic_msreid"

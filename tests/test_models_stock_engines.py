@@ -11,13 +11,12 @@ import re
 
 import pytest
 import torch
+from _trees import make_rgbnt201_tree
 
 import torchreid_sdtps  # noqa: F401  (registers datasets and models with torchreid)
 from torchreid_sdtps import compat
 from torchreid_sdtps.data.synthetic import using_spec
 from torchreid_sdtps.models.net import SDTPSNet
-
-from _trees import make_rgbnt201_tree
 
 TINY_SYNTHETIC = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_camera=1,
                       height=64, width=32)

@@ -439,6 +439,7 @@ def test_unsafe_pickle_opt_in_by_argument_or_environment(timm_src, tmp_path, mon
 def test_backbone_and_weights_do_not_import_each_other():
     import ast
     import inspect
+
     from torchreid_sdtps.models import backbone as B
 
     for mod, other in ((W, "backbone"), (B, "weights")):

@@ -7,13 +7,11 @@ import shutil
 
 import pytest
 import torch
+from _deploy import tiny_checkpoint
 
 from torchreid_sdtps.deploy.cli import cli, main_extract, main_search
-from torchreid_sdtps.deploy.features import (FeatureSet, load_features, save_features,
-                                             search)
+from torchreid_sdtps.deploy.features import FeatureSet, load_features, save_features, search
 from torchreid_sdtps.utils import FeatureExtractor
-
-from _deploy import tiny_checkpoint
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ import contextlib
 import os
 import os.path as osp
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager

@@ -19,8 +19,9 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["DriveSource", "DRIVE_SOURCES", "MANUAL_SOURCES", "how_to_get", "download_dataset",
            "extract_archive"]

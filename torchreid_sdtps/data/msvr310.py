@@ -20,8 +20,12 @@ import os
 import os.path as osp
 from typing import Any
 
-from .multimodal import (DatasetFormatError, MultiModalFolderDataset, relabel_pids,
-                         scan_modality_folders)
+from .multimodal import (
+    DatasetFormatError,
+    MultiModalFolderDataset,
+    relabel_pids,
+    scan_modality_folders,
+)
 
 __all__ = ["MSVR310", "parse_msvr310_name"]
 

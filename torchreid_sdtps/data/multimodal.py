@@ -18,7 +18,8 @@ import logging
 import os
 import os.path as osp
 import random
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,7 +226,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
         }
 
     # ------------------------------------------------------------------ combining
-    def __add__(self, other: Any) -> "MultiModalImageDataset":
+    def __add__(self, other: Any) -> MultiModalImageDataset:
         """Add the train sets of two multi-modal datasets, keeping a multi-modal image dataset.
 
         torchreid's base ``__add__`` would build a ``VideoDataset`` from tuple paths. Like it,
@@ -260,7 +261,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
         combined._cam_labels = labels
         return combined
 
-    def __radd__(self, other: Any) -> "MultiModalImageDataset":
+    def __radd__(self, other: Any) -> MultiModalImageDataset:
         """Support ``sum([d1, d2])`` (torchreid's data manager sums its sources)."""
         return self if isinstance(other, int) and other == 0 else self.__add__(other)
 

@@ -16,8 +16,12 @@ import os.path as osp
 import re
 from typing import Any
 
-from .multimodal import (DatasetFormatError, MultiModalFolderDataset, relabel_pids,
-                         scan_modality_folders)
+from .multimodal import (
+    DatasetFormatError,
+    MultiModalFolderDataset,
+    relabel_pids,
+    scan_modality_folders,
+)
 
 __all__ = ["RGBNT201"]
 

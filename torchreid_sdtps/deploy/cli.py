@@ -11,11 +11,22 @@ import json
 import logging
 import os.path as osp
 import sys
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .features import (METRICS, dataset_samples, extract_samples, folder_samples,
-                       format_search, load_features, save_features, search, synthetic_spec_of,
-                       train_config, write_json)
+from .features import (
+    METRICS,
+    dataset_samples,
+    extract_samples,
+    folder_samples,
+    format_search,
+    load_features,
+    save_features,
+    search,
+    synthetic_spec_of,
+    train_config,
+    write_json,
+)
 
 __all__ = ["main_extract", "main_search", "main_export", "cli", "ParityError"]
 
@@ -50,7 +61,7 @@ def _root(args: argparse.Namespace, meta: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- extract
 
-def main_extract(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main_extract(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """A data set split, or a folder of RGB/NI/TI triples, to a feature file."""
     parser = argparse.ArgumentParser(
         prog="tools/extract.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -97,7 +108,7 @@ def main_extract(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- search
 
-def main_search(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main_search(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Queries (a feature file, or one sample's images) against a gallery feature file."""
     parser = argparse.ArgumentParser(
         prog="tools/search.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -137,7 +148,7 @@ def main_search(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- export
 
-def main_export(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main_export(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """ONNX export of a checkpoint, then the ONNX Runtime parity check."""
     from .onnx import PARITY_ATOL, check_parity, export_onnx
 
@@ -185,8 +196,8 @@ def main_export(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- console
 
-def cli(main: Callable[[Optional[Sequence[str]]], Any], name: str,
-        argv: Optional[Sequence[str]] = None) -> int:
+def cli(main: Callable[[Sequence[str] | None], Any], name: str,
+        argv: Sequence[str] | None = None) -> int:
     """Run ``main``; input errors exit 2 and a failed parity check exits 1, each with one
     line on stderr."""
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os.path as osp
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -34,6 +34,7 @@ from .. import compat
 from ..choices import HEAD_REDUCTIONS
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
 from ..metrics.selection import evaluate_selection, format_selection
+from ..utils.modalities import zero_modalities
 from .evaluation import (
     DEFAULT_MISSING_SETTINGS,
     evaluating,
@@ -50,7 +51,6 @@ from .state import (
     save_checkpoint_atomic,
     set_rng_state,
 )
-from ..utils.modalities import zero_modalities
 
 # the helpers stay importable from here (their homes are .state and .evaluation)
 __all__ = [

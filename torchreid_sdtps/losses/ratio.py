@@ -5,8 +5,6 @@ so the loss is a constant: it then reports an exact zero without a graph and add
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -35,8 +33,8 @@ class SelectionRatioLoss(nn.Module):
             raise ValueError(f"SelectionRatioLoss: ratio must be in (0, 1], got {ratio}")
         return ratio
 
-    def forward(self, soft_masks: Optional[torch.Tensor],
-                ratio: Optional[float] = None) -> torch.Tensor:
+    def forward(self, soft_masks: torch.Tensor | None,
+                ratio: float | None = None) -> torch.Tensor:
         """Loss for ``soft_masks`` of shape ``(..., N)``; ``None`` (hard top-K) gives 0.
 
         ``ratio`` overrides the constructor's rho for this call (the engine passes the

@@ -14,7 +14,7 @@ Outputs follow torchreid's convention so its stock engines train and rank the mo
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -104,7 +104,7 @@ class SDTPSNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax",
                  num_modalities: int = 3, test_feature: str = "concat", neck_feat: str = "after",
-                 sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: Optional[int] = None,
+                 sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: int | None = None,
                  beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
                  gumbel_tau: float = 0.1, score_grad: bool = False, use_sdtps: bool = True,
                  ori_head: str = "concat", **options: Any) -> None:
@@ -127,13 +127,13 @@ class SDTPSNet(nn.Module):
         self.loss, self.test_feature, self.neck_feat = loss, test_feature, neck_feat
         self.num_modalities = num_modalities
         self.backbone = backbone
-        self.img_size: Optional[Tuple[int, int]] = getattr(backbone, "img_size", None)
+        self.img_size: tuple[int, int] | None = getattr(backbone, "img_size", None)
         dim, n = int(backbone.out_dim), int(backbone.num_patches)
         n_c = int(num_aggr) if num_aggr is not None else num_aggregated(n, sdtps_ratio, aggr_ratio)
         self.guide = GlobalLocalGuide(dim, num_modalities)
         self.use_sdtps = bool(use_sdtps)
-        self.sdtps: Optional[SDTPS] = None
-        self.neck_sdtps: Optional[BNNeck] = None
+        self.sdtps: SDTPS | None = None
+        self.neck_sdtps: BNNeck | None = None
         if self.use_sdtps:
             self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=sdtps_ratio, beta=beta, selection=selection,
                                gumbel_noise=gumbel_noise, gumbel_tau=gumbel_tau, score_grad=score_grad)
@@ -172,7 +172,7 @@ class SDTPSNet(nn.Module):
                              f"with M={m} modalities stacked in dim 1 (or one image per sample, "
                              f"(B, 3, {h}, {w}), shown to every modality); got {got}")
 
-    def forward_features(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None) -> dict:
+    def forward_features(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> dict:
         """Everything before the heads, as a dict of tensors (see :meth:`extract`)."""
         x = self.as_multimodal(x)
         self._check_input(x)
@@ -205,7 +205,7 @@ class SDTPSNet(nn.Module):
             return sdtps
         return ori if self.test_feature == "ori" else torch.cat([ori, sdtps], dim=1)
 
-    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, cam_label: torch.Tensor | None = None,
                 return_aux: bool = False) -> Any:
         """Train: ``[logits_sdtps, logits_ori]`` (softmax) or ``(logits, [feat_sdtps, feat_ori])``
         (triplet), with ``ori_head="per_modality"`` one ``ori`` entry per modality (RGB, NI, TI
@@ -228,7 +228,7 @@ class SDTPSNet(nn.Module):
                "tokens": feats["tokens"], "ratio": ratio}
         return output, aux
 
-    def extract(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None) -> dict:
+    def extract(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> dict:
         """Per-modality outputs for analysis (R6): ``global`` g' (B,M,C), ``cls`` (B,M,C),
         ``tokens`` (B,M,N_c+1,C), ``masks`` (B,M,N), ``scores`` (B,M,N), ``feature`` (B,D).
 
@@ -240,15 +240,15 @@ class SDTPSNet(nn.Module):
         return {**{k: feats[k] for k in keys}, "feature": self._test_output(feats)}
 
 
-def _count(module: Optional[nn.Module]) -> int:
+def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 # --------------------------------------------------------------------------------------------
 # Factories (torchreid's signature; registered through the plugin's entry points)
 # --------------------------------------------------------------------------------------------
-def _build(variant: str, img_size: Union[int, Tuple[int, int]], num_classes: int, loss: str,
-           pretrained: Union[bool, str], num_cameras: int = 0, **kwargs: Any) -> SDTPSNet:
+def _build(variant: str, img_size: int | tuple[int, int], num_classes: int, loss: str,
+           pretrained: bool | str, num_cameras: int = 0, **kwargs: Any) -> SDTPSNet:
     """Build the backbone (extra kwargs are backbone overrides) and wrap it in :class:`SDTPSNet`."""
     reject_moe_options(kwargs)
     if loss not in LOSSES:  # before the (possibly downloading) backbone build
@@ -262,23 +262,23 @@ def _build(variant: str, img_size: Union[int, Tuple[int, int]], num_classes: int
     return SDTPSNet(backbone, num_classes, loss=loss, **net_kwargs)
 
 
-def sdtps_clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
-                       use_gpu: bool = True, img_size: Union[int, Tuple[int, int]] = (256, 128),
+def sdtps_clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: bool | str = True,
+                       use_gpu: bool = True, img_size: int | tuple[int, int] = (256, 128),
                        **kwargs: Any) -> SDTPSNet:
     """SDTPS on CLIP ViT-B/16 (C=512 after the visual projection), 256x128 by default.
     ``use_gpu`` is accepted for torchreid's signature; the engine moves the model."""
     return _build("clip_vit_b16", img_size, num_classes, loss, pretrained, **kwargs)
 
 
-def sdtps_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
-                  use_gpu: bool = True, img_size: Union[int, Tuple[int, int]] = (256, 128),
+def sdtps_vit_b16(num_classes: int, loss: str = "softmax", pretrained: bool | str = True,
+                  use_gpu: bool = True, img_size: int | tuple[int, int] = (256, 128),
                   **kwargs: Any) -> SDTPSNet:
     """SDTPS on ImageNet ViT-B/16 (C=768), 256x128 by default."""
     return _build("vit_b16", img_size, num_classes, loss, pretrained, **kwargs)
 
 
-def sdtps_vit_tiny(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
-                   use_gpu: bool = True, img_size: Union[int, Tuple[int, int]] = (128, 64),
+def sdtps_vit_tiny(num_classes: int, loss: str = "softmax", pretrained: bool | str = True,
+                   use_gpu: bool = True, img_size: int | tuple[int, int] = (128, 64),
                    **kwargs: Any) -> SDTPSNet:
     """SDTPS on a 4-block ViT-Ti/16 (C=192), 128x64 by default: for CPUs and tests."""
     return _build("vit_tiny", img_size, num_classes, loss, pretrained, **kwargs)

@@ -29,8 +29,8 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from timm.layers import resample_abs_pos_embed

@@ -19,7 +19,8 @@ import copy
 import io
 import logging
 import os.path as osp
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -257,7 +258,7 @@ class FeatureExtractor:
         self._forward = forward
 
     def with_forward(self, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-                     ) -> "FeatureExtractor":
+                     ) -> FeatureExtractor:
         """A copy with the same model and preprocessing whose batches go through ``forward``
         (e.g. an ONNX Runtime session)."""
         other = copy.copy(self)

@@ -1,7 +1,7 @@
 """Zeroing missing modalities: the one definition the evaluation and the extractor share."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -25,8 +25,9 @@ torchreid's ``ImageDataManager`` cannot pass a spec to the dataset: set the defa
 
 Modules: ``spec`` (the spec and the default spec; pure Python), ``render`` (one sample's
 pixels), ``localized`` (one sample of the ``cue="localized"`` design), ``generate`` (the tree
-on disk), ``dataset`` (the torchreid data set). The data set class is imported lazily on first access, so ``from torchreid_sdtps.data.synthetic.spec import
-SyntheticSpec`` never imports torchreid's data set machinery through this package.
+on disk), ``dataset`` (the torchreid data set). The data set class is imported lazily on first
+access, so ``from torchreid_sdtps.data.synthetic.spec import SyntheticSpec`` never imports
+torchreid's data set machinery through this package.
 """
 from __future__ import annotations
 
