@@ -31,8 +31,7 @@ torchreid's data set machinery through this package.
 """
 from __future__ import annotations
 
-from typing import Any
-
+from ..._lazy import lazy_exports
 from .generate import (
     CUE_FILE,
     GENERATOR_VERSION,
@@ -63,10 +62,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the data set class on first use (the ``torchreid.datasets`` entry point's target)."""
-    if name == "SyntheticMSReID":
-        from .dataset import SyntheticMSReID
-
-        return SyntheticMSReID
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the data set class (the ``torchreid.datasets`` entry point's target) is imported on first use
+__getattr__, __dir__ = lazy_exports(__name__, {"SyntheticMSReID": "dataset"})
