@@ -30,19 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import synthetic_study as st
-import torch
-from _common import command_line  # benchmarks/ is on sys.path (script folder)
 from synthetic_study import Setting
 
-import torchreid_sdtps
-from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
+from torchreid_sdtps.data.synthetic import SyntheticSpec
 
 __all__ = ["SETTINGS", "SELECTION_SPEC", "SMOKE_SPEC", "parse_args", "report", "main"]
 
@@ -71,34 +67,9 @@ SMOKE_SPEC = SyntheticSpec(num_train_ids=6, num_test_ids=6, num_cameras=2, image
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags of the study (those of ``synthetic_study.py`` with this study's settings)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs per run")
-    parser.add_argument("--batch", type=int, default=32, help="training batch size")
-    parser.add_argument("--num-instances", type=int, default=4, help="images per id in a batch")
-    parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help=f"comma-separated subset of {list(SETTINGS)}")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads in all (0 = torch's default), split between the jobs")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="runs in parallel, one process each")
-    parser.add_argument("--root", default="reid-data", help="data root (generated there)")
-    parser.add_argument("--out", default="", help="markdown file whose section is (re)written")
-    parser.add_argument("--runs-file", default=os.path.join("log", "selection_study_runs.jsonl"),
-                        help="JSON-lines file of finished runs; runs of the same budget found "
-                             "there are reused ('' = none)")
-    parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch, 1 seed")
-    args = parser.parse_args(argv)
-    args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    unknown = [s for s in args.settings if s not in SETTINGS]
-    if unknown or not args.settings:
-        parser.error(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
-    if args.smoke:
-        args.epochs, args.batch, args.num_instances, args.jobs = 1, 8, 2, 1
-        args.seeds = min(args.seeds, 1)
-    if args.seeds < 1 or args.epochs < 1 or args.jobs < 1:
-        parser.error("--seeds, --epochs and --jobs must be >= 1")
+    parser = st.study_parser(__doc__.split("\n\n")[0], SETTINGS, default_settings=list(SETTINGS),
+                             epochs=12, runs_file=os.path.join("log", "selection_study_runs.jsonl"))
+    args = st.parse_study_args(parser, argv, SETTINGS)
     args.spec = SMOKE_SPEC if args.smoke else SELECTION_SPEC
     args.catalog = SETTINGS
     return args
@@ -218,18 +189,9 @@ def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], wall_s: flo
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the study, print the report, optionally write it into ``--out``."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torchreid_sdtps.load_plugins()
-    command = command_line("selection_study.py", argv)
-    ensure_generated(args.root, args.spec, progress=False)  # once, before any worker starts
-    runs, wall_s = st.run_study(args)
+    command, runs, wall_s = st.start_study(args, "selection_study.py", argv)
     text = report(args, runs, wall_s, command)
-    print(text)
-    if args.out:
-        st.write_section(args.out, text, BEGIN, END)
-        print(f"\nwritten: {args.out}")
+    st.publish(args, text, BEGIN, END)
     return {"runs": runs, "summary": st.summarise(runs, SETTINGS), "wall_s": wall_s,
             "report": text}
 

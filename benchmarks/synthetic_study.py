@@ -64,7 +64,8 @@ from torchreid_sdtps import build, compat, config, optim
 from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
-           "run_one", "run_study", "summarise", "report", "write_section", "main"]
+           "run_one", "run_study", "summarise", "report", "write_section", "study_parser",
+           "parse_study_args", "parse_args", "start_study", "publish", "main"]
 
 logger = logging.getLogger("synthetic_study")
 
@@ -467,15 +468,19 @@ def _record(args: argparse.Namespace, runs: list[dict[str, Any]], r: dict[str, A
              f"(elapsed {(time.time() - start) / 60:.1f} min)", flush=True)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def study_parser(description: str, catalog: Mapping[str, Setting] = SETTINGS, *,
+                 default_settings: Sequence[str] = DEFAULT_SETTINGS, epochs: int = 20,
+                 runs_file: str = "") -> argparse.ArgumentParser:
+    """The flags of a study on this runner; ``catalog`` names the settings it can run, the
+    keyword arguments are the defaults in which the studies differ."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs per run")
+    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per run")
     parser.add_argument("--batch", type=int, default=32, help="training batch size")
     parser.add_argument("--num-instances", type=int, default=4, help="images per id in a batch")
-    parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
-                        help=f"comma-separated subset of {list(SETTINGS)}")
+    parser.add_argument("--settings", default=",".join(default_settings),
+                        help=f"comma-separated subset of {list(catalog)}")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in all (0 = torch's default), split between the jobs")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -483,16 +488,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "cores better than 1 x 2 threads for this small model)")
     parser.add_argument("--root", default="reid-data", help="data root (the data set is generated there)")
     parser.add_argument("--out", default="", help="markdown file whose study section is (re)written")
-    parser.add_argument("--runs-file", default="",
-                        help="JSON-lines file: every finished run is appended; an existing file "
-                             "is resumed (its runs are not repeated)")
+    parser.add_argument("--runs-file", default=runs_file,
+                        help="JSON-lines file: every finished run is appended; runs of the same "
+                             "budget found there are reused, so an interrupted study resumes "
+                             "('' = none)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny data, 1 epoch, 1 seed: seconds (for the tests)")
+    return parser
+
+
+def parse_study_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                     catalog: Mapping[str, Setting] = SETTINGS) -> argparse.Namespace:
+    """Parse ``argv`` with a :func:`study_parser`, check the settings against ``catalog`` and
+    the counts, and shrink the budget for ``--smoke``."""
     args = parser.parse_args(argv)
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    unknown = [s for s in args.settings if s not in SETTINGS]
+    unknown = [s for s in args.settings if s not in catalog]
     if unknown or not args.settings:
-        parser.error(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+        parser.error(f"unknown setting(s) {unknown}; choose from {list(catalog)}")
     if args.smoke:
         args.epochs, args.batch, args.num_instances, args.jobs = 1, 8, 2, 1
         args.seeds = min(args.seeds, 1)
@@ -501,23 +514,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the study, print the table and verdicts, optionally write ``--out``."""
-    args = parse_args(argv)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags of this study."""
+    return parse_study_args(study_parser(__doc__.split("\n\n")[0]), argv)
+
+
+def start_study(args: argparse.Namespace, script: str, argv: Sequence[str] | None
+                ) -> tuple[str, list[dict[str, Any]], float]:
+    """What a study's ``main`` does before its report: threads, logging, plugins, the data
+    (generated once, before any worker starts) and the runs. Returns the command line as
+    typed, the runs and the wall time in seconds."""
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torchreid_sdtps.load_plugins()
-    command = command_line("synthetic_study.py", argv)
-    spec = study_spec(args)
-    ensure_generated(args.root, spec, progress=False)  # once, before any worker starts
+    command = command_line(script, argv)
+    ensure_generated(args.root, study_spec(args), progress=False)
     runs, wall_s = run_study(args)
-    oracle = attribute_oracle(spec)
-    text = report(args, runs, oracle, wall_s, command.strip())
+    return command, runs, wall_s
+
+
+def publish(args: argparse.Namespace, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Print a study's report and (re)write its marked section of ``--out``."""
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, text, begin, end)
         print(f"\nwritten: {args.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the study, print the table and verdicts, optionally write ``--out``."""
+    args = parse_args(argv)
+    command, runs, wall_s = start_study(args, "synthetic_study.py", argv)
+    text = report(args, runs, attribute_oracle(study_spec(args)), wall_s, command)
+    publish(args, text)
     return {"runs": runs, "summary": summarise(runs), "wall_s": wall_s, "report": text}
 
 

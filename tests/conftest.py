@@ -47,15 +47,21 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synthetic_data")
 
 
+def tiny_cfg(root: str | Path, save_dir: str | Path, *opts: str) -> Any:
+    """The demo config with ``TINY_OPTS``, ``data.root``/``data.save_dir`` and ``opts``
+    (``KEY VALUE`` pairs, applied last) - for module-scoped fixtures and helpers that
+    cannot use the function-scoped :func:`make_cfg`."""
+    paths = ["data.root", str(root), "data.save_dir", str(save_dir)]
+    return config.load_config(opts=[*TINY_OPTS, *paths, *opts], demo=True)
+
+
 @pytest.fixture
 def make_cfg(synthetic_root: Path, tmp_path: Path) -> Callable[..., Any]:
-    """``make_cfg(*opts, root=synthetic_root, save_dir=tmp_path/"log")``: the demo config
-    with ``TINY_OPTS`` and ``opts`` applied."""
+    """``make_cfg(*opts, root=synthetic_root, save_dir=tmp_path/"log")``: :func:`tiny_cfg`
+    with those defaults."""
 
     def make(*opts: str, root: Path | None = None, save_dir: Path | None = None) -> Any:
-        paths = ["data.root", str(root or synthetic_root),
-                 "data.save_dir", str(save_dir or tmp_path / "log")]
-        return config.load_config(opts=[*TINY_OPTS, *paths, *opts], demo=True)
+        return tiny_cfg(root or synthetic_root, save_dir or tmp_path / "log", *opts)
 
     return make
 

@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_OPTS
 
 from torchreid_sdtps import cli
 
 REPO = Path(__file__).resolve().parents[1]
-# a tiny synthetic set (6 + 6 ids, 2 cameras, 64x32) and small batches: seconds per epoch
-_SMALL = {"synthetic": dict(num_train_ids=6, num_test_ids=6, num_cameras=2, images_per_camera=2,
-                            height=64, width=32),
-          "data": dict(height=64, width=32), "train": dict(batch_size=8),
-          "sampler": dict(num_instances=2), "test": dict(batch_size=64)}
-TINY = [w for node, kv in _SMALL.items() for k, v in kv.items() for w in (f"{node}.{k}", str(v))]
-TINY += ["use_gpu", "False"]
-
 
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -35,14 +28,9 @@ def _row(text: str, label: str) -> list[float]:
     return [float(v) for v in re.findall(r"(\d+\.\d)%", line)]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("cli_data")
-
-
-def test_demo_cli_table_checkpoint_and_test_reproduces(data_root, tmp_path):
+def test_demo_cli_table_checkpoint_and_test_reproduces(synthetic_root, tmp_path):
     save = tmp_path / "demo"
-    common = ["data.root", str(data_root), "data.save_dir", str(save), *TINY]
+    common = ["data.root", str(synthetic_root), "data.save_dir", str(save), *TINY_OPTS]
     proc = _run("train.py", *common, "train.max_epoch", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -79,16 +67,15 @@ def test_demo_cli_table_checkpoint_and_test_reproduces(data_root, tmp_path):
     assert tested["missing"]["synthetic_msreid"]["none"]["mAP"] == pytest.approx(res["mAP"])
 
 
-def _train(data_root, save, *extra):
-    return cli.main_train(["data.root", str(data_root), "data.save_dir", str(save), *TINY,
-                              "test.compare_untrained", "False", "sdtps.selection", "gumbel",
-                              *extra])
+def _train(root, save, *extra):
+    return cli.main_train(["data.root", str(root), "data.save_dir", str(save), *TINY_OPTS,
+                           "test.compare_untrained", "False", "sdtps.selection", "gumbel", *extra])
 
 
-def test_resume_matches_the_uninterrupted_run(data_root, tmp_path):
-    straight = _train(data_root, tmp_path / "straight", "train.max_epoch", "2")
-    first = _train(data_root, tmp_path / "first", "train.max_epoch", "1")
-    resumed = _train(data_root, tmp_path / "resumed", "train.max_epoch", "2",
+def test_resume_matches_the_uninterrupted_run(synthetic_root, tmp_path):
+    straight = _train(synthetic_root, tmp_path / "straight", "train.max_epoch", "2")
+    first = _train(synthetic_root, tmp_path / "first", "train.max_epoch", "1")
+    resumed = _train(synthetic_root, tmp_path / "resumed", "train.max_epoch", "2",
                      "model.resume", first["checkpoint"])
     assert resumed["start_epoch"] == 1
     a = straight["trained"]["synthetic_msreid"]
@@ -128,11 +115,11 @@ def test_test_tool_without_checkpoint_and_unknown_option(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ["triplet", "softmax"])
-def test_stock_engine_checkpoints_resume_and_load(data_root, tmp_path, engine):
+def test_stock_engine_checkpoints_resume_and_load(synthetic_root, tmp_path, engine):
     """torchreid's own engines save ``rank1`` as a NumPy float, which torch>=2.6's safe
     loader refuses; resuming from and testing their checkpoints must still work."""
     loss = ["loss.name", "softmax"] if engine == "softmax" else []
-    first = _train(data_root, tmp_path / "first", "train.max_epoch", "1",
+    first = _train(synthetic_root, tmp_path / "first", "train.max_epoch", "1",
                    "sdtps.engine", engine, *loss)
     allowed = torch.serialization.get_safe_globals()  # the plugin's process-wide allow-list
     torch.serialization.clear_safe_globals()
@@ -141,12 +128,12 @@ def test_stock_engine_checkpoints_resume_and_load(data_root, tmp_path, engine):
             torch.load(first["checkpoint"], map_location="cpu", weights_only=True)
     finally:
         torch.serialization.add_safe_globals(allowed)
-    resumed = _train(data_root, tmp_path / "resumed", "train.max_epoch", "2",
+    resumed = _train(synthetic_root, tmp_path / "resumed", "train.max_epoch", "2",
                      "sdtps.engine", engine, *loss, "model.resume", first["checkpoint"])
     assert resumed["start_epoch"] == 1
-    tested = cli.main_test(["data.root", str(data_root), "data.save_dir",
-                               str(tmp_path / "tested"), *TINY, "sdtps.engine", engine, *loss,
-                               "model.load_weights", resumed["checkpoint"]])
+    tested = cli.main_test(["data.root", str(synthetic_root), "data.save_dir",
+                            str(tmp_path / "tested"), *TINY_OPTS, "sdtps.engine", engine, *loss,
+                            "model.load_weights", resumed["checkpoint"]])
     assert 0.0 <= tested["results"]["synthetic_msreid"]["mAP"] <= 1.0
 
 

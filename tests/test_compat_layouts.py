@@ -23,36 +23,22 @@ import pytest
 import torch
 from PIL import Image
 
-from torchreid_sdtps import build, cli, compat, config
+from torchreid_sdtps import build, cli, compat
 from torchreid_sdtps.data.checks import SamplerConfigError, check_train_sampler
 from torchreid_sdtps.utils import visrank
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _trees import make_msvr310_tree, make_rgbnt201_tree, write_jpeg  # noqa: E402
+from conftest import tiny_cfg  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["synthetic.num_train_ids", "6", "synthetic.num_test_ids", "6",
-        "synthetic.num_cameras", "2", "synthetic.images_per_camera", "2",
-        "synthetic.height", "64", "synthetic.width", "32", "data.height", "64",
-        "data.width", "32", "train.batch_size", "8", "sampler.num_instances", "2",
-        "test.batch_size", "64", "use_gpu", "False"]
-
-
-def _cfg(root, save_dir, *opts):
-    return config.load_config(opts=TINY + ["data.root", str(root), "data.save_dir",
-                                           str(save_dir), *opts], demo=True)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("compat_data")
-
-
-@pytest.fixture(scope="module")
-def built(data_root, tmp_path_factory):
+def built(synthetic_root, tmp_path_factory):
     """(cfg, datamanager, model, engine) of the tiny synthetic set with the SDTPS engine."""
-    cfg = _cfg(data_root, tmp_path_factory.mktemp("compat_log"))
+    cfg = tiny_cfg(synthetic_root, tmp_path_factory.mktemp("compat_log"))
     dm, model, _, _, engine = build.build_all(cfg)
     return cfg, dm, model, engine
 
@@ -168,16 +154,16 @@ def test_sdtps_engine_test_visrank_writes_one_picture_per_query(built, tmp_path)
     assert _image_size(str(files[0])) == _expected_size(3, 32, 64)
 
 
-def test_stock_engine_and_test_cli_draw_rank_lists(data_root, built, tmp_path):
+def test_stock_engine_and_test_cli_draw_rank_lists(synthetic_root, built, tmp_path):
     cfg, _, model, _ = built
     weights = tmp_path / "w.pth.tar"
     torch.save({"state_dict": model.state_dict()}, weights)
     for engine in ("triplet", "sdtps"):
         save = tmp_path / engine
         # an impossible P x K sampler (8 // 1 = 8 identities > 6): evaluation does not need it
-        cfg = _cfg(data_root, save, "sdtps.engine", engine, "model.load_weights", str(weights),
-                   "test.visrank", "True", "test.visrank_topk", "2",
-                   "sampler.num_instances", "1")
+        cfg = tiny_cfg(synthetic_root, save, "sdtps.engine", engine, "model.load_weights",
+                       str(weights), "test.visrank", "True", "test.visrank_topk", "2",
+                       "sampler.num_instances", "1")
         summary = cli.test(cfg)
         assert summary["results"]["synthetic_msreid"]["num_query"] > 0
         files = list((save / "visrank_synthetic_msreid").glob("*.jpg"))

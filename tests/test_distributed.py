@@ -18,6 +18,7 @@ import sys
 import _ddp_worker
 import pytest
 import torch
+from conftest import TINY_OPTS
 
 from torchreid_sdtps import config
 from torchreid_sdtps.config import ConfigError
@@ -249,12 +250,9 @@ def test_only_rank0_writes_the_checkpoint(worker_runs):
 
 # ----------------------------------------------------------------------------- torchrun
 
-TINY = ["synthetic.num_train_ids", "6", "synthetic.num_test_ids", "6",
-        "synthetic.num_cameras", "2", "synthetic.images_per_camera", "2",
-        "synthetic.height", "64", "synthetic.width", "32", "data.height", "64",
-        "data.width", "32", "train.batch_size", "8", "sampler.num_instances", "2",
-        "test.batch_size", "8", "use_gpu", "False", "train.max_epoch", "2",
-        "test.eval_freq", "1", "test.compare_untrained", "False", "train.auto_resume", "True"]
+# conftest's tiny set, evaluated in batches of 8, 2 epochs, resumable
+TINY = [*TINY_OPTS, "test.batch_size", "8", "train.max_epoch", "2", "test.eval_freq", "1",
+        "test.compare_untrained", "False", "train.auto_resume", "True"]
 
 
 def _torchrun(root, save_dir, log_dir, max_restarts: int, *opts: str, **env: str) -> None:

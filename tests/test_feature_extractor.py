@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _deploy import TINY, tiny_checkpoint
+from _deploy import tiny_checkpoint
+from conftest import TINY_OPTS
 from PIL import Image
 
 from torchreid_sdtps.data.multimodal import ImageReadError, MissingModalityError
@@ -135,7 +136,7 @@ def test_checkpoint_without_meta_needs_the_config(tiny, tmp_path):
         FeatureExtractor("/no/ckpt", device="cpu")
     demo = ["model.name", "sdtps_vit_tiny", "data.norm_mean", "[0.5, 0.5, 0.5]",
             "data.norm_std", "[0.5, 0.5, 0.5]"]
-    fx = FeatureExtractor(str(stock), opts=TINY + demo, device="cpu")
+    fx = FeatureExtractor(str(stock), opts=[*TINY_OPTS, *demo], device="cpu")
     assert fx.meta["num_classes"] == tiny["fx"].meta["num_classes"] and fx.num_cameras == 2
     sample, cam = tiny["paths"][0], tiny["cams"][:1]
     torch.testing.assert_close(fx(sample, cam_ids=cam), tiny["fx"](sample, cam_ids=cam))
@@ -144,7 +145,7 @@ def test_checkpoint_without_meta_needs_the_config(tiny, tmp_path):
 def test_camera_ids_on_a_model_without_sie_are_refused(tiny):
     demo = ["model.name", "sdtps_vit_tiny", "model.pretrained", "False", "sdtps.sie_camera",
             "False"]
-    fx = FeatureExtractor(opts=TINY + demo, device="cpu")  # random weights, no checkpoint
+    fx = FeatureExtractor(opts=[*TINY_OPTS, *demo], device="cpu")  # random weights, no checkpoint
     assert fx.num_cameras == 0 and fx.meta["num_classes"] == 1
     sample = tiny["paths"][0]
     assert fx(sample).shape == (1, fx.model.feature_dim)

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import load_benchmark
+from conftest import TINY_OPTS, load_benchmark, tiny_cfg
 
 import torchreid_sdtps  # noqa: F401  (registers the data set, model and engine)
-from torchreid_sdtps import build, compat, config
+from torchreid_sdtps import build, compat
 from torchreid_sdtps.metrics.selection import (
     cue_mask,
     evaluate_selection,
@@ -23,18 +23,13 @@ from torchreid_sdtps.utils.visualize import main as visualize_main
 
 torch.set_num_threads(1)
 
-# localized cue on a 4x2 patch grid (64x32 images), 6 + 6 ids, 2 cameras x 2 images
-TINY = ["synthetic.num_train_ids", "6", "synthetic.num_test_ids", "6",
-        "synthetic.num_cameras", "2", "synthetic.images_per_camera", "2",
-        "synthetic.height", "64", "synthetic.width", "32", "synthetic.cue", "localized",
-        "synthetic.clutter", "6", "data.height", "64", "data.width", "32",
-        "train.batch_size", "8", "sampler.num_instances", "2", "test.batch_size", "64",
-        "use_gpu", "False"]
+# localized cue on a 4x2 patch grid (64x32 images): conftest's tiny set with these overrides
+LOCALIZED = ("synthetic.cue", "localized", "synthetic.clutter", "6")
+TINY = [*TINY_OPTS, *LOCALIZED]
 
 
 def _cfg(root, save_dir, *opts):
-    return config.load_config(opts=TINY + ["data.root", str(root), "data.save_dir",
-                                           str(save_dir), *opts], demo=True)
+    return tiny_cfg(root, save_dir, *LOCALIZED, *opts)
 
 
 @pytest.fixture(scope="module")
