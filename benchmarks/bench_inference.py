@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = format_report(r, command.strip())
     print(report)
     if args.json:
-        from torchreid_sdtps.deploy.features import write_json
+        from torchreid_sdtps.io import write_json
 
         write_json(r, args.json)
     if args.out:

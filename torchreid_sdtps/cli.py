@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import os.path as osp
@@ -29,7 +28,7 @@ from .engine.ddp import swapped_model as _swapped_model
 from .engine.evaluation import format_table, rank_targets, results_summary
 from .engine.state import latest_checkpoint, resume_from_checkpoint, rng_fork
 from .errors import ConfigError, SDTPSError
-from .io import atomic_path
+from .io import write_json
 
 __all__ = ["train", "test", "evaluate", "untrained_results", "latest_checkpoint", "run_logging",
            "main_train", "main_test", "cli", "console_train", "console_test"]
@@ -77,8 +76,7 @@ def untrained_results(cfg: CfgNode, engine: Any, datamanager: Any) -> dict[str, 
 def _write_json(path: str, obj: Any) -> None:
     if not dist.is_main_process():  # DDP: rank 0 alone writes
         return
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
+    write_json(obj, path)
 
 
 # ----------------------------------------------------------------------------- logging

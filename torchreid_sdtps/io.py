@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import os.path as osp
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -26,3 +28,10 @@ def atomic_path(path: str, suffix: str = ".partial") -> Iterator[str]:
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(obj: Any, path: str) -> str:
+    """Write ``obj`` as indented JSON to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2)
+    return path

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..io import write_json
 from .features import (
     METRICS,
     dataset_samples,
@@ -25,7 +26,6 @@ from .features import (
     search,
     synthetic_spec_of,
     train_config,
-    write_json,
 )
 
 __all__ = ["main_extract", "main_search", "main_export", "cli", "ParityError"]

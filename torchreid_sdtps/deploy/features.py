@@ -9,7 +9,6 @@ functions and returns the top-k with an optional "no match" distance threshold.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os.path as osp
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +18,8 @@ import torch
 from .. import compat
 from ..io import atomic_path
 
-__all__ = ["FeatureSet", "train_config", "synthetic_spec_of", "save_features", "load_features", "extract_samples",
-           "dataset_samples", "folder_samples", "search", "format_search", "write_json",
+__all__ = ["FeatureSet", "train_config", "synthetic_spec_of", "save_features", "load_features",
+           "extract_samples", "dataset_samples", "folder_samples", "search", "format_search",
            "METRICS"]
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
@@ -199,9 +198,3 @@ def format_search(results: list[dict[str, Any]], metric: str = "euclidean") -> s
                          f"{m['camid']:>4}  {m['paths'][0]}")
     return "\n".join(lines)
 
-
-def write_json(obj: Any, path: str) -> str:
-    """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
-    return path
