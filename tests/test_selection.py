@@ -176,3 +176,21 @@ def test_selection_study_smoke(tmp_path, capsys):
     again = study.main(argv)
     assert "resuming: 3 finished runs" in capsys.readouterr().out
     assert [x["results"] for x in again["runs"]] == [x["results"] for x in r["runs"]]
+
+
+def test_token_map_splits_a_side_by_side_sample(tmp_path):
+    """RGBNT100 stores RGB|NI|TI in one file: the picture shows the three parts, one per panel."""
+    from _trees import make_rgbnt100_tree
+
+    from torchreid_sdtps.data.rgbnt100 import RGBNT100
+    from torchreid_sdtps.models.net import sdtps_vit_tiny
+
+    root = make_rgbnt100_tree(tmp_path, size=(64, 32))
+    _, test_tf = compat.build_transforms(64, 32, transforms=None, norm_mean=[0.5] * 3,
+                                         norm_std=[0.5] * 3)
+    ds = RGBNT100(root=root, transform=test_tf, mode="query", verbose=False)
+    torch.manual_seed(0)
+    model = sdtps_vit_tiny(num_classes=4, img_size=(64, 32), pretrained=False)
+    picture, info = token_maps.sample_token_map(model, ds, 0, scale=2)
+    assert len(info["paths"]) == 1 and info["recall"] is None  # one file, no cue ground truth
+    assert picture.size[0] == 3 * (32 * 2 + 6) + 6  # three modality panels, as for 3 files

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.multimodal import load_modalities
 from ..io import atomic_path
 from ..metrics.selection import cue_mask, has_cue_truth, selection_scores, unwrap_model
 
@@ -142,10 +143,10 @@ def sample_token_map(model: torch.nn.Module, dataset: Any, index: int, scale: in
     grid = tuple(net.backbone.grid_size)
     h, w = x.shape[-2:]
     paths = tuple(item["impath"])
-    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((w, h),
-                                                                      Image.Resampling.BILINEAR))
-                       for p in paths])
-    modalities = tuple(getattr(dataset, "modalities", ())) or tuple(str(i) for i in range(len(paths)))
+    modalities = tuple(getattr(dataset, "modalities", ())) or tuple(str(i) for i in range(len(x)))
+    # the data set's own loader: one file per modality or one side-by-side image (RGBNT100)
+    images = np.stack([np.asarray(img.resize((w, h), Image.Resampling.BILINEAR))
+                       for img in load_modalities(paths, modalities)])
     cue, info = None, {"paths": paths, "pid": item["pid"], "camid": item["camid"],
                        "recall": None, "precision": None}
     labels = list(modalities)
