@@ -88,8 +88,7 @@ def _shared_store_attempt() -> str | None:
         return None
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
     if nodes > 1:
-        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and \
-                int(os.environ.get("RANK", "0")) == 0:
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and is_main_process():
             logger.warning("torchrun --max-restarts on %d machines with a shared rendezvous "
                            "store: restarted groups can read stale keys (pytorch#135712); "
                            "set %s=1 for torchrun on every machine", nodes, FRESH_STORE_ENV)
