@@ -327,3 +327,54 @@ def test_localized_spec_validation_and_cue_file(tmp_path):
     assert cues["grid"] == [6, 3] and len(cues["cues"]) == sum(map(len, syn.expected_files(LOCAL).values()))
     os.remove(os.path.join(folder, syn.CUE_FILE))
     assert not syn.is_complete(folder, LOCAL)   # a missing cues.json regenerates the tree
+
+
+# distractor identities (issue 18): other identities of the split shown in unframed cells
+PLAIN = dict(height=64, width=32, cue="localized", cue_size=(1, 2), noise=(0.0, 0.0, 0.0),
+             camera_shift=0.0, pose_jitter=0.0, jpeg_quality=95)
+
+
+def test_distractor_spec_validation():
+    with pytest.raises(ValueError, match="distractors"):
+        syn.SyntheticSpec(distractors=1)                      # spread cue: no distractors
+    with pytest.raises(ValueError, match="distractors"):
+        syn.SyntheticSpec(**PLAIN, distractors=4)             # 5 regions of 2 cells > 8 cells
+    with pytest.raises(ValueError, match="distractors"):
+        syn.SyntheticSpec(**PLAIN, distractors=-1)
+    assert syn.SyntheticSpec(**PLAIN, distractors=3).distractors == 3
+
+
+def test_distractors_paint_other_identities_of_the_split():
+    from torchreid_sdtps.data.synthetic import generate, localized
+
+    spec = syn.SyntheticSpec(num_train_ids=5, num_test_ids=4, **PLAIN, clutter=0, distractors=2)
+    attrs = generate.identity_attributes(spec)
+    others = generate._distractor_attrs(spec, attrs, "test", 7, 1, 0)
+    again = generate._distractor_attrs(spec, attrs, "test", 7, 1, 0)
+    np.testing.assert_array_equal(others, again)               # seeded per sample
+    rows = {tuple(a) for a in attrs[[5, 7, 8]]}                # test pids 6, 8, 9 (not 7)
+    assert others.shape == (2, 3) and {tuple(o) for o in others} <= rows
+    assert len({tuple(o) for o in others}) == 2                # two distinct identities
+    cam = {k: v[0] for k, v in render.camera_params(spec).items()}
+    img, cue = localized.render_localized_sample(spec, attrs[6], cam, render.seeded_rng(0, 1),
+                                                 others)
+    # clutter 0, no noise: a cell is either the flat scene or a pattern; cue + 2 x 2 cells
+    cells = img.astype(np.float32).reshape(3, 4, 16, 2, 16, 3).transpose(0, 1, 3, 2, 4, 5)
+    patterned = cells.reshape(3, 8, -1, 3).std(2).max(-1) > 1.0   # spatial std per channel
+    assert (patterned.sum(1) == 2 * (1 + 2)).all()
+    assert patterned[np.arange(3)[:, None], cue].all()
+    with pytest.raises(ValueError, match="others"):
+        localized.render_localized_sample(spec, attrs[6], cam, render.seeded_rng(0, 1), None)
+
+
+def test_zero_distractors_leave_the_localized_tree_unchanged(tmp_path):
+    from torchreid_sdtps.data.synthetic import localized
+
+    spec = syn.SyntheticSpec(num_train_ids=4, num_test_ids=4, **PLAIN, clutter=3)
+    cam = {k: v[0] for k, v in render.camera_params(spec).items()}
+    a, cue_a = localized.render_localized_sample(spec, np.array([1, 2, 3]), cam,
+                                                 render.seeded_rng(0, 2))
+    b, cue_b = localized.render_localized_sample(spec, np.array([1, 2, 3]), cam,
+                                                 render.seeded_rng(0, 2), np.zeros((0, 3), int))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(cue_a, cue_b)

@@ -40,6 +40,7 @@ GENERATOR_VERSION = 1  # bump when the rendering changes: old trees are then reg
 SPEC_FILE = "spec.json"
 IDENTITY_FILE = "identities.json"
 CUE_FILE = "cues.json"  # cue="localized" only: the cue cells of every image
+TAG_DISTRACTOR = 4  # seed-sequence tag of the distractor identities (render's tags are 1-3)
 
 
 def identity_attributes(spec: SyntheticSpec) -> np.ndarray:
@@ -121,6 +122,18 @@ def read_cues(dataset_dir: str) -> dict[str, Any] | None:
     return record
 
 
+def _distractor_attrs(spec: SyntheticSpec, attrs: np.ndarray, split: str, pid: int, cam: int,
+                      k: int) -> np.ndarray:
+    """Attribute triples ``(spec.distractors, M)`` of the other identities of ``split`` shown in
+    sample ``(pid, cam, k)``: distinct, drawn from their own stream (the other draws of the
+    sample, and every tree without distractors, stay as they were)."""
+    if not spec.distractors:
+        return np.zeros((0, len(MODALITIES)), np.int64)
+    pool = np.array([q for q in split_pids(spec)[split] if q != pid])
+    rng = render.seeded_rng(spec.seed, TAG_DISTRACTOR, pid, cam, k)
+    return attrs[rng.choice(pool, spec.distractors, replace=False) - 1]
+
+
 def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
     """Render every sample of ``spec`` into ``out_dir`` (which must be a fresh folder).
 
@@ -144,7 +157,8 @@ def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
                 rng = render.seeded_rng(spec.seed, render.TAG_IMG, pid, cam, k)
                 if spec.cue == "localized":
                     arr, cells = localized.render_localized_sample(
-                        spec, attrs[pid - 1], cam_params[cam], rng)
+                        spec, attrs[pid - 1], cam_params[cam], rng,
+                        _distractor_attrs(spec, attrs, split, pid, cam, k))
                     cues[f"{split}/{name}"] = cells.tolist()
                 else:
                     arr = render.render_sample(spec, attrs[pid - 1], cam_params[cam], rng)

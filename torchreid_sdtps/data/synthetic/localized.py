@@ -10,6 +10,11 @@ is a stripe texture: value ``v`` -> (orientation ``a``, palette entry ``b``) thr
 ``pose_jitter``). Averaging the image therefore mixes the cue with clutter of the same
 statistics; reading the framed cells is the way to identify. Camera photometry and noise are
 those of the spread design (:func:`~.render.photometry`).
+
+With ``spec.distractors = D`` the caller passes the attribute triples of D *other* identities
+(``others``); each is painted, unframed, in as many random non-cue cells as the cue has (the
+first ``D * R`` cells of the random order, the clutter cells follow). Pooling every patch then
+mixes D + 1 identities in equal shares; only the frame tells the subject apart.
 """
 from __future__ import annotations
 
@@ -41,9 +46,11 @@ def cue_cells(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_localized_sample(spec: SyntheticSpec, attrs: np.ndarray, cam: dict[str, np.ndarray],
-                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                            rng: np.random.Generator, others: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
     """One sample: ``(M, H, W, 3)`` uint8 pixels and the cue cells ``(M, R)`` (row-major).
 
+    ``others``: ``(spec.distractors, M)`` attribute values of the distractor identities.
     Vectorised over modalities and cells: every cell's value, orientation, period, phase and
     brightness are drawn as arrays, then expanded to pixels.
     """
@@ -53,11 +60,21 @@ def render_localized_sample(spec: SyntheticSpec, attrs: np.ndarray, cam: dict[st
     cue = cue_cells(spec, rng)                                        # (M, R)
     is_cue = np.zeros((m, n), bool)
     np.put_along_axis(is_cue, cue, True, axis=1)
-    # clutter: `clutter` random non-cue cells per modality carry a random value
+    others = np.zeros((0, m), np.int64) if others is None else np.asarray(others)
+    if others.shape != (spec.distractors, m):
+        raise ValueError(f"render_localized_sample: others has shape {others.shape}; expected "
+                         f"({spec.distractors}, {m}) for spec.distractors={spec.distractors}")
+    # distractors, then clutter: the first D*R random non-cue cells per modality show the D
+    # other identities (R cells each), the next `clutter` ones a random value
+    r, d = cue.shape[1], others.shape[0]
     order = np.argsort(rng.random((m, n)) + is_cue, axis=1)          # non-cue cells first
-    rank = np.argsort(order, axis=1)
-    is_clutter = ~is_cue & (rank < min(spec.clutter, n - cue.shape[1]))
+    rank = np.where(is_cue, n, np.argsort(order, axis=1))             # cue cells: no rank
+    is_distractor = rank < d * r
+    is_clutter = ~is_distractor & (rank < d * r + min(spec.clutter, n - r - d * r))
     values = rng.integers(0, spec.values_per_modality, (m, n))
+    if d:
+        who = np.minimum(rank // r, d - 1)                             # (M, N) distractor index
+        values = np.where(is_distractor, others.T[np.arange(m)[:, None], who], values)
     values = np.where(is_cue, attrs[:, None], values)
     pairs = np.asarray(PAIRS)[values]                                  # (M, N, 2): (a, b)
     pj = spec.pose_jitter
@@ -76,7 +93,7 @@ def render_localized_sample(spec: SyntheticSpec, attrs: np.ndarray, cam: dict[st
     colour = np.stack([pixels(colour[..., c]) for c in range(3)], axis=1)         # (M, 3, H, W)
     pattern = colour + (_STRIPE_AMP[:, None, None] * stripes)[:, None]
     scene = np.broadcast_to(cam["scene"][:, :, None, None], (m, 3, h, w))
-    painted = pixels(is_cue | is_clutter)[:, None]
+    painted = pixels(is_cue | is_clutter | is_distractor)[:, None]
     img = np.where(painted, pattern, scene).astype(f32)
     # the frame around each modality's cue region (identity-independent marker)
     t = max(1, round(2 * p / 16))

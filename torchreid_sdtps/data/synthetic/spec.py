@@ -33,7 +33,9 @@ class SyntheticSpec:
     whole body; ``"localized"`` shows each modality's attribute only in a framed region of
     ``cue_size`` (rows, cols) cells of the ``patch_size`` grid, at a random position per image
     and modality, amid cells of random attribute values (see ``docs/synthetic.md``). The
-    generator then records the cue cells of every image (``cues.json``).
+    generator then records the cue cells of every image (``cues.json``). ``distractors``
+    (localized only) shows that many *other* identities of the same split in every image, each
+    in as many unframed cells as the cue has, so that pooling all patches mixes identities.
     """
 
     num_train_ids: int = 60
@@ -52,6 +54,7 @@ class SyntheticSpec:
     cue: str = "spread"
     cue_size: tuple[int, int] = (1, 2)
     patch_size: int = 16
+    distractors: int = 0
 
     def __post_init__(self) -> None:
         noise = tuple(float(x) for x in self.noise)
@@ -77,6 +80,12 @@ class SyntheticSpec:
             ("seed", self.seed >= 0, ">= 0"),
             ("cue", self.cue in CUES, f"one of {CUES}"),
             ("patch_size", self.patch_size >= 8, ">= 8"),
+            ("distractors", self.distractors >= 0, ">= 0"),
+            ("distractors", self.distractors == 0 or self.cue == "localized",
+             "0 unless cue='localized'"),
+            ("distractors", self.distractors < max(self.num_train_ids, 1)
+             and self.distractors < max(self.num_test_ids, 1),
+             "fewer than the identities of each split (other identities are shown)"),
         ]
         if self.cue == "localized":
             checks += [
@@ -88,6 +97,11 @@ class SyntheticSpec:
                  and cue_size[0] <= grid[0] and cue_size[1] <= grid[1],
                  f"(rows, cols) >= 1 that fit the {grid[0]}x{grid[1]} patch grid with room "
                  "for clutter"),
+                ("distractors", (self.distractors + 1) * cue_size[0] * cue_size[1]
+                 <= grid[0] * grid[1],
+                 f"at most {grid[0] * grid[1] // max(1, cue_size[0] * cue_size[1]) - 1}: the cue "
+                 f"and each distractor take {cue_size[0] * cue_size[1]} of the "
+                 f"{grid[0] * grid[1]} cells"),
             ]
         for name, ok, expected in checks:
             if not ok:
