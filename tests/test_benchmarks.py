@@ -129,3 +129,78 @@ def test_study_smoke_runs_every_mechanism_and_writes_the_table(study, tmp_path, 
 def test_study_rejects_unknown_settings(study):
     with pytest.raises(SystemExit):
         study.parse_args(["--settings", "sdtps_topk,hdm"])
+
+
+# ----------------------------------------------------------------------------- fusion study
+@pytest.fixture(scope="module")
+def fusion(benchmark_module):
+    return benchmark_module("fusion_study")
+
+
+def test_moe_reference_matches_demo_structure(benchmark_module):
+    mr = benchmark_module("moe_reference")
+    from torchreid_sdtps.models.net import sdtps_vit_tiny
+
+    assert mr.subsets(3) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    c, e, h, d = 48, 7, 4, 12
+    torch.manual_seed(0)
+    base = sdtps_vit_tiny(5, loss="triplet", pretrained=False, img_size=(64, 32), depth=1,
+                          embed_dim=c, num_heads=3, use_sdtps=False)
+    net = mr.MoEReferenceNet(base, 5)
+    # HDM: 7 queries + 7 attentions (in-proj 3C^2 + 3C, out-proj C^2 + C); ATM: reduce
+    # (7C -> C + BN), q, k (no bias), heads x 7 experts (d^2 + d + BN 2d)
+    assert sum(p.numel() for p in net.hdm.parameters()) == e * c + e * (4 * c * c + 4 * c)
+    assert sum(p.numel() for p in net.atm.parameters()) == (
+        e * c * c + c + 2 * c + 2 * c * c + h * e * (d * d + d + 2 * d))
+    assert mr.fusion_parameters(net) == sum(p.numel() for m in (net.hdm, net.atm)
+                                            for p in m.parameters())
+    x = torch.randn(4, 3, 3, 64, 32)
+    (logits, feats), aux = net(x, return_aux=True)
+    assert [t.shape for t in logits] == [(4, 5), (4, 5)]
+    assert [t.shape for t in feats] == [(4, e * c), (4, 3 * c)]
+    assert aux["tokens"] is None and aux["masks"] is None
+    gates = net.atm.gates(torch.randn(4, e, c))
+    torch.testing.assert_close(gates.sum(-1), torch.ones(4, h))
+    net.eval()
+    assert net(x).shape == (4, 3 * c + e * c)
+    net.test_feature = "moe"
+    assert net(x).shape == (4, e * c)
+    net.test_feature = "sdtps"
+    with pytest.raises(ValueError, match="test_feature"):
+        net(x)
+    with pytest.raises(ValueError, match="use_sdtps=False"):
+        mr.MoEReferenceNet(sdtps_vit_tiny(5, pretrained=False, img_size=(64, 32), depth=1,
+                                          embed_dim=c, num_heads=3), 5)
+
+
+def test_fusion_intervals_and_paired_differences(fusion):
+    mean, half = fusion.t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)
+    runs = [{"setting": s, "seed": i, "results": {f: {"mAP": v / 100, "R1": v / 100}}}
+            for s, f, vals in (("sdtps", "concat", (50, 52, 55)), ("no_selection", "ori", (48, 51, 52)))
+            for i, v in enumerate(vals)]
+    mean, half, n = fusion.paired(runs, "sdtps")
+    assert n == 3 and mean == pytest.approx(2.0) and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-4)
+
+
+def test_fusion_study_smoke_resumes_and_writes_the_section(fusion, tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    argv = ["--smoke", "--threads", "1", "--root", str(tmp_path / "data"),
+            "--runs-file", str(tmp_path / "runs.jsonl")]
+    res = fusion.main([*argv, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert {r["setting"] for r in res["runs"]} == set(fusion.SETTINGS)
+    by = {r["setting"]: r for r in res["runs"]}
+    assert by["no_selection"]["fusion_params"] == 0 < by["sdtps"]["fusion_params"] \
+        < by["moe_reference"]["fusion_params"]
+    assert set(by["sdtps"]["results"]) == {"concat", "ori"} and "recall" in by["sdtps"]["results"]["concat"]
+    assert "recall" not in by["moe_reference"]["results"]["concat"]
+    for r in res["runs"]:
+        assert len(r["curve"]) == 1 and len(r["loss"]) == 1  # seed 0, 1 epoch: tested once
+    assert set(res["times"]) == set(fusion.SETTINGS) and all(t > 0 for t in res["times"].values())
+    for text in ("| setting | main feature | seeds |", "no_selection` (same seed)",
+                 "Learning curves", "t-interval", "machine:", "command:"):
+        assert text in printed
+    assert fusion.BEGIN in out.read_text()
+    again = fusion.main([*argv, "--time-repeats", "0"])  # resumes: nothing retrained
+    assert again["runs"] == res["runs"] and again["times"] == {}
