@@ -72,6 +72,16 @@ def _paired_table(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[
         r_mean, r_half, _ = fs.paired(runs, name, metric="R1")
         lines.append(f"| `{name}` | {n} | {mean:+.1f} ± {half:.1f} | {r_mean:+.1f} ± {r_half:.1f} "
                      f"| {verdict(mean, half)} |")
+    base = fs._main_values(runs, fs.BASELINE)
+    for name in names:  # the fusion models' shared `ori` feature alone, same seeds
+        if name == fs.BASELINE or "ori" not in fs.SETTINGS[name].evals[1:]:
+            continue
+        ori = fs._main_values(runs, name, feature="ori")
+        diffs = [ori[s] - base[s] for s in sorted(set(ori) & set(base))]
+        if diffs:
+            mean, half = fs.t_interval(diffs)
+            lines.append(f"| `{name}`, `ori` feature alone | {len(diffs)} | {mean:+.1f} ± "
+                         f"{half:.1f} | | {verdict(mean, half)} |")
     for a, b in (("sdtps", "moe_reference"), ("sdtps_block", "moe_reference"),
                  ("sdtps", "sdtps_block")):
         if a in names and b in names:
@@ -80,6 +90,23 @@ def _paired_table(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[
                 r_mean, r_half, _ = fs.paired(runs, a, base=b, metric="R1")
                 lines.append(f"| `{a}` − `{b}` | {n} | {mean:+.1f} ± {half:.1f} | "
                              f"{r_mean:+.1f} ± {r_half:.1f} | {verdict(mean, half)} |")
+    return lines
+
+
+def _recall_lines(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """Per selection setting: recall of each seed and its correlation with the main mAP."""
+    lines = []
+    for name in names:
+        recall = fs._main_values(runs, name, "recall")
+        if len(recall) < 3:
+            continue
+        maps = fs._main_values(runs, name)
+        seeds = sorted(set(recall) & set(maps))
+        r = statistics.correlation([recall[s] for s in seeds], [maps[s] for s in seeds])
+        lines.append(f"- `{name}`: selection recall per seed (%) "
+                     f"{', '.join(f'{recall[s]:.0f}' for s in seeds)}; seeds above 80 %: "
+                     f"{sum(recall[s] > 80 for s in seeds)} of {len(seeds)}; Pearson r(recall, "
+                     f"mAP) = {r:+.2f}")
     return lines
 
 
@@ -147,6 +174,8 @@ def render(args: argparse.Namespace, runs: Sequence[dict[str, Any]], times: dict
         f"half-width {worst:.2f} -> **{met}**.",
         "",
         *_paired_table(runs, names),
+        "",
+        *_recall_lines(runs, names),
         "",
         *_curves(runs, names),
         "",
