@@ -23,7 +23,7 @@ difference to ``no_selection`` (same seed) with its t-interval, the selection re
 parameters of the fusion part and the training-step time (minimum over round-robin repeats,
 all settings in one process). Seed 0 of every setting also records mAP after every epoch.
 
-    python benchmarks/fusion_study.py --out benchmarks/RESULTS.md    # ~35 min, 2 quiet cores
+    python benchmarks/fusion_study.py --out benchmarks/RESULTS.md    # 64 runs; 47 min, 2 shared cores
     python benchmarks/fusion_study.py --smoke                        # seconds (the tests)
 
 Finished runs are appended to ``--runs-file`` (default ``log/fusion_study_runs.jsonl``); a rerun
