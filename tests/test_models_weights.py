@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
@@ -164,8 +165,14 @@ def test_openai_resamples_pos_embed(openai_src, tmp_path, hw, grid):
     m = _clip_backbone(hw, pretrained=str(path))
     assert m.grid_size == grid and m.vit.pos_embed.shape == (1, grid[0] * grid[1] + 1, C)
     src = openai_src.visual.positional_embedding.detach()[None]
-    ref = resample_abs_pos_embed(src, new_size=list(grid), old_size=[4, 4], num_prefix_tokens=1)
+    # DeMo's CLIP resize_pos_embed, written out: plain bilinear on the square grid, the class
+    # position untouched (timm's default would be bicubic with antialias)
+    grid_src = src[0, 1:].reshape(1, 4, 4, C).permute(0, 3, 1, 2)
+    grid_new = F.interpolate(grid_src, size=grid, mode="bilinear").permute(0, 2, 3, 1)
+    ref = torch.cat([src[:, :1], grid_new.reshape(1, -1, C)], dim=1)
     assert torch.allclose(m.vit.pos_embed, ref, atol=1e-6)
+    bicubic = resample_abs_pos_embed(src, new_size=list(grid), old_size=[4, 4], num_prefix_tokens=1)
+    assert not torch.allclose(m.vit.pos_embed, bicubic, atol=1e-4)
     assert torch.equal(m.vit.pos_embed[0, 0], src[0, 0])  # class position kept as is
     cls, patches = m(torch.randn(1, 3, *hw))
     assert patches.shape == (1, grid[0] * grid[1], PROJ)

@@ -140,9 +140,9 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
 
 #: engine options of the real-data recipe and their torchreid-equivalent values
 _RECIPE_ENGINE_OPTIONS: dict[str, Any] = {"soft_margin": False, "head_reduction": "mean",
-                                          "best_on_test": False}
+                                          "best_on_test": False, "eval_amp": False}
 _RECIPE_KEYS = {"soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
-                "best_on_test": "test.best_on_test"}
+                "best_on_test": "test.best_on_test", "eval_amp": "test.amp"}
 
 
 def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:

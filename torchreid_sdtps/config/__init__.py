@@ -90,6 +90,9 @@ def check_config(cfg: CfgNode) -> None:
                                 ("data.type", cfg.data.type, ("image",))):
         if value not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got '{value}'")
+    if not cfg.sdtps.use_sdtps and cfg.sdtps.weight_align > 0:
+        raise ConfigError(f"sdtps.weight_align {cfg.sdtps.weight_align} needs the SDTPS tokens; "
+                          "with sdtps.use_sdtps False set sdtps.weight_align 0")
     if cfg.loss.triplet.soft_margin and cfg.loss.triplet.margin != 0:
         raise ConfigError(f"loss.triplet.soft_margin uses no margin; set loss.triplet.margin 0 "
                           f"(got {cfg.loss.triplet.margin})")

@@ -99,7 +99,9 @@ def get_default_config() -> CfgNode:
     cfg.train.warmup_factor = 0.01  # lr multiplier at the first warm-up epoch
     cfg.train.min_lr_factor = 0.01  # cosine floor, as a fraction of lr
     # parameter groups (torchreid_sdtps.optim.param_groups, DeMo's make_optimizer rules)
-    cfg.train.backbone_params = []  # dotted name prefixes of the pretrained backbone's params
+    # dotted name prefixes of the pretrained backbone's params; [] = the model's backbone
+    # (SDTPSNet.backbone_param_prefixes(): backbone.vit + backbone.proj for CLIP)
+    cfg.train.backbone_params = []
     cfg.train.backbone_lr = None  # lr of backbone_params (None: as every other parameter)
     cfg.train.bias_lr_factor = 1.0  # bias lr = factor x lr (backbone biases: backbone_lr)
     cfg.train.weight_decay_bias = None  # None: train.weight_decay
@@ -151,6 +153,7 @@ def get_default_config() -> CfgNode:
     # ALSO keep the checkpoint with the best mAP *on the test set* (model-best.pth.tar; DeMo
     # does this). Selecting on the test set is optimistic: results report the last epoch.
     cfg.test.best_on_test = False
+    cfg.test.amp = False  # fp16 autocast for evaluation (CUDA); default fp32, as DeMo ranks
 
     cfg.sdtps = CfgNode()
     cfg.sdtps.engine = "sdtps"  # any registered engine: sdtps, triplet, softmax, third-party
@@ -160,7 +163,10 @@ def get_default_config() -> CfgNode:
     cfg.sdtps.neck_feat = "after"  # eval feature after | before the BNNeck BatchNorm
     cfg.sdtps.ori_head = "concat"  # concat (DeMo DIRECT=1) | per_modality (DIRECT=0)
     cfg.sdtps.sie_coe = 3.0  # weight of the SIE camera embedding (TransReID 3.0, DeMo 1.0)
-    cfg.sdtps.drop_path = 0.1  # stochastic depth of the backbone blocks
+    # stochastic depth of the backbone blocks; None = the backbone's DeMo value (0 for CLIP,
+    # which DeMo never gives MODEL.DROP_PATH; 0.1 for the ImageNet ViTs)
+    cfg.sdtps.drop_path = None
+    cfg.sdtps.use_sdtps = True  # False: the ablation baseline (backbone + guide + ori head)
     cfg.sdtps.sdtps_ratio = 0.5  # rho: kept fraction of patches
     cfg.sdtps.aggr_ratio = 0.4  # alpha: N_c = round(N * rho * alpha)
     cfg.sdtps.num_aggr = None  # explicit N_c (None = from aggr_ratio)

@@ -10,7 +10,8 @@ What it adds to ``ImageTripletEngine`` (everything else, ``run()`` included, is 
   + ``weight_align``·:class:`CrossModalAlignmentLoss`, each reported in the loss summary
   (``loss_x``, ``loss_t``, ``loss_ratio``, ``loss_align``), so torchreid's printed lines and
   tensorboard scalars show them;
-- ``use_amp``: ``torch.autocast`` (float16) + ``GradScaler`` on CUDA; float32 on the CPU;
+- ``use_amp``: ``torch.autocast`` (float16) + ``GradScaler`` for training on CUDA; float32 on
+  the CPU. Evaluation runs in float32 (as DeMo's) unless ``eval_amp`` asks for autocast;
 - ``test()`` returns rank-1 like torchreid and fills ``last_results`` (mAP, CMC, R1/R5/R10
   per target); :meth:`evaluate` returns that dict; :meth:`evaluate_missing` zeroes the named
   modalities' input images in query and gallery (as DeMo does) and ranks each setting;
@@ -80,7 +81,9 @@ class ImageSDTPSEngine(_TripletBase):
         weight_align: weight of the cross-modal alignment loss.
         align_margin: margin of the alignment ranking loss.
         align_center: centre the tokens in the alignment loss (see its module doc).
-        use_amp: mixed precision on CUDA (ignored, with a log note, without CUDA).
+        use_amp: mixed precision for training on CUDA (ignored, with a log note, without CUDA).
+        eval_amp: float16 autocast for the evaluation features too (CUDA only, ignored with a
+            log note without it); default float32, DeMo's evaluation precision.
         soft_margin: DeMo's soft-margin batch-hard triplet (:class:`SoftMarginTripletLoss`)
             instead of torchreid's hard-margin one (``margin`` must then be 0).
         head_reduction: with several heads (lists of logits/features), ``"mean"`` averages
@@ -95,7 +98,8 @@ class ImageSDTPSEngine(_TripletBase):
                  weight_ratio: float = 1.0, weight_align: float = 0.5,
                  align_margin: float = 0.2, align_center: bool = True,
                  use_amp: bool = False, soft_margin: bool = False,
-                 head_reduction: str = "mean", best_on_test: bool = False) -> None:
+                 head_reduction: str = "mean", best_on_test: bool = False,
+                 eval_amp: bool = False) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
                          weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
@@ -124,6 +128,9 @@ class ImageSDTPSEngine(_TripletBase):
         if use_amp and not self.use_gpu:
             logger.info("use_amp=True ignored: CUDA is not in use, training in float32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.eval_amp = bool(eval_amp) and self.use_gpu
+        if eval_amp and not self.use_gpu:
+            logger.info("eval_amp=True ignored: CUDA is not in use, evaluating in float32")
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_checkpoint: str | None = None
         self._zeroed: tuple[int, ...] = ()
@@ -154,8 +161,8 @@ class ImageSDTPSEngine(_TripletBase):
             imgs = zero_modalities(imgs, self._zeroed)
         return imgs, pids, camids
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.use_amp:
+    def _autocast(self, enabled: bool | None = None) -> contextlib.AbstractContextManager:
+        if self.use_amp if enabled is None else enabled:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -164,7 +171,7 @@ class ImageSDTPSEngine(_TripletBase):
         cam, self._eval_cam = self._eval_cam, None
         if cam is not None:
             cam = cam.to(input.device)
-        with self._autocast():
+        with self._autocast(self.eval_amp):
             feats = self.model(input, cam_label=cam)
         return feats.float()
 

@@ -20,7 +20,7 @@ def build_backbone(
     num_cameras: int = 0,
     pretrained: bool | str | os.PathLike = False,
     sie_coe: float = 3.0,
-    drop_path_rate: float = 0.1,
+    drop_path_rate: float | None = None,
     allow_unsafe_pickle: bool | None = None,
     **kw: Any,
 ) -> ViTBackbone:
@@ -29,7 +29,8 @@ def build_backbone(
     ``pretrained``: False (random init), True (the variant's published file, downloaded once
     to ``torch.hub.get_dir()/checkpoints``) or a path to a local checkpoint (OpenAI CLIP JIT
     archive or state dict, timm ``.pth``/``.npz``). ``allow_unsafe_pickle`` opts in to
-    ``torch.load(weights_only=False)`` for files that pickle Python objects. See
+    ``torch.load(weights_only=False)`` for files that pickle Python objects.
+    ``drop_path_rate`` None: the variant's (DeMo's) value, 0 for CLIP, 0.1 for the ImageNet ViTs. See
     :func:`~torchreid_sdtps.models.weights.load_pretrained`.
     """
     if allow_unsafe_pickle and not pretrained:

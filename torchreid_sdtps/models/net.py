@@ -148,6 +148,12 @@ class SDTPSNet(nn.Module):
                         _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, sdtps_ratio),
                         n_c, selection if self.use_sdtps else "none (use_sdtps=False)")
 
+    def backbone_param_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes (of ``named_parameters()``) of the pretrained backbone's parameters: what
+        ``train.backbone_params`` means when the config leaves it empty (DeMo's ``base``)."""
+        own = getattr(self.backbone, "pretrained_param_prefixes", None)
+        return tuple(f"backbone.{p}" for p in own()) if callable(own) else ("backbone",)
+
     def as_multimodal(self, x: torch.Tensor) -> torch.Tensor:
         """The probe convention: a single-image batch ``(B, 3, H, W)`` is shown to every
         modality, i.e. broadcast to ``(B, M, 3, H, W)``.

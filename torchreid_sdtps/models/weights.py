@@ -286,8 +286,11 @@ def _source_grid(n_tokens: int, target: tuple[int, int], src_grid: Sequence[int]
 
 
 def _resample_pos(pos: torch.Tensor, backbone: nn.Module, path: str, src_grid: Sequence[int] | None,
-                  notes: list[str]) -> torch.Tensor:
-    """Resample a ``(1, prefix + gh*gw, C)`` (or 2-D CLIP) position embedding to the backbone grid."""
+                  notes: list[str], interpolation: str = "bicubic") -> torch.Tensor:
+    """Resample a ``(1, prefix + gh*gw, C)`` (or 2-D CLIP) position embedding to the backbone grid.
+
+    ``interpolation`` ``"bilinear"`` is DeMo's CLIP ``resize_pos_embed`` (plain bilinear, no
+    antialias); ``"bicubic"`` timm's default (bicubic with antialias)."""
     pos = pos.float()  # OpenAI archives are fp16
     if pos.dim() == 2:
         pos = pos.unsqueeze(0)
@@ -297,7 +300,8 @@ def _resample_pos(pos: torch.Tensor, backbone: nn.Module, path: str, src_grid: S
         return pos
     notes.append(f"pos_embed resampled {old[0]}x{old[1]} -> {backbone.grid_size[0]}x{backbone.grid_size[1]}")
     return resample_abs_pos_embed(pos, new_size=list(backbone.grid_size), old_size=list(old),
-                                  num_prefix_tokens=npt, interpolation="bicubic", antialias=True)
+                                  num_prefix_tokens=npt, interpolation=interpolation,
+                                  antialias=interpolation == "bicubic")
 
 
 def _to_backbone_keys(sd: dict[str, torch.Tensor], backbone: nn.Module, path: str,
@@ -312,7 +316,8 @@ def _to_backbone_keys(sd: dict[str, torch.Tensor], backbone: nn.Module, path: st
     pos = sd.pop(pos_key, None)
     vit_sd = checkpoint_filter_fn(sd, backbone.vit)
     if pos is not None:
-        vit_sd["pos_embed"] = _resample_pos(pos, backbone, path, src_grid, notes)
+        vit_sd["pos_embed"] = _resample_pos(pos, backbone, path, src_grid, notes,
+                                            getattr(backbone, "pos_interpolation", "bicubic"))
     out: dict[str, torch.Tensor] = {}
     head_w, head_b = vit_sd.get("head.weight"), vit_sd.get("head.bias")
     proj = getattr(backbone.proj, "weight", None)
