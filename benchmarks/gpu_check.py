@@ -39,7 +39,7 @@ SMOKE = ["model.name", "sdtps_vit_tiny", "data.height", "128", "data.width", "64
          "synthetic.height", "128", "synthetic.width", "64", "synthetic.num_train_ids", "8",
          "synthetic.num_test_ids", "4", "synthetic.images_per_camera", "2",
          "train.batch_size", "16", "sampler.num_instances", "4", "data.workers", "0",
-         "train.backbone_params", "['backbone.vit']", "use_gpu", "False",
+         "use_gpu", "False",
          "sdtps.use_amp", "False"]
 
 
