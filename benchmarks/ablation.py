@@ -4,6 +4,7 @@
     python benchmarks/ablation.py --config configs/rgbnt201_sdtps_clip.yaml --root reid-data
     python benchmarks/ablation.py --config configs/rgbnt201_sdtps_clip.yaml --seeds 1111 --epochs 2
     python benchmarks/ablation.py --smoke        # CPU, tiny model, synthetic data: seconds
+    python benchmarks/ablation.py ... --resume   # reuse the finished runs in --out
 
 Variants (everything else is the config's recipe; trailing ``KEY VALUE`` overrides apply to
 all three, then each variant sets its own keys):
@@ -26,6 +27,8 @@ std) over the seeds.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import os.path as osp
 import statistics
@@ -65,12 +68,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Further arguments: KEY VALUE config overrides.")
     p.add_argument("--config", default=osp.join(REPO, "configs", "rgbnt201_sdtps_clip.yaml"))
-    p.add_argument("--seeds", default="1111,1112,1113", help="comma-separated train.seed values")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated train.seed values (default 1111,1112,1113; smoke 1,2)")
     p.add_argument("--epochs", type=int, default=None, help="train.max_epoch (default: config's)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="default cuda (--smoke: cpu)")
     p.add_argument("--root", default="reid-data", help="data root (data.root)")
     p.add_argument("--out", default="log/ablation", help="folder for the runs and the table")
     p.add_argument("--variants", default=",".join(VARIANTS), help="subset, comma-separated")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs in --out that finished with the same config and keys")
     p.add_argument("--smoke", action="store_true",
                    help="CPU, sdtps_vit_tiny, synthetic data, 1 epoch, seeds 1,2")
     args, opts = p.parse_known_args(argv)
@@ -78,6 +85,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         opts = opts[1:]
     if len(opts) % 2 or any(k.startswith("-") for k in opts[0::2]):
         p.error(f"unrecognised arguments {opts}: overrides are KEY VALUE pairs")
+    if args.smoke and args.device == "cuda":
+        p.error("--smoke runs on the CPU; drop --device cuda")
+    if args.seeds is None:
+        args.seeds = "1,2" if args.smoke else "1111,1112,1113"
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -89,11 +100,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                 f"{args.variants} / {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be >= 1")
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
     if args.smoke:
-        args.device = "cpu"
         args.epochs = args.epochs or 1
-        if args.seeds == [1111, 1112, 1113]:
-            args.seeds = [1, 2]
     return args, opts
 
 
@@ -123,21 +132,40 @@ def best_on_test_results(checkpoint: str, target: str) -> dict[str, float] | Non
     return {**{k: float(res[k]) for k in METRICS}, "epoch": int(ckpt.get("epoch", -1))}
 
 
+def _run_key(config_file: str, overrides: Sequence[str], root: str) -> str:
+    """What makes two runs the same: the config file's text, the root and the overrides."""
+    with open(config_file, "rb") as fh:
+        text = fh.read()
+    blob = text + json.dumps([root, list(overrides)]).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
 def train_one(args: argparse.Namespace, opts: Sequence[str], variant: str, seed: int
               ) -> dict[str, Any]:
-    """One run with the package's train command function; its last-epoch and best results."""
+    """One run with the package's train command function; its last-epoch and best results
+    (``--resume``: those of a finished identical run in the same folder)."""
     from torchreid_sdtps import cli, config
 
-    cfg = config.load_config(args.config, run_overrides(args, opts, variant, seed), root=args.root)
+    overrides = run_overrides(args, opts, variant, seed)
+    cfg = config.load_config(args.config, overrides, root=args.root)
+    key = _run_key(args.config, overrides, args.root)
+    record = osp.join(cfg.data.save_dir, "ablation_run.json")
+    if args.resume and osp.isfile(record):
+        with open(record, encoding="utf-8") as fh:
+            done = json.load(fh)
+        if done.get("key") == key:
+            return done["run"]
     with cli.run_logging(cfg.data.save_dir, "train"):
         summary = cli.train(cfg)
     target = list(cfg.data.targets)[0]
     last = summary["trained"][target]
     best = best_on_test_results(osp.join(cfg.data.save_dir, "model", "model-best.pth.tar"), target)
-    return {"variant": variant, "seed": seed, "epochs": int(cfg.train.max_epoch),
-            "target": target, "wall_s": summary.get("wall_s"),
-            "use_sdtps": bool(cfg.sdtps.use_sdtps), "weight_align": float(cfg.sdtps.weight_align),
-            "last": {k: float(last[k]) for k in METRICS}, "best_on_test": best}
+    run = {"variant": variant, "seed": seed, "epochs": int(cfg.train.max_epoch),
+           "target": target, "wall_s": summary.get("wall_s"),
+           "use_sdtps": bool(cfg.sdtps.use_sdtps), "weight_align": float(cfg.sdtps.weight_align),
+           "last": {k: float(last[k]) for k in METRICS}, "best_on_test": best}
+    write_json({"key": key, "run": run}, record)
+    return run
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -214,5 +242,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | int:
 
 
 if __name__ == "__main__":
-    result = main()
+    from torchreid_sdtps.errors import SDTPSError
+
+    try:
+        result = main()
+    except (SDTPSError, FileNotFoundError) as exc:  # a bad key, value or path: one line
+        sys.stderr.write(f"ablation: error: {exc}\n")
+        sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

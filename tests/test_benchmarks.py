@@ -135,7 +135,7 @@ def test_study_rejects_unknown_settings(study):
 
 # ----------------------------------------------------------------------------- ablation
 def test_ablation_smoke_trains_three_variants_and_writes_the_table(benchmark_module, tmp_path,
-                                                                   capsys):
+                                                                   capsys, monkeypatch):
     ablation = benchmark_module("ablation")
     out = tmp_path / "out"
     report = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out)])
@@ -161,6 +161,16 @@ def test_ablation_smoke_trains_three_variants_and_writes_the_table(benchmark_mod
     assert printed.count("| last |") == 3 and printed.count("| best on TEST set (optimistic) |") == 3
     assert (out / "ablation.md").read_text().strip() == report["table"].strip()
     assert json.loads((out / "ablation.json").read_text())["summary"] == report["summary"]
+    # --resume reuses the finished identical runs: nothing is trained again
+    from torchreid_sdtps import cli
+
+    def no_training(cfg):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(cli, "train", no_training)
+    again = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out),
+                           "--resume"])
+    assert again["runs"] == runs
 
 
 def test_ablation_refuses_bad_arguments(benchmark_module, capsys):
@@ -171,6 +181,8 @@ def test_ablation_refuses_bad_arguments(benchmark_module, capsys):
         ablation.parse_args(["--seeds", "a,b"])
     with pytest.raises(SystemExit):
         ablation.parse_args(["train.max_epoch"])  # an override without its value
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--smoke", "--device", "cuda"])  # smoke is a CPU run
     if not torch.cuda.is_available():
         assert ablation.main(["--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
