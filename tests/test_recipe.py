@@ -158,6 +158,9 @@ def test_no_sdtps_option_builds_the_ori_only_baseline():
     assert torch.equal(feat, ori)  # neck_feat before: DeMo's `return ori`
     with pytest.raises(config.ConfigError, match="weight_align"):
         _cfg("rgbnt201", "sdtps.use_sdtps", "False")
+    for key, value in (("sdtps.test_feature", "sdtps"), ("sdtps.selection", "gumbel")):
+        with pytest.raises(config.ConfigError, match=key):
+            _cfg("rgbnt201", "sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0", key, value)
 
 
 @pytest.mark.parametrize("noise", [False, True])

@@ -90,9 +90,14 @@ def check_config(cfg: CfgNode) -> None:
                                 ("data.type", cfg.data.type, ("image",))):
         if value not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got '{value}'")
-    if not cfg.sdtps.use_sdtps and cfg.sdtps.weight_align > 0:
-        raise ConfigError(f"sdtps.weight_align {cfg.sdtps.weight_align} needs the SDTPS tokens; "
-                          "with sdtps.use_sdtps False set sdtps.weight_align 0")
+    if not cfg.sdtps.use_sdtps:  # the model without the SDTPS block: its options cannot act
+        unusable = {"weight_align": cfg.sdtps.weight_align > 0,
+                    "test_feature": cfg.sdtps.test_feature == "sdtps",
+                    "selection": cfg.sdtps.selection != "topk"}
+        plain = {"weight_align": "0", "test_feature": "ori", "selection": "topk"}
+        for key in (k for k, bad in unusable.items() if bad):
+            raise ConfigError(f"sdtps.{key} {cfg.sdtps[key]!r} needs the SDTPS block; with "
+                              f"sdtps.use_sdtps False set sdtps.{key} {plain[key]}")
     if cfg.loss.triplet.soft_margin and cfg.loss.triplet.margin != 0:
         raise ConfigError(f"loss.triplet.soft_margin uses no margin; set loss.triplet.margin 0 "
                           f"(got {cfg.loss.triplet.margin})")
