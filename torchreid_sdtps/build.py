@@ -34,10 +34,12 @@ def _takes(fn: Any) -> tuple[set[str], bool]:
     return set(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _supported(fn: Any, kwargs: dict[str, Any], keys: dict[str, str], what: str) -> dict[str, Any]:
+def _supported(fn: Any, kwargs: dict[str, Any], keys: dict[str, str], what: str,
+               plain: dict[str, Any] | None = None) -> dict[str, Any]:
     """``kwargs`` for ``fn``; one it does not take is left out when its config key
-    (``keys[name]``) holds the default value, and refused with :class:`ConfigError` naming the
-    key otherwise: a setting is never silently dropped."""
+    (``keys[name]``) holds the default value or the ``plain`` one (what an engine without
+    the option does anyway, e.g. ``use_amp False``), and refused with :class:`ConfigError`
+    naming the key otherwise: a setting is never silently dropped."""
     names, var_kw = _takes(fn)
     if var_kw:
         return dict(kwargs)
@@ -46,7 +48,8 @@ def _supported(fn: Any, kwargs: dict[str, Any], keys: dict[str, str], what: str)
     for name, value in kwargs.items():
         if name in names:
             out[name] = value
-        elif name in keys and value != config.config_value(defaults, keys[name]):
+        elif name in keys and value != config.config_value(defaults, keys[name]) and (
+                plain is None or name not in plain or value != plain[name]):
             raise ConfigError(f"{what} has no option '{name}', but {keys[name]}={value!r} asks for "
                               f"it; set {keys[name]} back to its default "
                               f"{config.config_value(defaults, keys[name])!r}")
@@ -159,8 +162,15 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
     accepted = _supported(engine_cls.__init__, kwargs, config.ENGINE_KEYS,
-                          f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__})")
+                          f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__})",
+                          plain=_PLAIN_ENGINE_OPTIONS)
     return engine_cls(datamanager, model, **accepted)
+
+
+#: values of the SDTPS engine's options that an engine without them honours anyway
+_PLAIN_ENGINE_OPTIONS: dict[str, Any] = {"use_amp": False, "soft_margin": False,
+                                         "head_reduction": "mean", "best_on_test": False,
+                                         "weight_ratio": 0.0, "weight_align": 0.0}
 
 
 def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
