@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
+
 __all__ = ["SamplerConfigError", "check_train_sampler", "EVAL_TRAIN_SAMPLER"]
 
 #: the train sampler of evaluation-only runs (any train split fills it)
 EVAL_TRAIN_SAMPLER = "RandomSampler"
 
 
-class SamplerConfigError(ValueError):
+class SamplerConfigError(ConfigError):
     """The train sampler cannot build a batch from the train split."""
 
 

@@ -67,6 +67,7 @@ class SDTPSOptions:
         checks = (("ratio", 0 < self.ratio <= 1, "in (0, 1]"),
                   ("aggr_ratio", self.aggr_ratio > 0, "> 0"),
                   ("num_aggr", self.num_aggr is None or int(self.num_aggr) >= 1, ">= 1 or None"),
+                  ("beta", 0 <= self.beta <= 0.5, "in [0, 0.5] (every score weight >= 0)"),
                   ("gumbel_tau", self.gumbel_tau > 0, "> 0"),
                   ("gumbel_noise", self.gumbel_noise >= 0, ">= 0"),
                   ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
