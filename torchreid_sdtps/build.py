@@ -17,6 +17,7 @@ import torch
 from . import checkpoint, compat, config, dist, plugins
 from .choices import SYNTHETIC_DATASET
 from .config import CfgNode
+from .data.checks import check_run
 from .engine import ddp
 from .errors import ConfigError, UnknownNameError
 from .optim import build_lr_scheduler, build_optimizer
@@ -177,6 +178,7 @@ def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
     compat.utils().set_random_seed(cfg.train.seed)
     check_names(cfg)
+    check_run(cfg)  # P x K batches (data-free) before any data is built
     with dist.main_first():  # rank 0 generates/downloads the data first
         dm = build_datamanager(cfg)
     ddp.use_distributed_sampler(dm, cfg)  # this rank's share of the global batches
