@@ -386,7 +386,7 @@ def load_into_model(model: torch.nn.Module, source: str | os.PathLike | Mapping[
         text = (f"{where} does not fit model {this}: {report.summary()}"
                 + (f"; the checkpoint holds {holds}" if holds else ""))
         if strict:
-            raise CheckpointMismatchError(text + " (strict=False loads what fits)")
+            raise CheckpointMismatchError(text)
         logger.warning("partial load (strict=False): %s; %d of %d model keys loaded, the rest "
                        "keep their initial values", text, len(report.loaded), len(own))
     target.load_state_dict({**own, **{k: state[k] for k in report.loaded}}, strict=True)
