@@ -326,3 +326,18 @@ def test_torchreids_own_loader_still_reads_our_checkpoints(tiny_ckpt):
     compat.utils().load_pretrained_weights(fresh, path)
     assert torch.equal(fresh.state_dict()["guide.norm.weight"],
                        model.state_dict()["guide.norm.weight"])
+
+
+def test_resume_goes_through_the_contract(saved, tmp_path):
+    from torchreid_sdtps.engine.state import resume_from_checkpoint
+
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    epoch, ckpt = resume_from_checkpoint(saved, model, opt)
+    assert epoch == 3 and C.checkpoint_meta(ckpt)["model_name"] == "sdtps_vit_tiny"
+    with pytest.raises(C.CheckpointMismatchError, match="mismatched"):
+        resume_from_checkpoint(saved, _tiny(num_classes=9))
+    bare = str(tmp_path / "bare.pth")
+    torch.save({"state_dict": model.state_dict()}, bare)
+    with pytest.raises(C.CheckpointError, match=r"bare\.pth' has no 'epoch'"):
+        resume_from_checkpoint(bare, _tiny())
