@@ -121,11 +121,11 @@ def run_overrides(args: argparse.Namespace, opts: Sequence[str], variant: str,
 
 def best_on_test_results(checkpoint: str, target: str) -> dict[str, float] | None:
     """The results stored in the best-on-test checkpoint (``model-best.pth.tar``)."""
-    from torchreid_sdtps.engine.state import load_checkpoint
+    from torchreid_sdtps.checkpoint import read_checkpoint
 
     if not osp.isfile(checkpoint):
         return None
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     res = (ckpt.get("results") or {}).get(target)
     if res is None:
         return None

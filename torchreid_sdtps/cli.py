@@ -22,7 +22,7 @@ from typing import Any
 from . import compat, config, dist
 from .build import build_all, build_model, check_names, use_gpu
 from .config import CfgNode
-from .data.checks import EVAL_TRAIN_SAMPLER
+from .data.checks import EVAL_TRAIN_SAMPLER, check_run
 from .engine import ddp
 from .engine.ddp import swapped_model as _swapped_model
 from .engine.evaluation import format_table, rank_targets, results_summary
@@ -295,6 +295,8 @@ def _main(kind: str, argv: Sequence[str] | None, prog: str | None = None) -> dic
     torchreid_sdtps.load_plugins()
     cfg = _config_from_args(kind, args)
     check_names(cfg)
+    if kind == "train" and not cfg.test.evaluate:
+        check_run(cfg)  # P x K before anything is written in save_dir
     joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
     logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
     try:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import SDTPSError
 from ..io import write_json
 from .features import (
     METRICS,
@@ -33,7 +34,7 @@ __all__ = ["main_extract", "main_search", "main_export", "cli", "ParityError"]
 logger = logging.getLogger(__name__)
 
 
-class ParityError(RuntimeError):
+class ParityError(SDTPSError, RuntimeError):
     """ONNX Runtime's features or ranking differ from PyTorch's beyond the tolerance."""
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import compat, config
+from ..choices import MODALITIES
 from .modalities import zero_modalities
 
 __all__ = ["FeatureExtractor", "checkpoint_meta", "load_model", "load_meta", "Preprocessor",
@@ -36,7 +37,6 @@ __all__ = ["FeatureExtractor", "checkpoint_meta", "load_model", "load_meta", "Pr
 logger = logging.getLogger(__name__)
 
 #: modality order of the shipped data sets (RGB, near infrared, thermal infrared)
-MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
 META_FORMAT = 1
 _NOT_MODEL_KWARGS = ("pretrained", "use_gpu", "loss")
 
@@ -45,24 +45,10 @@ _NOT_MODEL_KWARGS = ("pretrained", "use_gpu", "loss")
 
 def checkpoint_meta(cfg: Any, num_classes: int, num_cameras: int,
                     modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its model without the config (plain types only, so
-    ``torch.load(weights_only=True)`` reads it)."""
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v)
-              for k, v in config.model_kwargs(cfg, num_cameras=num_cameras).items()
-              if k not in _NOT_MODEL_KWARGS}
-    return {
-        "format": META_FORMAT,
-        "model_name": str(cfg.model.name),
-        "num_classes": int(num_classes),
-        "model_kwargs": kwargs,
-        "height": int(cfg.data.height),
-        "width": int(cfg.data.width),
-        "norm_mean": [float(x) for x in cfg.data.norm_mean],
-        "norm_std": [float(x) for x in cfg.data.norm_std],
-        "modalities": list(modalities),
-        "sources": list(cfg.data.sources),
-        "config": cfg.dump(),
-    }
+    """What a checkpoint needs to rebuild its model (:func:`torchreid_sdtps.checkpoint.make_meta`)."""
+    from ..checkpoint import make_meta
+
+    return make_meta(cfg, num_classes, num_cameras, modalities)
 
 
 def _read_checkpoint(path: str) -> dict[str, Any]:

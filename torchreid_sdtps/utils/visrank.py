@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..choices import MODALITIES
 from ..data.multimodal import load_modalities
 from ..io import atomic_path
 
@@ -29,7 +30,6 @@ __all__ = ["visualize_ranked_results", "ranked_gallery", "is_multimodal", "MODAL
 
 logger = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
 GREEN, RED, BLACK, WHITE = (0, 200, 0), (220, 0, 0), (0, 0, 0), (255, 255, 255)
 BORDER = 4       # frame width (px)
 SPACING = 6      # between gallery columns
