@@ -13,7 +13,8 @@ pytest.importorskip("onnxscript")
 
 from _deploy import tiny_checkpoint  # noqa: E402
 
-from torchreid_sdtps.deploy.cli import cli, main_export  # noqa: E402
+from torchreid_sdtps.cli import run  # noqa: E402
+from torchreid_sdtps.cli.export import main as main_export  # noqa: E402
 from torchreid_sdtps.deploy.onnx import (  # noqa: E402
     PARITY_ATOL,
     OrtForward,
@@ -79,7 +80,7 @@ def test_export_without_cameras_matches_torch_without_them(exported, tmp_path):
 
 
 def test_export_errors(exported, tmp_path, capsys):
-    assert cli(main_export, "export", ["--weights", str(tmp_path / "none.pth")]) == 2
+    assert run("export", ["--weights", str(tmp_path / "none.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
         OrtForward(str(tmp_path / "missing.onnx"))

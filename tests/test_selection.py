@@ -17,9 +17,9 @@ from torchreid_sdtps.metrics.selection import (
     selection_counts,
     selection_scores,
 )
-from torchreid_sdtps.utils import token_maps
-from torchreid_sdtps.utils.token_maps import CUE_COLOUR, KEPT_COLOUR, panel_origin, token_map
-from torchreid_sdtps.utils.visualize import main as visualize_main
+from torchreid_sdtps.viz import token_maps
+from torchreid_sdtps.viz.token_maps import CUE_COLOUR, KEPT_COLOUR, panel_origin, token_map
+from torchreid_sdtps.cli.visualize import main as visualize_main
 
 torch.set_num_threads(1)
 
