@@ -17,6 +17,7 @@ from torchreid_sdtps.metrics.selection import (
     selection_counts,
     selection_scores,
 )
+from torchreid_sdtps.errors import ConfigError
 from torchreid_sdtps.viz import token_maps
 from torchreid_sdtps.viz.token_maps import CUE_COLOUR, KEPT_COLOUR, panel_origin, token_map
 from torchreid_sdtps.cli.visualize import main as visualize_main
@@ -157,7 +158,7 @@ def test_token_maps_of_a_model_and_the_cli(built, data_root, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="--weights"):
         visualize_main(["tokens", *TINY, "data.root", str(data_root),
                         "data.save_dir", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--num and --scale must be >= 1"):
         visualize_main(["tokens", "--num", "0"])
 
 

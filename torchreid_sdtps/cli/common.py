@@ -96,7 +96,7 @@ def resolve_weights(cfg: CfgNode, what: str = "evaluate") -> str:
     return weights
 
 
-def load_weights(model: Any, weights: str) -> Any:
+def load_weights(model: Any, weights: str, model_name: str = "") -> Any:
     """Load ``weights`` strictly into ``model`` (its DDP wrapper unwrapped): every parameter
     and buffer from the checkpoint with the same shape, else a
     :class:`~torchreid_sdtps.checkpoint.CheckpointMismatchError` naming the keys and the model
@@ -104,7 +104,7 @@ def load_weights(model: Any, weights: str) -> Any:
     from ..checkpoint import load_into_model
     from ..engine import ddp
 
-    return load_into_model(ddp.unwrap(model), weights, strict=True)
+    return load_into_model(ddp.unwrap(model), weights, strict=True, model_name=model_name or None)
 
 
 def results_table(rows: dict[str, dict[str, Any]], title: str) -> str:

@@ -48,7 +48,7 @@ def test(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
     cfg.model.load_weights = ""  # built plain, then loaded strictly below
     cfg.freeze()
     dm, model, _, _, engine = build_all(cfg)
-    load_weights(model, weights)
+    load_weights(model, weights, str(cfg.model.name))
     if log is not None:
         log.keep()
     summary: dict[str, Any] = {"model": cfg.model.name, "weights": weights,

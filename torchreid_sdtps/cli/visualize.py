@@ -65,7 +65,7 @@ def tokens(args: argparse.Namespace) -> list[str]:
     dm = build.build_datamanager(cfg)
     model = build.build_model(cfg, dm)
     if weights:
-        load_weights(model, weights)
+        load_weights(model, weights, str(cfg.model.name))
     target = args.target or next(iter(dm.test_loader))
     if target not in dm.test_loader:
         raise UnknownNameError(f"--target '{target}' is not a test target; targets: "

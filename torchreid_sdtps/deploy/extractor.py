@@ -27,8 +27,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import compat, config
-from ..checkpoint import CheckpointError, load_into_model, read_checkpoint, state_dict_of
+from ..checkpoint import (
+    CheckpointError,
+    load_into_model,
+    make_meta,
+    read_checkpoint,
+    state_dict_of,
+)
 from ..checkpoint import checkpoint_meta as checkpoint_meta_of
+from ..choices import MODALITIES
 from ..errors import SDTPSError, UnknownNameError
 from ..utils.modalities import zero_modalities
 
@@ -37,10 +44,6 @@ __all__ = ["FeatureExtractor", "ExtractionError", "model_meta", "train_config", 
 
 logger = logging.getLogger(__name__)
 
-#: modality order of the shipped data sets (RGB, near infrared, thermal infrared)
-MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
-META_FORMAT = 1
-_NOT_MODEL_KWARGS = ("pretrained", "use_gpu", "loss")
 
 
 class ExtractionError(SDTPSError, ValueError):
@@ -49,30 +52,8 @@ class ExtractionError(SDTPSError, ValueError):
 
 # ----------------------------------------------------------------------------- checkpoint meta
 
-def model_meta(cfg: Any, num_classes: int, num_cameras: int,
-               modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its model without the config (plain types only, so
-    ``torch.load(weights_only=True)`` reads it)."""
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v)
-              for k, v in config.model_kwargs(cfg, num_cameras=num_cameras).items()
-              if k not in _NOT_MODEL_KWARGS}
-    return {
-        "format": META_FORMAT,
-        "model_name": str(cfg.model.name),
-        "num_classes": int(num_classes),
-        "model_kwargs": kwargs,
-        "height": int(cfg.data.height),
-        "width": int(cfg.data.width),
-        "norm_mean": [float(x) for x in cfg.data.norm_mean],
-        "norm_std": [float(x) for x in cfg.data.norm_std],
-        "modalities": list(modalities),
-        "sources": list(cfg.data.sources),
-        "config": cfg.dump(),
-    }
-
-
-#: the old name of :func:`model_meta`
-checkpoint_meta = model_meta
+#: the meta a checkpoint carries (:func:`torchreid_sdtps.checkpoint.make_meta`); old names
+model_meta = checkpoint_meta = make_meta
 
 
 def _shape_of(state: dict[str, torch.Tensor], suffix: str) -> torch.Size | None:
@@ -115,9 +96,6 @@ def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] =
     benchmark), ``meta`` comes from the config and the dict is None."""
     ckpt = read_checkpoint(checkpoint) if checkpoint else None
     stored = checkpoint_meta_of(ckpt) if ckpt is not None else None
-    if stored is not None and stored.get("format") != META_FORMAT:
-        raise CheckpointError(f"checkpoint '{checkpoint}': meta format "
-                              f"{stored.get('format')!r} is not the supported {META_FORMAT}")
     if stored is not None and not config_file and not opts:
         return stored, ckpt
     if stored is None and ckpt is not None and not config_file and not opts:
@@ -128,11 +106,12 @@ def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] =
     cfg = _config_of(stored, config_file, opts)
     if stored is not None:
         num_classes = int(stored["num_classes"])
-        num_cameras = int(stored["model_kwargs"].get("num_cameras", 0) or 0)
+        num_cameras = int(stored.get("num_cameras",
+                                     stored["model_kwargs"].get("num_cameras", 0)) or 0)
     else:
         num_classes, num_cameras = 1, 0
         if ckpt is not None:
-            state = state_dict_of(ckpt)
+            state = state_dict_of(ckpt, f"checkpoint '{checkpoint}'")
             cls_shape = _shape_of(state, "classifier.weight")
             if cls_shape is None:
                 raise CheckpointError(f"checkpoint '{checkpoint}': no '*classifier.weight' in "
@@ -141,7 +120,7 @@ def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] =
             num_classes = int(cls_shape[0])
             sie = _shape_of(state, "sie_embed")
             num_cameras = int(sie[0]) if sie is not None else 0
-    return model_meta(cfg, num_classes, num_cameras), ckpt
+    return make_meta(cfg, num_classes, num_cameras), ckpt
 
 
 def load_model(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()
@@ -162,7 +141,7 @@ def load_model(checkpoint: str = "", config_file: str = "", opts: Sequence[str] 
     kwargs["img_size"] = tuple(kwargs.get("img_size", (meta["height"], meta["width"])))
     model = factory(num_classes=meta["num_classes"], **kwargs)
     if checkpoint:  # every parameter and buffer, same shapes; the error names the file
-        load_into_model(model, checkpoint, strict=True)
+        load_into_model(model, checkpoint, strict=True, model_name=meta["model_name"])
     return model.eval(), meta
 
 

@@ -4,8 +4,9 @@ A feature file (``torch.save``, readable with ``weights_only=True``) holds ``fea
 ``pids``, ``camids``, ``cam_labels`` (``-1`` = unknown), ``paths`` (one tuple of M paths per
 sample) and ``info``: the data set / folder and ``provenance``, how the features were made
 (model, checkpoint and its content hash, normalisation, camera term, input size, feature
-dimension, test feature; see :mod:`.provenance`). It is written atomically. :func:`search` ranks queries against a gallery with torchreid's distance
-functions and returns the top-k with an optional "no match" distance threshold.
+dimension, test feature; see :mod:`.provenance`). It is written atomically. :func:`search`
+ranks queries against a gallery with torchreid's distance functions and returns the top-k with
+an optional "no match" distance threshold.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ output ``features (batch, D)`` (the eval-mode feature). The checkpoint's meta (i
 normalisation, modalities) is stored in the ONNX ``metadata_props`` under ``torchreid_sdtps``.
 One self-contained file (no external data), written atomically.
 
-:func:`check_parity` runs PyTorch and ONNX Runtime on the same inputs: the max abs difference
-of the features of a real batch, and mAP/R1 of the synthetic test split ranked with each.
+:func:`check_parity` runs PyTorch and ONNX Runtime on the same inputs: the difference of the
+features of a real batch, and mAP/R1 and the ranking of the test split ranked with each.
 The parity data is the checkpoint's own data set (its stored config's first target and data
 root); the synthetic set only as a fallback, generated in a temporary folder, never inside the
 user's data root. Tolerances are relative, never bit-equal: both run float32, but ONNX Runtime

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import compat
+from ..choices import MODALITIES
 from ..data.multimodal import load_modalities
 from ..io import atomic_path
 
@@ -30,7 +31,7 @@ __all__ = ["visualize_ranked_results", "ranked_gallery", "is_multimodal", "insta
 
 logger = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
+
 GREEN, RED, BLACK, WHITE = (0, 200, 0), (220, 0, 0), (0, 0, 0), (255, 255, 255)
 BORDER = 4       # frame width (px)
 SPACING = 6      # between gallery columns
