@@ -11,16 +11,16 @@ from conftest import TINY_OPTS, load_benchmark, tiny_cfg
 
 import torchreid_sdtps  # noqa: F401  (registers the data set, model and engine)
 from torchreid_sdtps import build, compat
+from torchreid_sdtps.cli.visualize import main as visualize_main
+from torchreid_sdtps.errors import ConfigError
 from torchreid_sdtps.metrics.selection import (
     cue_mask,
     evaluate_selection,
     selection_counts,
     selection_scores,
 )
-from torchreid_sdtps.errors import ConfigError
 from torchreid_sdtps.viz import token_maps
 from torchreid_sdtps.viz.token_maps import CUE_COLOUR, KEPT_COLOUR, panel_origin, token_map
-from torchreid_sdtps.cli.visualize import main as visualize_main
 
 torch.set_num_threads(1)
 

@@ -12,6 +12,7 @@ from ..config import CfgNode
 from ..engine.ddp import swapped_model
 from ..engine.evaluation import format_table, rank_targets, results_summary
 from ..engine.state import latest_checkpoint, rng_fork
+from ..errors import ConfigError
 from ..io import write_json
 from .runner import InputNotFoundError
 
@@ -34,6 +35,11 @@ def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -
     """The config of ``args`` (no ``--config-file``: the demo shipped in the package), with
     the option-derived ``extra`` overrides first and the user's ``KEY VALUE`` pairs last."""
     opts = list(extra or [])
+    for flag, names in (("-s/--sources", args.sources), ("-t/--targets", args.targets)):
+        dotted = [n for n in names or () if "." in n]
+        if dotted:  # nargs="+" took the KEY VALUE overrides that followed it
+            raise ConfigError(f"{flag} took {dotted} as data set names: give KEY VALUE "
+                              f"overrides before {flag.split('/')[0]}, or with --opts")
     if args.sources:
         opts += ["data.sources", str(list(args.sources))]
     if args.targets:
