@@ -102,6 +102,45 @@ def test_parity_check_catches_a_diverging_model(exported):
     assert not parity["ok"] and parity["rel_diff"] > 1e-3
 
 
+def test_parity_on_the_checkpoints_own_real_layout_data(tmp_path):
+    """A checkpoint trained on RGBNT201 is checked on RGBNT201 (nothing written into its data
+    root); without that data, on a small synthetic set in a temporary folder, saying so."""
+    from pathlib import Path
+
+    from _trees import make_rgbnt201_tree
+
+    root = make_rgbnt201_tree(tmp_path / "data", num_ids=4, cams=2, per_cam=2, size=(64, 32))
+    _, _, _, ckpt = tiny_checkpoint(root, tmp_path / "log", "data.sources", "['rgbnt201']",
+                                    "data.targets", "['rgbnt201']")
+    before = sorted(Path(root).rglob("*"))
+    out = tmp_path / "r201.onnx"
+    parity = main_export(["--weights", ckpt, "-o", str(out)])["parity"]
+    assert parity["data"] == {"dataset": "rgbnt201", "root": root, "fallback": ""}
+    assert parity["ok"] and parity["num_query"] == 16 and out.is_file()
+    assert sorted(Path(root).rglob("*")) == before
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    fallback = check_parity(FeatureExtractor(ckpt, device="cpu"), str(out), str(moved))
+    assert fallback["ok"] and fallback["data"]["dataset"] == "synthetic_msreid"
+    assert fallback["data"]["fallback"].startswith(f"rgbnt201 not found under '{moved}'")
+    assert fallback["data"]["generated_in_temporary_folder"] and not list(moved.iterdir())
+
+
+def test_a_failed_parity_check_exits_1_and_writes_no_onnx(exported, tmp_path, capsys,
+                                                          monkeypatch):
+    from torchreid_sdtps.deploy import onnx as deploy_onnx
+
+    real = deploy_onnx.check_parity
+    monkeypatch.setattr(deploy_onnx, "check_parity",
+                        lambda *a, **k: dict(real(*a, **k), ok=False))
+    out = tmp_path / "bad.onnx"
+    assert run("export", ["--weights", exported["ckpt"], "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("torchreid-sdtps-export: error: ONNX Runtime differs from PyTorch")
+    assert not out.exists() and (tmp_path / "bad.parity.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parity.json"]
+
+
 def test_inference_benchmark_smoke(tmp_path):
     """benchmarks/bench_inference.py --smoke: both backends timed, same features, report."""
     import importlib.util

@@ -21,6 +21,7 @@ must agree up to float32 near-ties, and mAP/R1 within :data:`PARITY_MAP_TOL`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -201,7 +202,18 @@ def parity_data(meta: dict[str, Any], root: str = "", dataset: str = "") -> tupl
     return name, root, synthetic_spec_of(meta) if name == SYNTHETIC else None
 
 
-def _load_split_pair(name: str, root: str, spec: Any, scratch: str
+def _fallback_spec(meta: dict[str, Any]) -> Any:
+    """A small synthetic set the model can take: its input size, and no more cameras than its
+    SIE embedding knows."""
+    from ..data.synthetic import default_spec
+
+    cams = int(meta.get("num_cameras", meta.get("model_kwargs", {}).get("num_cameras", 0)) or 0)
+    return dataclasses.replace(default_spec(), num_train_ids=2, num_test_ids=10,
+                               images_per_camera=2, num_cameras=min(3, cams) if cams > 1 else 3,
+                               height=int(meta["height"]), width=int(meta["width"]))
+
+
+def _load_split_pair(name: str, root: str, spec: Any, scratch: str, meta: dict[str, Any]
                      ) -> tuple[tuple, tuple, dict[str, Any]]:
     """Query and gallery samples of ``name`` under ``root``; the synthetic set is read where it
     already is, else generated in ``scratch`` (never in the user's data root); a real data set
@@ -220,7 +232,7 @@ def _load_split_pair(name: str, root: str, spec: Any, scratch: str
             where["fallback"] = f"{name} not found under '{root}' ({exc})"
             logger.warning("parity check: %s; using the synthetic set (generated in a "
                            "temporary folder) instead", where["fallback"])
-            name, spec = SYNTHETIC, None
+            name, spec = SYNTHETIC, _fallback_spec(meta)
     spec = spec if spec is not None else default_spec()
     if not (root and is_complete(osp.join(root, DATASET_DIR), spec)):
         where.update(generated_in_temporary_folder=True)
@@ -249,7 +261,7 @@ def check_parity(extractor: Any, onnx_path: str, root: str = "", spec: Any = Non
     ort_forward = OrtForward(onnx_path)
     ort = extractor.with_forward(ort_forward)  # same preprocessing, ORT forward
     with tempfile.TemporaryDirectory(prefix="sdtps-parity-") as scratch:
-        q, g, where = _load_split_pair(name, root, spec, scratch)
+        q, g, where = _load_split_pair(name, root, spec, scratch, extractor.meta)
         cams = q[3] if "cam_label" in ort_forward.inputs else None
         n = min(batch_size, len(q[0]))
         x = torch.cat(list(extractor.batches(q[0][:n])))
