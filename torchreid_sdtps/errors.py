@@ -5,7 +5,8 @@ that caught the built-in types keeps working; the command-line tools catch ``SDT
 """
 from __future__ import annotations
 
-__all__ = ["SDTPSError", "ConfigError", "UnknownNameError", "UnknownConfigKeyError"]
+__all__ = ["SDTPSError", "ConfigError", "NotFoundError", "UnknownNameError",
+           "UnknownConfigKeyError"]
 
 
 class SDTPSError(Exception):
@@ -14,6 +15,10 @@ class SDTPSError(Exception):
 
 class ConfigError(SDTPSError, ValueError):
     """A configuration key or value is not acceptable (removed, wrong type, inconsistent)."""
+
+
+class NotFoundError(SDTPSError, FileNotFoundError):
+    """A file or folder the user named (config file, weights, data root) does not exist."""
 
 
 class UnknownNameError(SDTPSError, KeyError):

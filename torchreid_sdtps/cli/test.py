@@ -15,7 +15,7 @@ from typing import Any
 from .. import dist
 from ..build import build_all, check_names
 from ..config import CfgNode
-from ..data.checks import EVAL_TRAIN_SAMPLER
+from ..data.checks import EVAL_TRAIN_SAMPLER, check_run
 from ..engine import ddp
 from ..errors import ConfigError
 from .common import (
@@ -85,6 +85,8 @@ def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
 
     cfg = config_from_args(args, extra)
     check_names(cfg)
+    if kind == "train" and not cfg.test.evaluate:
+        check_run(cfg)  # P x K before anything is written in save_dir
     joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
     logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
     try:
