@@ -82,7 +82,8 @@ def test_test_refuses_checkpoints_that_do_not_fit(tiny, tmp_path, case):
                     "unexpected", "conv1.conv.weight"]
     else:
         proc = _tool("test", *_test_args(tiny, save, tiny["truncated"]))
-        expected = [tiny["truncated"]]
+        expected = [f"cannot read checkpoint '{tiny['truncated']}': truncated or corrupt"]
+        assert "Configuration" not in proc.stdout  # refused before the run starts
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _one_error_line(proc, "torchreid-sdtps-test")
     for text in expected:

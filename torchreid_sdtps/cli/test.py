@@ -80,13 +80,19 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
                        fn: Any) -> dict[str, Any]:
-    """Configure, join torchrun's group, log to save_dir (rank 0) and call ``fn(cfg, log)``."""
+    """Configure, validate what needs no data (names, P x K, the checkpoint files), join
+    torchrun's group, log to save_dir (rank 0) and call ``fn(cfg, log)``."""
     from .. import config
+    from ..checkpoint import read_checkpoint
 
     cfg = config_from_args(args, extra)
     check_names(cfg)
     if kind == "train" and not cfg.test.evaluate:
         check_run(cfg)  # P x K before anything is written in save_dir
+        if cfg.model.resume:
+            read_checkpoint(cfg.model.resume)  # missing / truncated: one line naming it
+    else:
+        resolve_weights(cfg)  # the weights to rank exist and are readable
     joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
     logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
     try:
