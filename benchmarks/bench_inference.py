@@ -40,7 +40,7 @@ try:
 except ImportError:  # a source checkout that is not pip-installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     from torchreid_sdtps.deploy.onnx import OrtForward, export_onnx
-from torchreid_sdtps.utils import FeatureExtractor
+from torchreid_sdtps.deploy import FeatureExtractor
 
 __all__ = ["bench_model", "run", "format_report", "main"]
 

@@ -235,6 +235,10 @@ def test_pk_sampler_error_states_the_numbers(tmp_path):
                                                  r"sampler\.num_instances = 32 / 4 = 8 identities"):
         dm_cls(root=root, sources="rgbnt201", height=32, width=16, use_gpu=False, workers=0,
                batch_size_train=32, num_instances=4, train_sampler="RandomIdentitySampler")
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=6 is not a multiple of "
+                                                 r"sampler\.num_instances=4"):  # torchreid's path
+        dm_cls(root=root, sources="rgbnt201", height=32, width=16, use_gpu=False, workers=0,
+               batch_size_train=6, num_instances=4, train_sampler="RandomIdentitySampler")
     check_train_sampler([("a", 1, 0)] * 4, "RandomSampler", 32, 4)  # other samplers: no check
     with pytest.raises(SamplerConfigError, match=r"train\.batch_size=2 is not a multiple of "
                                                  r"sampler\.num_instances=4"):

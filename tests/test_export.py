@@ -15,6 +15,7 @@ from _deploy import tiny_checkpoint  # noqa: E402
 
 from torchreid_sdtps.cli import run  # noqa: E402
 from torchreid_sdtps.cli.export import main as main_export  # noqa: E402
+from torchreid_sdtps.deploy import FeatureExtractor  # noqa: E402
 from torchreid_sdtps.deploy.onnx import (  # noqa: E402
     PARITY_MAP_TOL,
     PARITY_RTOL,
@@ -23,7 +24,6 @@ from torchreid_sdtps.deploy.onnx import (  # noqa: E402
     export_onnx,
     read_onnx_meta,
 )
-from torchreid_sdtps.utils import FeatureExtractor  # noqa: E402
 
 torch.set_num_threads(1)
 

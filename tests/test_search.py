@@ -12,8 +12,8 @@ from _deploy import tiny_checkpoint
 from torchreid_sdtps.cli import run
 from torchreid_sdtps.cli.extract import main as main_extract
 from torchreid_sdtps.cli.search import main as main_search
+from torchreid_sdtps.deploy import FeatureExtractor
 from torchreid_sdtps.deploy.features import FeatureSet, load_features, save_features, search
-from torchreid_sdtps.utils import FeatureExtractor
 
 torch.set_num_threads(1)
 

@@ -138,7 +138,7 @@ def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
     factory = compat.model_factory()[cfg.model.name]
     num_cameras = num_camera_labels(datamanager)
     kwargs = config.model_kwargs(cfg, num_cameras=num_cameras)
-    names, var_kw = _takes(factory)
+    names, _ = _takes(factory)
     if "options" not in names:
         changed = [k for k, v in kwargs["options"].to_dict().items()
                    if v != getattr(type(kwargs["options"])(), k)]
@@ -147,10 +147,12 @@ def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
                               "configures SDTPS models only (set it back to its default)")
         kwargs = {k: kwargs[k] for k in ("loss", "pretrained", "use_gpu")}
     model = factory(num_classes=datamanager.num_train_pids, **kwargs)
-    checkpoint.attach_meta(model, checkpoint.make_meta(cfg, datamanager.num_train_pids,
-                                                       num_cameras))
-    if cfg.model.load_weights:
-        checkpoint.load_into_model(model, cfg.model.load_weights, model_name=cfg.model.name)
+    meta = checkpoint.make_meta(cfg, datamanager.num_train_pids, num_cameras)
+    if "options" not in names:
+        meta["model_kwargs"] = {}  # torchreid's own model: no SDTPS options
+    checkpoint.attach_meta(model, meta)
+    if cfg.model.load_weights:  # errors name this model by its meta (name, classes, cameras)
+        checkpoint.load_into_model(model, cfg.model.load_weights)
         logger.info("Loaded the weights of '%s' (every key, strict)", cfg.model.load_weights)
     if use_gpu(cfg):
         model = model.cuda()

@@ -112,9 +112,10 @@ def unsafe_pickle_allowed(allow: bool | None = None) -> bool:
                           "1/true/yes or 0/false/no")
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}".rstrip(": ")
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """``"Type: first sentence"`` of ``exc`` (torch's messages run on for lines)."""
+    text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(exc).__name__}: {text[:limit]}".rstrip(": ")
 
 
 def _unreadable(path: str, exc: BaseException) -> CheckpointError:
@@ -386,7 +387,7 @@ def load_into_model(model: torch.nn.Module, source: str | os.PathLike | Mapping[
         text = (f"{where} does not fit model {this}: {report.summary()}"
                 + (f"; the checkpoint holds {holds}" if holds else ""))
         if strict:
-            raise CheckpointMismatchError(text + " (strict=False loads what fits)")
+            raise CheckpointMismatchError(text)
         logger.warning("partial load (strict=False): %s; %d of %d model keys loaded, the rest "
                        "keep their initial values", text, len(report.loaded), len(own))
     target.load_state_dict({**own, **{k: state[k] for k in report.loaded}}, strict=True)

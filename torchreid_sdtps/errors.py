@@ -5,7 +5,7 @@ that caught the built-in types keeps working; the command-line tools catch ``SDT
 """
 from __future__ import annotations
 
-__all__ = ["SDTPSError", "ConfigError", "NotFoundError", "UnknownNameError",
+__all__ = ["SDTPSError", "ConfigError", "NotFoundError", "InputShapeError", "UnknownNameError",
            "UnknownConfigKeyError"]
 
 
@@ -19,6 +19,10 @@ class ConfigError(SDTPSError, ValueError):
 
 class NotFoundError(SDTPSError, FileNotFoundError):
     """A file or folder the user named (config file, weights, data root) does not exist."""
+
+
+class InputShapeError(SDTPSError, ValueError):
+    """A tensor given to a model or loss has the wrong shape; the message says the expected one."""
 
 
 class UnknownNameError(SDTPSError, KeyError):

@@ -27,6 +27,7 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from .. import compat
+from ..choices import MODALITIES
 from ..dist import is_main_process
 from ..errors import SDTPSError
 from .download import download_dataset, how_to_get  # gdown itself is imported only on use
@@ -155,7 +156,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
     differ from ``camid`` (the id the evaluation protocol uses).
     """
 
-    modalities: tuple[str, ...] = ("RGB", "NI", "TI")
+    modalities: tuple[str, ...] = MODALITIES
     sync_modalities: bool = True  # same random draws for the M images of a sample
     _cam_labels: dict | None = None  # (paths, dsetid) -> camera label (datasets built by __add__)
 

@@ -32,7 +32,7 @@ import torch
 
 from .. import compat
 from ..checkpoint import meta_of
-from ..choices import HEAD_REDUCTIONS
+from ..choices import HEAD_REDUCTIONS, MODALITIES
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
 from ..metrics.selection import evaluate_selection, format_selection
 from ..utils.modalities import zero_modalities
@@ -277,7 +277,7 @@ class ImageSDTPSEngine(_TripletBase):
         """Modality names of a test data set (class attribute ``modalities``)."""
         name = dataset_name or next(iter(self.test_loader))
         return tuple(getattr(self.test_loader[name]["query"].dataset, "modalities",
-                             ("RGB", "NI", "TI")))
+                             MODALITIES))
 
     @torch.no_grad()
     def evaluate_missing(self, settings: Sequence[str] = DEFAULT_MISSING_SETTINGS,

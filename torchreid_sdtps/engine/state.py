@@ -104,14 +104,14 @@ def resume_from_checkpoint(fpath: str, model: torch.nn.Module, optimizer: Any = 
     weights loaded strictly (:func:`checkpoint.load_into_model`), then the optimizer and
     scheduler states; returns the epoch to start from and the checkpoint dict."""
     ckpt = read_checkpoint(fpath)
+    if "epoch" not in ckpt:  # checked first: a refused resume leaves the model untouched
+        raise CheckpointError(f"checkpoint '{fpath}' has no 'epoch': not a training checkpoint "
+                              "to resume (model.load_weights loads weights alone)")
     load_into_model(model, ckpt, source_name=fpath)
     if optimizer is not None and "optimizer" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and "scheduler" in ckpt:
         scheduler.load_state_dict(ckpt["scheduler"])
-    if "epoch" not in ckpt:
-        raise CheckpointError(f"checkpoint '{fpath}' has no 'epoch': not a training checkpoint "
-                              "to resume (model.load_weights loads weights alone)")
     start_epoch = int(ckpt["epoch"])
     logger.info("Resumed from \"%s\" at epoch %d", fpath, start_epoch)
     return start_epoch, ckpt

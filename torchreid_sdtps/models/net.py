@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .. import dist as _dist
 from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
-from ..errors import ConfigError
+from ..errors import ConfigError, InputShapeError
 from .backbone import _TIMM_ARGS
 from .factory import build_backbone
 from .options import SDTPSOptions, as_options
@@ -162,9 +162,10 @@ class SDTPSNet(nn.Module):
               and (self.img_size is None or tuple(x.shape[-2:]) == tuple(self.img_size)))
         if not ok:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"SDTPSNet expects input of shape (B, M, 3, H, W) = (B, {m}, 3, {h}, {w}) "
-                             f"with M={m} modalities stacked in dim 1 (or one image per sample, "
-                             f"(B, 3, {h}, {w}), shown to every modality); got {got}")
+            raise InputShapeError(
+                f"SDTPSNet expects input of shape (B, M, 3, H, W) = (B, {m}, 3, {h}, {w}) with "
+                f"M={m} modalities stacked in dim 1 (or one image per sample, (B, 3, {h}, {w}), "
+                f"shown to every modality); got {got}")
 
     def forward_features(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> dict:
         """Everything before the heads, as a dict of tensors (see :meth:`extract`)."""
@@ -174,8 +175,8 @@ class SDTPSNet(nn.Module):
         if cam_label is not None:
             cam_label = torch.as_tensor(cam_label, device=x.device).reshape(-1)
             if cam_label.shape[0] != b:
-                raise ValueError(f"cam_label must have shape ({b},) for a batch of {b}; "
-                                 f"got {tuple(cam_label.shape)}")
+                raise InputShapeError(f"cam_label must have shape ({b},) for a batch of {b}; "
+                                      f"got {tuple(cam_label.shape)}")
             cam_label = cam_label.repeat_interleave(m)  # (B*M,), matches x.flatten(0, 1)
         cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
         cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)

@@ -11,13 +11,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...choices import MODALITIES
 from ...errors import ConfigError
 
 __all__ = ["DATASET_DIR", "MODALITIES", "CUES", "SyntheticSpec", "default_spec", "set_default_spec",
            "using_spec", "as_spec"]
 
 DATASET_DIR = "synthetic_msreid"
-MODALITIES = ("RGB", "NI", "TI")
 CUES = ("spread", "localized")
 
 
