@@ -213,7 +213,7 @@ def test_every_public_error_class_derives_from_sdtps_error():
     outside = sorted(k for k, v in found.items() if not issubclass(v, SDTPSError))
     assert not outside, outside
     from torchreid_sdtps.data.multimodal import DatasetNotFoundError
-    from torchreid_sdtps.deploy.cli import ParityError
+    from torchreid_sdtps.deploy.onnx import ParityError
 
     assert issubclass(DatasetNotFoundError, FileNotFoundError)
     assert issubclass(ParityError, RuntimeError) and issubclass(C.CheckpointError, ValueError)
