@@ -16,7 +16,7 @@ sdtps_block    the SDTPS block, no alignment loss (``sdtps.weight_align 0``)
 sdtps_align    the shipped config: SDTPS + its cross-modal alignment loss
 =============  ===========================================================================
 
-Each run is ``torchreid_sdtps.cli.train`` (the package's own build, engine and ranking) in
+Each run is ``torchreid_sdtps.cli.train.train`` (the package's own build, engine and ranking) in
 ``<out>/<variant>/seed<seed>/``, with ``test.best_on_test`` on so that both numbers exist: the
 **last epoch** (what we report) and, labelled, the **best epoch on the test set** (DeMo's
 selection; optimistic). ``test.eval_freq`` defaults to 1 here (DeMo evaluates every epoch) for the
@@ -144,7 +144,9 @@ def train_one(args: argparse.Namespace, opts: Sequence[str], variant: str, seed:
               ) -> dict[str, Any]:
     """One run with the package's train command function; its last-epoch and best results
     (``--resume``: those of a finished identical run in the same folder)."""
-    from torchreid_sdtps import cli, config
+    from torchreid_sdtps import config
+    from torchreid_sdtps.cli import train as train_command
+    from torchreid_sdtps.cli.runner import run_logging
 
     overrides = run_overrides(args, opts, variant, seed)
     cfg = config.load_config(args.config, overrides, root=args.root)
@@ -155,8 +157,8 @@ def train_one(args: argparse.Namespace, opts: Sequence[str], variant: str, seed:
             done = json.load(fh)
         if done.get("key") == key:
             return done["run"]
-    with cli.run_logging(cfg.data.save_dir, "train"):
-        summary = cli.train(cfg)
+    with run_logging(cfg.data.save_dir, "train") as log:
+        summary = train_command.train(cfg, log)
     target = list(cfg.data.targets)[0]
     last = summary["trained"][target]
     best = best_on_test_results(osp.join(cfg.data.save_dir, "model", "model-best.pth.tar"), target)
