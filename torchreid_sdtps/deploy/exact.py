@@ -1,0 +1,174 @@
+"""Exact gallery search in bounded memory: chunked distances with a running top-k merge.
+
+The distances are torchreid's (``compute_distance_matrix``): ``euclidean`` is the squared
+distance ``|q|^2 + |g|^2 - 2 q.g`` and ``cosine`` is ``1 - cos``. Queries and gallery are
+walked in blocks; each (query block x gallery block) distance tile is reduced to its top-k
+with ``torch.topk`` and merged into the running top-k, so the memory is one tile and one block
+of each side, whatever the gallery size (a :class:`~.store.FeatureStore` is read block by block
+from its maps).
+
+A float32 matrix product rounds differently for different tile shapes (two copies of one
+gallery feature can get distances 0 and -4e-6), so the candidates of each tile (the top
+``k`` plus a margin) get their distance recomputed pair by pair in float64, and the merge
+orders by (that distance, gallery index). The result does not depend on the block sizes:
+it is a stable sort of the float64 distances, duplicates tie exactly and the lower gallery
+index comes first.
+
+:func:`rank_results` turns ``(distances, indices)`` into the per-query result dicts of
+``tools/search.py`` (matches with ids and paths, a "no match" threshold).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SDTPSError
+
+__all__ = ["METRICS", "SearchError", "topk_exact", "distances", "feature_blocks", "num_rows",
+           "dim_of", "rank_results", "DEFAULT_BLOCK_BYTES"]
+
+METRICS: tuple[str, ...] = ("euclidean", "cosine")
+#: the size of one gallery block read at a time (float32 features)
+DEFAULT_BLOCK_BYTES = 64 << 20
+_NO_INDEX = torch.iinfo(torch.int64).max
+
+
+class SearchError(SDTPSError, ValueError):
+    """Queries and gallery that cannot be searched as asked (sizes, metric, k)."""
+
+
+def num_rows(x: Any) -> int:
+    """Number of samples of a store, a feature set, a tensor or an array."""
+    return len(x) if hasattr(x, "chunks") or hasattr(x, "pids") else int(x.shape[0])
+
+
+def dim_of(x: Any) -> int:
+    """Feature size of a store, a feature set, a tensor or an array."""
+    if hasattr(x, "dim") and isinstance(x.dim, int):
+        return x.dim
+    feats = x.features if hasattr(x, "features") else x
+    return int(feats.shape[1]) if feats.ndim == 2 and feats.shape[0] else 0
+
+
+def feature_blocks(x: Any, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, float32 tensor)`` blocks of at most ``rows`` rows of ``x``."""
+    if hasattr(x, "chunks"):  # a FeatureStore: read from its maps
+        for start, block in x.chunks(rows):
+            yield start, torch.from_numpy(block)
+        return
+    feats = x.features if hasattr(x, "features") else x
+    for start in range(0, int(feats.shape[0]), rows):
+        block = feats[start:start + rows]
+        if isinstance(block, np.ndarray):
+            block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+        yield start, block.float()
+
+
+def distances(q: torch.Tensor, g: torch.Tensor, metric: str) -> torch.Tensor:
+    """torchreid's distance matrix of two blocks (same formulas, float32)."""
+    if metric == "euclidean":
+        q2 = q.pow(2).sum(1, keepdim=True)
+        g2 = g.pow(2).sum(1, keepdim=True)
+        return torch.addmm(q2 + g2.t(), q, g.t(), beta=1, alpha=-2)
+    return 1 - torch.mm(F.normalize(q, p=2, dim=1), F.normalize(g, p=2, dim=1).t())
+
+
+def _tile_topk(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest of each row of ``d``, ties to the lower column."""
+    k = min(k, d.shape[1])
+    values, index = d.topk(k, dim=1, largest=False, sorted=True)
+    if k < d.shape[1]:
+        # rows where equal values straddle the k-th place: topk's pick is arbitrary there
+        ambiguous = ((d <= values[:, -1:]).sum(1) > k).nonzero().squeeze(1)
+        if len(ambiguous):
+            sv, si = torch.sort(d[ambiguous], dim=1, stable=True)
+            values[ambiguous], index[ambiguous] = sv[:, :k], si[:, :k]
+    return values, index
+
+
+def _pair_distances(q: torch.Tensor, g: torch.Tensor, index: torch.Tensor, metric: str,
+                    rows: int = 64) -> torch.Tensor:
+    """float64 distance of query ``i`` to gallery rows ``index[i]``, pair by pair (the same
+    arithmetic for a pair wherever it sits in a tile)."""
+    out = torch.empty(index.shape, dtype=torch.float64)
+    for s in range(0, len(q), rows):
+        qb = q[s:s + rows].double().unsqueeze(1)
+        gb = g[index[s:s + rows]].double()
+        if metric == "euclidean":
+            out[s:s + rows] = (qb - gb).pow(2).sum(-1)
+        else:
+            out[s:s + rows] = 1 - (F.normalize(qb, dim=-1) * F.normalize(gb, dim=-1)).sum(-1)
+    return out
+
+
+def _merge(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best of each row by (value, index)."""
+    index, order = index.sort(dim=1)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, stable=True)
+    return values[:, :k], index.gather(1, order)[:, :k]
+
+
+def topk_exact(query: Any, gallery: Any, k: int = 10, metric: str = "euclidean", *,
+               query_rows: int = 1024, gallery_rows: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distances (Q, k) float64, gallery indices (Q, k))`` of the ``k`` nearest gallery
+    entries of every query, nearest first (ties: lower index first).
+
+    ``query`` and ``gallery`` are feature stores, feature sets, tensors or arrays.
+    ``gallery_rows`` (default: 64 MB of float32 features) and ``query_rows`` bound the
+    memory: one distance tile of ``query_rows x gallery_rows``.
+    """
+    if metric not in METRICS:
+        raise SearchError(f"metric must be one of {METRICS}, got '{metric}'")
+    if k < 1:
+        raise SearchError(f"topk must be >= 1, got {k}")
+    nq, ng = num_rows(query), num_rows(gallery)
+    if nq == 0 or ng == 0:
+        raise SearchError(f"empty feature set: {nq} queries, {ng} gallery")
+    dq, dg = dim_of(query), dim_of(gallery)
+    if dq != dg:
+        raise SearchError(f"feature sizes differ: queries D={dq}, gallery D={dg} (extracted "
+                          "with different models?)")
+    k = min(k, ng)
+    margin = k + max(8, k // 4)  # candidates per tile: float32 near-ties stay in
+    gallery_rows = int(gallery_rows or max(1, DEFAULT_BLOCK_BYTES // (4 * dg)))
+    if gallery_rows < 1 or query_rows < 1:
+        raise SearchError(f"block sizes must be >= 1, got query_rows={query_rows}, "
+                          f"gallery_rows={gallery_rows}")
+    out_v = torch.empty(nq, k, dtype=torch.float64)
+    out_i = torch.empty(nq, k, dtype=torch.int64)
+    for qs, q in feature_blocks(query, query_rows):
+        best_v = torch.full((len(q), k), float("inf"), dtype=torch.float64)
+        best_i = torch.full((len(q), k), _NO_INDEX, dtype=torch.int64)
+        for gs, g in feature_blocks(gallery, gallery_rows):
+            _, i = _tile_topk(distances(q, g, metric), margin)
+            v = _pair_distances(q, g, i, metric)
+            best_v, best_i = _merge(torch.cat([best_v, v], 1), torch.cat([best_i, i + gs], 1), k)
+        out_v[qs:qs + len(q)], out_i[qs:qs + len(q)] = best_v, best_i
+    return out_v, out_i
+
+
+def rank_results(query: Any, gallery: Any, values: torch.Tensor, index: torch.Tensor,
+                 threshold: float | None = None) -> list[dict[str, Any]]:
+    """One dict per query: ``query`` (index, paths, pid, camid), ``matches`` (rank, gallery
+    index, distance, pid, camid, paths) and ``no_match`` (``threshold`` set and no gallery
+    entry within it; only entries within the threshold are listed then)."""
+    out = []
+    gpaths, qpaths = gallery.paths, query.paths
+    for qi in range(len(index)):
+        matches = []
+        for rank, (d, gi) in enumerate(zip(values[qi].tolist(), index[qi].tolist()), start=1):
+            if gi < 0 or (threshold is not None and d > threshold):
+                break
+            matches.append({"rank": rank, "index": gi, "distance": d,
+                            "pid": int(gallery.pids[gi]), "camid": int(gallery.camids[gi]),
+                            "paths": list(gpaths[gi])})
+        out.append({"query": {"index": qi, "paths": list(qpaths[qi]),
+                              "pid": int(query.pids[qi]), "camid": int(query.camids[qi])},
+                    "matches": matches, "no_match": threshold is not None and not matches})
+    return out
