@@ -8,11 +8,13 @@ of each side, whatever the gallery size (a :class:`~.store.FeatureStore` is read
 from its maps).
 
 A float32 matrix product rounds differently for different tile shapes (two copies of one
-gallery feature can get distances 0 and -4e-6), so the candidates of each tile (the top
-``k`` plus a margin) get their distance recomputed pair by pair in float64, and the merge
-orders by (that distance, gallery index). The result does not depend on the block sizes:
-it is a stable sort of the float64 distances, duplicates tie exactly and the lower gallery
-index comes first.
+gallery feature can get distances 0 and -4e-6). So each tile's float32 top ``k + margin``
+only nominates candidates: their distances are recomputed pair by pair in float64
+(:func:`pair_distances`), and the merge orders by (float64 distance, gallery index). A row
+with more than ``k + margin`` entries within float32 rounding of its last candidate (many
+duplicates) is ranked in float64 over the whole tile. The result does not depend on the block
+sizes: it is a stable sort of the float64 distance matrix (duplicates tie exactly, the lower
+gallery index first).
 
 :func:`rank_results` turns ``(distances, indices)`` into the per-query result dicts of
 ``tools/search.py`` (matches with ids and paths, a "no match" threshold).
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from ..errors import SDTPSError
 
 __all__ = ["METRICS", "SearchError", "topk_exact", "distances", "feature_blocks", "num_rows",
-           "dim_of", "rank_results", "DEFAULT_BLOCK_BYTES"]
+           "dim_of", "rank_results", "pair_distances", "rerank", "take_rows", "DEFAULT_BLOCK_BYTES"]
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
 #: the size of one gallery block read at a time (float32 features)
@@ -77,32 +79,64 @@ def distances(q: torch.Tensor, g: torch.Tensor, metric: str) -> torch.Tensor:
     return 1 - torch.mm(F.normalize(q, p=2, dim=1), F.normalize(g, p=2, dim=1).t())
 
 
-def _tile_topk(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` smallest of each row of ``d``, ties to the lower column."""
-    k = min(k, d.shape[1])
-    values, index = d.topk(k, dim=1, largest=False, sorted=True)
-    if k < d.shape[1]:
-        # rows where equal values straddle the k-th place: topk's pick is arbitrary there
-        ambiguous = ((d <= values[:, -1:]).sum(1) > k).nonzero().squeeze(1)
-        if len(ambiguous):
-            sv, si = torch.sort(d[ambiguous], dim=1, stable=True)
-            values[ambiguous], index[ambiguous] = sv[:, :k], si[:, :k]
-    return values, index
+def _tile_topk(d: torch.Tensor, c: int, q: torch.Tensor, g: torch.Tensor, metric: str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 distances and columns of ``c`` candidates per row of the tile ``d``: the
+    float32 top-``c``, or for rows with near-ties at the ``c``-th place the float64 top-``c``
+    of the whole row."""
+    c = min(c, d.shape[1])
+    values, index = d.topk(c, dim=1, largest=False, sorted=True)
+    if c < d.shape[1]:
+        scale = (q.pow(2).sum(1, keepdim=True) + g.pow(2).sum(1).max() if metric == "euclidean"
+                 else torch.full((len(q), 1), 2.0))
+        ambiguous = ((d <= values[:, -1:] + 1e-5 * scale).sum(1) > c).nonzero().squeeze(1)
+        for r in ambiguous.tolist():
+            everything = torch.arange(d.shape[1]).unsqueeze(0)
+            row = pair_distances(q[r:r + 1], g, everything, metric)[0]
+            index[r] = torch.sort(row, stable=True).indices[:c]
+    return pair_distances(q, g, index, metric), index
 
 
-def _pair_distances(q: torch.Tensor, g: torch.Tensor, index: torch.Tensor, metric: str,
-                    rows: int = 64) -> torch.Tensor:
+def pair_distances(q: torch.Tensor, g: torch.Tensor, index: torch.Tensor, metric: str,
+                   rows: int = 256) -> torch.Tensor:
     """float64 distance of query ``i`` to gallery rows ``index[i]``, pair by pair (the same
     arithmetic for a pair wherever it sits in a tile)."""
     out = torch.empty(index.shape, dtype=torch.float64)
+    rows = max(1, rows * 32 // max(index.shape[1], 1))  # about rows x 32 pairs at a time
     for s in range(0, len(q), rows):
         qb = q[s:s + rows].double().unsqueeze(1)
         gb = g[index[s:s + rows]].double()
         if metric == "euclidean":
-            out[s:s + rows] = (qb - gb).pow(2).sum(-1)
+            out[s:s + rows] = (qb - gb).pow_(2).sum(-1)
         else:
             out[s:s + rows] = 1 - (F.normalize(qb, dim=-1) * F.normalize(gb, dim=-1)).sum(-1)
     return out
+
+
+def take_rows(gallery: Any, index: np.ndarray) -> torch.Tensor:
+    """float32 features of the gallery rows ``index`` (a store reads them from its maps)."""
+    if hasattr(gallery, "chunks"):  # a FeatureStore
+        return torch.from_numpy(gallery.take(index))
+    feats = gallery.features if hasattr(gallery, "features") else gallery
+    rows = feats[torch.as_tensor(index)] if isinstance(feats, torch.Tensor) else feats[index]
+    return torch.as_tensor(np.asarray(rows) if not isinstance(rows, torch.Tensor) else rows
+                           ).float()
+
+
+def rerank(q: torch.Tensor, gallery: Any, cand: torch.Tensor, metric: str, k: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``k`` of the candidate gallery rows ``cand (Q, c)`` (``-1``: none) by
+    (float64 distance, gallery index); ``inf`` / ``-1`` fill rows with fewer than ``k``."""
+    found = cand >= 0
+    v = torch.full(cand.shape, float("inf"), dtype=torch.float64)
+    if found.any():
+        uniq, inverse = torch.unique(cand[found], return_inverse=True)
+        local = torch.zeros_like(cand)
+        local[found] = inverse
+        v = pair_distances(q, take_rows(gallery, uniq.numpy()), local, metric)
+        v[~found] = float("inf")
+    v, i = _merge(v, torch.where(found, cand, _NO_INDEX), k)
+    return v, torch.where(i == _NO_INDEX, -1, i)
 
 
 def _merge(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +169,7 @@ def topk_exact(query: Any, gallery: Any, k: int = 10, metric: str = "euclidean",
         raise SearchError(f"feature sizes differ: queries D={dq}, gallery D={dg} (extracted "
                           "with different models?)")
     k = min(k, ng)
-    margin = k + max(8, k // 4)  # candidates per tile: float32 near-ties stay in
+    margin = k + max(8, k // 4)  # float32 candidates per tile
     gallery_rows = int(gallery_rows or max(1, DEFAULT_BLOCK_BYTES // (4 * dg)))
     if gallery_rows < 1 or query_rows < 1:
         raise SearchError(f"block sizes must be >= 1, got query_rows={query_rows}, "
@@ -146,8 +180,7 @@ def topk_exact(query: Any, gallery: Any, k: int = 10, metric: str = "euclidean",
         best_v = torch.full((len(q), k), float("inf"), dtype=torch.float64)
         best_i = torch.full((len(q), k), _NO_INDEX, dtype=torch.int64)
         for gs, g in feature_blocks(gallery, gallery_rows):
-            _, i = _tile_topk(distances(q, g, metric), margin)
-            v = _pair_distances(q, g, i, metric)
+            v, i = _tile_topk(distances(q, g, metric), margin, q, g, metric)
             best_v, best_i = _merge(torch.cat([best_v, v], 1), torch.cat([best_i, i + gs], 1), k)
         out_v[qs:qs + len(q)], out_i[qs:qs + len(q)] = best_v, best_i
     return out_v, out_i

@@ -157,9 +157,24 @@ class FeatureStore:
         return out
 
     def chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, float32 features)`` blocks of at most ``rows`` rows, in order."""
-        for start in range(0, len(self), max(int(rows), 1)):
-            yield start, self.rows(start, start + rows)
+        """``(start, float32 features)`` blocks of at most ``rows`` rows, in order.
+
+        Read with plain file reads (not through the maps), so scanning the store keeps one
+        block in the process's memory, whatever its size.
+        """
+        rows = max(int(rows), 1)
+        for s, feats in enumerate(self._feats):
+            n, base = len(feats), int(self._offsets[s])
+            with open(feats.filename, "rb") as fh:
+                for start in range(0, n, rows):
+                    count = min(rows, n - start)
+                    fh.seek(feats.offset + start * self.dim * feats.itemsize)
+                    block = np.fromfile(fh, dtype=feats.dtype, count=count * self.dim)
+                    if block.size != count * self.dim:
+                        raise StoreError(f"'{feats.filename}' is truncated: {block.size} "
+                                         f"values at row {start}; expected {count * self.dim}")
+                    yield base + start, block.reshape(count, self.dim).astype(np.float32,
+                                                                              copy=False)
 
 
 class _Paths(Sequence):

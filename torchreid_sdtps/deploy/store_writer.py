@@ -23,10 +23,11 @@ import numpy as np
 
 from .store import DTYPES, META, STORE_FORMAT, STORE_VERSION, FeatureStore, StoreError, part_files
 
-__all__ = ["StoreWriter", "append", "write_store", "extract_to_store"]
+__all__ = ["StoreWriter", "append", "write_store", "extract_to_store", "move_into_place", "umask"]
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -79,7 +80,7 @@ class StoreWriter:
             os.makedirs(parent, exist_ok=True)
             self._tmp = tempfile.mkdtemp(prefix=f".{osp.basename(self.path)}.", suffix=".partial",
                                          dir=parent)
-            os.chmod(self._tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+            os.chmod(self._tmp, 0o777 & ~umask())  # mkdtemp makes it 0700
             folder, prefix = self._tmp, ""
         else:  # a new shard of an existing store, under temporary names
             folder, prefix = self._into, f".{self.part}.partial."
@@ -139,7 +140,7 @@ class StoreWriter:
                 self._close()
                 if self._into is None:
                     _write_meta(self._tmp, self.meta)
-                    _move_into_place(self._tmp, self.path)
+                    move_into_place(self._tmp, self.path)
                     self._tmp = ""
                 else:
                     for k, v in part_files(self.part).items():
@@ -171,7 +172,8 @@ def _write_meta(folder: str, meta: dict[str, Any]) -> None:
     os.replace(tmp, osp.join(folder, META))
 
 
-def _move_into_place(tmp: str, path: str) -> None:
+def move_into_place(tmp: str, path: str) -> None:
+    """Rename the folder ``tmp`` to ``path``, replacing what is there."""
     old = ""
     if osp.exists(path):
         old = tempfile.mkdtemp(prefix=f".{osp.basename(path)}.", suffix=".old",
