@@ -97,7 +97,7 @@ def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[st
     out: dict[str, Any] = {}
     if kind.startswith("ivf"):
         nlist = int(given.get("nlist") or max(1, min(round(math.sqrt(n)), n // 39 or 1)))
-        out.update(nlist=nlist, nprobe=int(given.get("nprobe") or max(1, nlist // 32)),
+        out.update(nlist=nlist, nprobe=int(given.get("nprobe") or min(nlist, max(8, nlist // 32))),
                    train_size=int(given.get("train_size") or min(n, max(64 * nlist, 20000))))
         if nlist > n:
             raise IndexError_(f"nlist={nlist} cells for {n} samples: need nlist <= samples")
@@ -105,7 +105,9 @@ def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[st
         m = int(given.get("m") or max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0))
         if dim % m:
             raise IndexError_(f"ivf_pq: m={m} must divide the feature size {dim}")
-        out.update(m=m, nbits=int(given.get("nbits") or 8), refine=int(given.get("refine") or 10))
+        # k-means of 2**nbits codes per sub-vector wants >= 39 training points per code
+        nbits = int(given.get("nbits") or min(8, max(1, int(math.log2(out["train_size"] / 39)))))
+        out.update(m=m, nbits=nbits, refine=int(given.get("refine") or 10))
     if kind == "hnsw":
         out.update(hnsw_m=int(given.get("hnsw_m") or 32),
                    ef_construction=int(given.get("ef_construction") or 80),
