@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from torchreid_sdtps import build, cli, compat
+from torchreid_sdtps import build, compat
+from torchreid_sdtps.cli.test import test as run_test
 from torchreid_sdtps.data.checks import SamplerConfigError, check_train_sampler
-from torchreid_sdtps.utils import visrank
+from torchreid_sdtps.viz import visrank
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _trees import make_msvr310_tree, make_rgbnt201_tree, write_jpeg  # noqa: E402
@@ -164,7 +165,7 @@ def test_stock_engine_and_test_cli_draw_rank_lists(synthetic_root, built, tmp_pa
         cfg = tiny_cfg(synthetic_root, save, "sdtps.engine", engine, "model.load_weights",
                        str(weights), "test.visrank", "True", "test.visrank_topk", "2",
                        "sampler.num_instances", "1")
-        summary = cli.test(cfg)
+        summary = run_test(cfg)
         assert summary["results"]["synthetic_msreid"]["num_query"] > 0
         files = list((save / "visrank_synthetic_msreid").glob("*.jpg"))
         assert len(files) == summary["results"]["synthetic_msreid"]["num_query"], engine

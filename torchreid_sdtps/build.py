@@ -131,10 +131,10 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
                               f"use sdtps.engine sdtps or set it back to {plain!r}")
     engine = engine_cls(datamanager, model, **accepted)
     if hasattr(engine, "checkpoint_meta"):  # checkpoints then rebuild the model on their own
-        from .utils.feature_extractor import checkpoint_meta
+        from .checkpoint import make_meta
 
-        engine.checkpoint_meta = checkpoint_meta(cfg, datamanager.num_train_pids,
-                                                 num_camera_labels(datamanager))
+        engine.checkpoint_meta = make_meta(cfg, datamanager.num_train_pids,
+                                           num_camera_labels(datamanager))
     return engine
 
 

@@ -1,16 +1,27 @@
-"""Utilities in torchreid's ``torchreid.utils`` style: ``FeatureExtractor``, rank-list pictures
-(``visrank``), token heat maps (``token_maps``, ``visualize``).
+"""Helpers in torchreid's ``torchreid.utils`` style.
 
-Names resolve lazily (PEP 562), so importing this package imports neither torch models nor
-the engine.
+``zero_modalities`` (:mod:`.modalities`) is the one definition of a missing modality that the
+engine, the evaluation and the extractor share. ``FeatureExtractor`` is re-exported from its
+home, :mod:`torchreid_sdtps.deploy.extractor` (the inference API); pictures live in
+:mod:`torchreid_sdtps.viz`. Names resolve on first use (PEP 562), so importing this package
+imports neither torch models nor the engine.
 """
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+import importlib
+from typing import Any
 
-_EXPORTS = {"FeatureExtractor": "feature_extractor", "zero_modalities": "modalities"}
+_EXPORTS = {"FeatureExtractor": "torchreid_sdtps.deploy.extractor",
+            "zero_modalities": "torchreid_sdtps.utils.modalities"}
 
 __all__ = sorted(_EXPORTS)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
