@@ -34,7 +34,7 @@ class BuildPyWithAutoload(build_py):
 # the commands: one module each in torchreid_sdtps/cli/ (tools/*.py are thin wrappers of the same)
 CONSOLE_SCRIPTS = {
     f"torchreid-sdtps-{name}": f"torchreid_sdtps.cli.{name}:console"
-    for name in ("train", "test", "extract", "search", "export", "visualize")
+    for name in ("train", "test", "extract", "search", "export", "visualize", "index")
 }
 
 # torchreid==0.2.5 on PyPI declares no dependencies: everything it imports is listed here.
@@ -72,6 +72,9 @@ setup(
         "test": ["pytest>=7", "ruff>=0.5"],
         # ONNX export (torch's dynamo exporter needs onnxscript) and ONNX Runtime inference
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
+        # FAISS indexes over gallery feature stores (torchreid-sdtps-index); faiss-gpu, when
+        # installed instead, is used the same way
+        "index": ["faiss-cpu>=1.7.4"],
     },
     cmdclass={"build_py": BuildPyWithAutoload},
     entry_points={

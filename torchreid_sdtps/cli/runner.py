@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 #: command name -> module defining ``COMMAND`` (adding a command: one module and one line here)
 COMMANDS: dict[str, str] = {
     name: f"torchreid_sdtps.cli.{name}"
-    for name in ("train", "test", "extract", "search", "export", "visualize")
+    for name in ("train", "test", "extract", "search", "export", "visualize", "index")
 }
 
 OVERRIDES_HELP = ("Further words are KEY VALUE config overrides, as in torchreid's "

@@ -35,24 +35,27 @@ import numpy as np
 import torch
 
 from ..errors import SDTPSError
+from . import provenance as prov
 from .exact import SearchError, feature_blocks, num_rows, rerank
 from .store import FeatureStore, load_features
 from .store_writer import append, move_into_place, umask
 
-__all__ = ["GalleryIndex", "IndexError_", "MissingFaissError", "KINDS", "faiss_module",
-           "gpu_available", "check_provenance"]
+__all__ = ["GalleryIndex", "GalleryIndexError", "GalleryIndexNotFoundError", "MissingFaissError",
+           "KINDS", "faiss_module", "gpu_available"]
 
 logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 INDEX_FORMAT = "torchreid_sdtps.gallery_index"
 INDEX_FILE, INDEX_META = "index.faiss", "index.json"
-#: keys of a provenance record that may differ between features of one model (split, files)
-_PER_SPLIT = ("dataset", "split", "folder", "created", "num", "backend", "path")
 
 
-class IndexError_(SDTPSError, ValueError):
+class GalleryIndexError(SDTPSError, ValueError):
     """An index that cannot be built, read, searched or extended as asked (names the folder)."""
+
+
+class GalleryIndexNotFoundError(GalleryIndexError, FileNotFoundError):
+    """No index in the folder given."""
 
 
 class MissingFaissError(SDTPSError, ImportError):
@@ -75,15 +78,6 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def check_provenance(expected: dict[str, Any], got: dict[str, Any], what: str) -> None:
-    """Raise :class:`IndexError_` when two provenance records name different models."""
-    keys = (set(expected) & set(got)) - set(_PER_SPLIT)
-    diff = sorted(k for k in keys if expected[k] != got[k])
-    if diff:
-        raise IndexError_(f"{what} come from another model than the index: "
-                          + ", ".join(f"{k}: {got[k]!r} (index: {expected[k]!r})" for k in diff))
-
-
 def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[str, Any]:
     """Parameters of ``kind`` for ``n`` samples; given ones win, unknown ones raise."""
     known = {"flat": set(), "ivf_flat": {"nlist", "nprobe", "train_size"},
@@ -92,7 +86,7 @@ def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[st
     given = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise IndexError_(f"index kind '{kind}' has no parameter(s) {unknown}; it takes "
+        raise GalleryIndexError(f"index kind '{kind}' has no parameter(s) {unknown}; it takes "
                           f"{sorted(known) or 'none'}")
     out: dict[str, Any] = {}
     if kind.startswith("ivf"):
@@ -100,11 +94,11 @@ def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[st
         out.update(nlist=nlist, nprobe=int(given.get("nprobe") or min(nlist, max(8, nlist // 32))),
                    train_size=int(given.get("train_size") or min(n, max(64 * nlist, 20000))))
         if nlist > n:
-            raise IndexError_(f"nlist={nlist} cells for {n} samples: need nlist <= samples")
+            raise GalleryIndexError(f"nlist={nlist} cells for {n} samples: need nlist <= samples")
     if kind == "ivf_pq":
         m = int(given.get("m") or max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0))
         if dim % m:
-            raise IndexError_(f"ivf_pq: m={m} must divide the feature size {dim}")
+            raise GalleryIndexError(f"ivf_pq: m={m} must divide the feature size {dim}")
         # k-means of 2**nbits codes per sub-vector wants >= 39 training points per code
         nbits = int(given.get("nbits") or min(8, max(1, int(math.log2(out["train_size"] / 39)))))
         out.update(m=m, nbits=nbits, refine=int(given.get("refine") or 10))
@@ -133,15 +127,15 @@ class GalleryIndex:
         faiss = faiss_module()
         store = load_features(store) if isinstance(store, str) else store
         if not isinstance(store, FeatureStore):
-            raise IndexError_("an index is built over a feature store (tools/extract.py writes "
+            raise GalleryIndexError("an index is built over a feature store (tools/extract.py writes "
                               "one); convert the .pt file with tools/extract.py first")
         if kind not in KINDS:
-            raise IndexError_(f"index kind must be one of {KINDS}, got '{kind}'")
+            raise GalleryIndexError(f"index kind must be one of {KINDS}, got '{kind}'")
         if osp.exists(path) and not overwrite:
-            raise IndexError_(f"'{path}' exists; remove it or pass overwrite")
+            raise GalleryIndexError(f"'{path}' exists; remove it or pass overwrite")
         n, dim = len(store), store.dim
         if n == 0:
-            raise IndexError_(f"store '{store.path}' is empty")
+            raise GalleryIndexError(f"store '{store.path}' is empty")
         p = _auto_params(kind, n, dim, params)
         metric = "ip" if store.normalized else "l2"
         fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
@@ -161,7 +155,8 @@ class GalleryIndex:
             index.train(store.take(sample))  # the Python index keeps its quantizer alive
         meta = {"format": INDEX_FORMAT, "version": 1, "kind": kind, "metric": metric, "dim": dim,
                 "num": 0, "normalized": store.normalized, "params": p,
-                "provenance": dict(store.provenance), "info": dict(store.info),
+                "provenance": store.provenance,
+                "info": {k: v for k, v in store.info.items() if k != "provenance"},
                 "faiss": faiss.__version__}
         out = cls(path, meta, index, store, device)
         out._add_rows(store, chunk)
@@ -175,22 +170,27 @@ class GalleryIndex:
         faiss = faiss_module()
         meta_file, index_file = osp.join(path, INDEX_META), osp.join(path, INDEX_FILE)
         if not osp.isfile(meta_file) or not osp.isfile(index_file):
-            raise FileNotFoundError(f"no index in '{path}' (expected {INDEX_META} and "
+            raise GalleryIndexNotFoundError(f"no index in '{path}' (expected {INDEX_META} and "
                                     f"{INDEX_FILE}; build one with tools/index.py build)")
         try:
             with open(meta_file, encoding="utf-8") as fh:
                 meta = json.load(fh)
             index = faiss.read_index(index_file)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise IndexError_(f"cannot read the index in '{path}' ({type(exc).__name__}: "
+            raise GalleryIndexError(f"cannot read the index in '{path}' ({type(exc).__name__}: "
                               f"{exc})") from exc
         if meta.get("format") != INDEX_FORMAT:
-            raise IndexError_(f"'{meta_file}' is not an index of tools/index.py")
+            raise GalleryIndexError(f"'{meta_file}' is not an index of tools/index.py")
         store = FeatureStore(osp.normpath(osp.join(path, meta["store"])))
         if not (index.ntotal == meta["num"] == len(store)) or index.d != store.dim:
-            raise IndexError_(f"index '{path}' holds {index.ntotal} x {index.d} features "
+            raise GalleryIndexError(f"index '{path}' holds {index.ntotal} x {index.d} features "
                               f"({INDEX_META}: {meta['num']}) but its store '{store.path}' holds "
                               f"{len(store)} x {store.dim}; rebuild it (tools/index.py build)")
+        diff = prov.differences(meta.get("provenance") or {}, store.provenance or {})
+        if diff:
+            raise GalleryIndexError(f"index '{path}' was built from other features than its store "
+                                    f"'{store.path}' holds now ({', '.join(diff)} differ); "
+                                    "rebuild it (tools/index.py build)")
         return cls(path, meta, index, store, device)
 
     def save(self, overwrite: bool = True) -> str:
@@ -208,7 +208,7 @@ class GalleryIndex:
             with open(osp.join(tmp, INDEX_META), "w", encoding="utf-8") as fh:
                 json.dump(self.meta, fh, indent=1)
             if osp.exists(self.path) and not overwrite:
-                raise IndexError_(f"'{self.path}' exists")
+                raise GalleryIndexError(f"'{self.path}' exists")
             move_into_place(tmp, self.path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -221,20 +221,23 @@ class GalleryIndex:
             self.index.add(np.ascontiguousarray(block.numpy(), dtype=np.float32))
         self._search_index = None
 
-    def add(self, new: FeatureStore | str, chunk: int = 65536) -> int:
+    def add(self, new: FeatureStore | str, chunk: int = 65536, allow_mismatch: bool = False
+            ) -> int:
         """Append the samples of the store ``new`` to the gallery store and the index (no
-        retraining) and save both; returns the new gallery size."""
+        retraining) and save both; returns the new gallery size. Features made differently
+        (:mod:`.provenance`) are refused unless ``allow_mismatch``."""
         new = load_features(new) if isinstance(new, str) else new
         if not isinstance(new, FeatureStore):
-            raise IndexError_("add takes a feature store (tools/extract.py writes one)")
+            raise GalleryIndexError("add takes a feature store (tools/extract.py writes one)")
         if new.dim != self.store.dim or new.normalized != self.store.normalized:
-            raise IndexError_(f"store '{new.path}' holds D={new.dim} features "
+            raise GalleryIndexError(f"store '{new.path}' holds D={new.dim} features "
                               f"(normalized={new.normalized}); the index holds D={self.store.dim}"
                               f" (normalized={self.store.normalized})")
         if new.modalities != self.store.modalities:
-            raise IndexError_(f"store '{new.path}' has {new.modalities} paths per sample; the "
+            raise GalleryIndexError(f"store '{new.path}' has {new.modalities} paths per sample; the "
                               f"gallery has {self.store.modalities}")
-        check_provenance(self.meta["provenance"], new.provenance, f"the features of '{new.path}'")
+        prov.check(new.provenance, self.meta["provenance"], (f"'{new.path}'", f"index '{self.path}'"),
+                   allow_mismatch)
         try:
             self._add_rows(new, chunk)
             with append(self.store, len(new)) as writer:
@@ -259,17 +262,19 @@ class GalleryIndex:
         use_gpu = self.device == "gpu" or (self.device == "auto" and gpu_available()
                                            and self.meta["kind"] != "hnsw")
         if self.device == "gpu" and (not gpu_available() or self.meta["kind"] == "hnsw"):
-            raise IndexError_("device 'gpu' needs faiss-gpu, a visible GPU and a flat or IVF "
+            raise GalleryIndexError("device 'gpu' needs faiss-gpu, a visible GPU and a flat or IVF "
                               "index")
         self._search_index = faiss.index_cpu_to_all_gpus(self.index) if use_gpu else self.index
         return self._search_index
 
     def search(self, query: Any, k: int = 10, metric: str = "euclidean", *,
-               nprobe: int | None = None, ef_search: int | None = None, rows: int = 4096
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               nprobe: int | None = None, ef_search: int | None = None, rows: int = 4096,
+               check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """``(distances (Q, k) float64, gallery indices (Q, k))``, nearest first, as
         :func:`~.exact.topk_exact` returns them (``-1`` / ``inf`` where fewer than ``k``
-        entries were found in the cells searched)."""
+        entries were found in the cells searched). Queries that carry a provenance record
+        (a store or feature set) made differently from the index's are refused (``check``;
+        the search command checks itself, with its ``--allow-mismatch``)."""
         if metric not in ("euclidean", "cosine"):
             raise SearchError(f"metric must be euclidean or cosine, got '{metric}'")
         if metric == "cosine" and self.meta["metric"] != "ip":
@@ -277,8 +282,9 @@ class GalleryIndex:
                               "needs features extracted with --normalize (or exact search)")
         if k < 1:
             raise SearchError(f"topk must be >= 1, got {k}")
-        if hasattr(query, "provenance"):
-            check_provenance(self.meta["provenance"], query.provenance, "the queries")
+        if check:
+            rec = query.info.get("provenance") if hasattr(query, "info") else None
+            prov.check(rec, self.meta["provenance"], ("the queries", f"index '{self.path}'"))
         kind, p = self.meta["kind"], self.meta["params"]
         index = self._device_index()
         if kind.startswith("ivf"):

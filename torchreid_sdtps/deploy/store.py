@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SDTPSError
+from .features import FeatureFileError, FeatureFileNotFoundError
 
 __all__ = ["FeatureStore", "StoreError", "load_features", "is_store", "part_files", "STORE_FORMAT",
            "STORE_VERSION", "META", "DTYPES"]
@@ -33,7 +33,7 @@ META = "store.json"
 DTYPES = ("float32", "float16")
 
 
-class StoreError(SDTPSError, ValueError):
+class StoreError(FeatureFileError):
     """A feature store that cannot be read or written as asked (names the file)."""
 
 
@@ -50,7 +50,8 @@ def is_store(path: str) -> bool:
 class FeatureStore:
     """A store opened for reading: shards mapped, nothing read until asked.
 
-    ``len(store)``, ``store.dim``, ``store.normalized``, ``store.info``, ``store.provenance``;
+    ``len(store)``, ``store.dim``, ``store.normalized``, ``store.info``, ``store.provenance``
+    (the record of :mod:`.provenance`, also ``store.info["provenance"]``);
     ``store.pids`` / ``camids`` / ``cam_labels`` (int64 arrays), ``store.paths[i]`` (a tuple
     of M strings); features through :meth:`rows`, :meth:`take` and :meth:`chunks` (float32).
     """
@@ -59,7 +60,7 @@ class FeatureStore:
         folder = osp.dirname(path) if path.endswith(META) else path
         meta_file = osp.join(folder, META)
         if not osp.isfile(meta_file):
-            raise FileNotFoundError(f"feature store not found: '{folder}' (no {META})")
+            raise FeatureFileNotFoundError(f"feature store not found: '{folder}' (no {META})")
         try:
             with open(meta_file, encoding="utf-8") as fh:
                 meta = json.load(fh)
@@ -78,8 +79,13 @@ class FeatureStore:
         self.dim, self.dtype = int(meta["dim"]), str(meta["dtype"])
         self.modalities = int(meta["modalities"])
         self.normalized = bool(meta.get("normalized", False))
+        #: how the features were made (:mod:`.provenance`; None: not recorded)
+        self.provenance: dict[str, Any] | None = meta.get("provenance") or None
+        #: what tools/extract.py recorded (data set, split...), with the provenance, as the
+        #: ``info`` of a ``.pt`` feature set
         self.info: dict[str, Any] = dict(meta.get("info", {}))
-        self.provenance: dict[str, Any] = dict(meta.get("provenance", {}))
+        if self.provenance is not None:
+            self.info["provenance"] = self.provenance
         self._feats, ids, paths = [], [], []
         for shard in meta["shards"]:
             files = {k: osp.join(folder, v) for k, v in part_files(shard["name"]).items()}

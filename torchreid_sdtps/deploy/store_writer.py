@@ -21,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from .store import DTYPES, META, STORE_FORMAT, STORE_VERSION, FeatureStore, StoreError, part_files
+from .store import (
+    DTYPES,
+    META,
+    STORE_FORMAT,
+    STORE_VERSION,
+    FeatureStore,
+    StoreError,
+    is_store,
+    part_files,
+)
 
 __all__ = ["StoreWriter", "append", "write_store", "extract_to_store", "move_into_place", "umask"]
 
@@ -61,14 +70,18 @@ class StoreWriter:
         if num < 0 or dim < 1 or modalities < 1:
             raise StoreError(f"store '{path}': need num >= 0, dim >= 1, modalities >= 1; got "
                              f"num={num}, dim={dim}, modalities={modalities}")
-        if _into is None and osp.exists(path) and not overwrite:
-            raise StoreError(f"'{path}' exists; remove it or pass overwrite=True")
+        if _into is None and osp.exists(path):
+            if not overwrite:
+                raise StoreError(f"'{path}' exists; remove it or pass overwrite=True")
+            if not is_store(path):
+                raise StoreError(f"'{path}' exists and is not a feature store: not replacing it")
         self.path, self.num, self.dim, self.modalities = path, int(num), int(dim), int(modalities)
         self.dtype, self.part, self._into = dtype, part, _into
         self.meta: dict[str, Any] = {
             "format": STORE_FORMAT, "version": STORE_VERSION, "num": self.num, "dim": self.dim,
             "dtype": dtype, "normalized": bool(normalized), "modalities": self.modalities,
-            "info": dict(info or {}), "provenance": dict(provenance or {}),
+            "info": {k: v for k, v in (info or {}).items() if k != "provenance"},
+            "provenance": dict(provenance or (info or {}).get("provenance") or {}) or None,
             "shards": [{"name": part, "num": self.num}]}
         self.written = 0
         self._paths: list[np.ndarray] = []
@@ -235,7 +248,9 @@ def extract_to_store(extractor: Any, path: str, paths: Sequence[Sequence[Any]],
     """Features of ``paths`` through ``extractor`` written chunk by chunk to a store.
 
     ``chunk`` samples go through the extractor at a time (default 8 batches); a tqdm bar
-    shows the progress when ``progress`` (default: stderr is a terminal).
+    shows the progress when ``progress`` (default: stderr is a terminal). ``provenance`` may
+    be a function of the feature size (known after the first chunk). Other keyword arguments
+    go to :class:`StoreWriter`.
     """
     from tqdm import tqdm
 
@@ -243,6 +258,7 @@ def extract_to_store(extractor: Any, path: str, paths: Sequence[Sequence[Any]],
     if n == 0:
         raise StoreError(f"nothing to extract into '{path}': no samples")
     step = int(chunk or 8 * int(getattr(extractor, "batch_size", 32)))
+    provenance = kwargs.pop("provenance", None)
     show = sys.stderr.isatty() if progress is None else progress
     kwargs.setdefault("normalized", bool(getattr(extractor, "normalize", False)))
     writer = None
@@ -253,7 +269,10 @@ def extract_to_store(extractor: Any, path: str, paths: Sequence[Sequence[Any]],
                 cams = list(cam_labels[sl]) if len(cam_labels) else None
                 feats = extractor(list(paths[sl]), cam_ids=cams)
                 if writer is None:
-                    writer = StoreWriter(path, n, int(feats.shape[1]), len(paths[0]), **kwargs)
+                    dim = int(feats.shape[1])
+                    writer = StoreWriter(path, n, dim, len(paths[0]), **kwargs,
+                                         provenance=provenance(dim) if callable(provenance)
+                                         else provenance)
                     writer.__enter__()
                 writer.write(feats, pids[sl] if len(pids) else None,
                              camids[sl] if len(camids) else None, cams,
