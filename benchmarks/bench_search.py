@@ -94,7 +94,7 @@ def make_stores(folder: str, n: int, dim: int, queries: int, per_id: int = 10, s
                               ("query", queries, rng.choice(num_ids, size=queries))):
         paths[name] = osp.join(folder, f"{name}.store")
         with StoreWriter(paths[name], count, dim, 1, normalized=True, info=info,
-                         provenance=prov) as w:
+                         provenance=prov, overwrite=True) as w:
             for start in range(0, count, chunk):
                 sel = ids[start:start + chunk] if pick is None else pick[start:start + chunk]
                 w.write(_features(rng, sel, centers, proj, noise), pids=sel,

@@ -225,7 +225,8 @@ def test_exact_search_results_and_errors(tmp_path):
 def test_extract_and_search_commands_with_stores(tmp_path):
     from _deploy import tiny_checkpoint
 
-    from torchreid_sdtps.cli import extract, search as search_cmd
+    from torchreid_sdtps.cli import extract
+    from torchreid_sdtps.cli import search as search_cmd
 
     _, _, _, ckpt = tiny_checkpoint(tmp_path, tmp_path / "log")
     out = {}
