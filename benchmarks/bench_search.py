@@ -147,6 +147,8 @@ def run(n: int, dim: int, queries: int, backends: Sequence[str] = BACKENDS, k: i
         t0 = time.perf_counter()
         gallery, query = make_stores(folder, n, dim, queries, per_id=per_id)
         gen_s = time.perf_counter() - t0
+        print(f"[bench_search] N={n} stores written in {gen_s:.0f} s", file=sys.stderr,
+              flush=True)
         order = ["exact", *[b for b in backends if b != "exact"]]
         results: dict[str, Any] = {}
         for name in order:
@@ -157,6 +159,7 @@ def run(n: int, dim: int, queries: int, backends: Sequence[str] = BACKENDS, k: i
             hits = [len(set(a[:10]) & set(b[:10])) / min(10, truth.shape[1])
                     for a, b in zip(found, truth)]
             results[name]["recall_at_10"] = round(float(np.mean(hits)), 4)
+            print(f"[bench_search] N={n} {name}: {results[name]}", file=sys.stderr, flush=True)
             shutil.rmtree(osp.join(folder, f"{name}.index"), ignore_errors=True)
         raw_gb = n * dim * 4 / 1024 ** 3
     finally:

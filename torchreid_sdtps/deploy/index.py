@@ -96,15 +96,15 @@ def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[st
         if nlist > n:
             raise GalleryIndexError(f"nlist={nlist} cells for {n} samples: need nlist <= samples")
     if kind == "ivf_pq":
-        m = int(given.get("m") or max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0))
+        m = int(given.get("m") or max(d for d in range(1, max(1, dim // 16) + 1) if dim % d == 0))
         if dim % m:
             raise GalleryIndexError(f"ivf_pq: m={m} must divide the feature size {dim}")
         # k-means of 2**nbits codes per sub-vector wants >= 39 training points per code
         nbits = int(given.get("nbits") or min(8, max(1, int(math.log2(out["train_size"] / 39)))))
         out.update(m=m, nbits=nbits, refine=int(given.get("refine") or 10))
     if kind == "hnsw":
-        out.update(hnsw_m=int(given.get("hnsw_m") or 32),
-                   ef_construction=int(given.get("ef_construction") or 80),
+        out.update(hnsw_m=int(given.get("hnsw_m") or 16),
+                   ef_construction=int(given.get("ef_construction") or 40),
                    ef_search=int(given.get("ef_search") or 128))
     return out
 
@@ -149,7 +149,9 @@ class GalleryIndex:
             quantizer = faiss.IndexFlat(dim, fmetric)
             index = (faiss.IndexIVFFlat(quantizer, dim, p["nlist"], fmetric) if kind == "ivf_flat"
                      else faiss.IndexIVFPQ(quantizer, dim, p["nlist"], p["m"], p["nbits"], fmetric))
-            index.cp.niter = 10
+            index.cp.niter = 10  # k-means iterations of the cells (and of the PQ codebooks)
+            if kind == "ivf_pq":
+                index.pq.cp.niter = 10
             rng = np.random.default_rng(0)
             sample = np.sort(rng.choice(n, size=p["train_size"], replace=False))
             index.train(store.take(sample))  # the Python index keeps its quantizer alive
