@@ -151,7 +151,7 @@ def _prepare(q: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def rerank(q: torch.Tensor, gallery: Any, cand: torch.Tensor, metric: str, k: int,
-           rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+           rows: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``k`` of the candidate gallery rows ``cand (Q, c)`` (``-1``: none) by
     (float64 distance, gallery index); ``inf`` / ``-1`` fill rows with fewer than ``k``.
 
@@ -170,6 +170,12 @@ def rerank(q: torch.Tensor, gallery: Any, cand: torch.Tensor, metric: str, k: in
     local[found] = inverse
     feats = take_rows(gallery, uniq.numpy())
     qn, q2, qd = _prepare(q, metric)
+    if cand.shape[1] <= k + max(8, k // 4):  # few candidates: all in float64 at once
+        r, j = found.nonzero(as_tuple=True)
+        v = torch.full(cand.shape, float("inf"), dtype=torch.float64)
+        v[r, j] = pair64(qd[r], feats[local[r, j]], metric)
+        v, i = _merge(v, cand, k)
+        return v, torch.where(i == _NO_INDEX, -1, i)
     for s in range(0, len(q), rows):
         sl = slice(s, s + rows)
         gc = feats[local[sl]]  # (b, c, D)

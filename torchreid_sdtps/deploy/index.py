@@ -91,7 +91,7 @@ def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[st
     out: dict[str, Any] = {}
     if kind.startswith("ivf"):
         nlist = int(given.get("nlist") or max(1, min(round(math.sqrt(n)), n // 39 or 1)))
-        out.update(nlist=nlist, nprobe=int(given.get("nprobe") or min(nlist, max(8, nlist // 32))),
+        out.update(nlist=nlist, nprobe=int(given.get("nprobe") or min(nlist, max(4, nlist // 64))),
                    train_size=int(given.get("train_size") or min(n, max(64 * nlist, 20000))))
         if nlist > n:
             raise GalleryIndexError(f"nlist={nlist} cells for {n} samples: need nlist <= samples")
