@@ -78,6 +78,16 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def _use_gpu(kind: str, device: str) -> bool:
+    """Whether to run ``kind`` on the GPU for ``device`` (auto / cpu / gpu)."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise GalleryIndexError(f"device must be auto, cpu or gpu, got '{device}'")
+    if device == "gpu" and (kind == "hnsw" or not gpu_available()):
+        raise GalleryIndexError("device 'gpu' needs faiss-gpu, a visible GPU and a flat or IVF "
+                                "index (HNSW runs on the CPU)")
+    return device == "gpu" or (device == "auto" and kind != "hnsw" and gpu_available())
+
+
 def _auto_params(kind: str, n: int, dim: int, params: dict[str, Any]) -> dict[str, Any]:
     """Parameters of ``kind`` for ``n`` samples; given ones win, unknown ones raise."""
     known = {"flat": set(), "ivf_flat": {"nlist", "nprobe", "train_size"},
@@ -127,8 +137,8 @@ class GalleryIndex:
         faiss = faiss_module()
         store = load_features(store) if isinstance(store, str) else store
         if not isinstance(store, FeatureStore):
-            raise GalleryIndexError("an index is built over a feature store (tools/extract.py writes "
-                              "one); convert the .pt file with tools/extract.py first")
+            raise GalleryIndexError("an index is built over a feature store (tools/extract.py "
+                                    "writes one); re-extract the .pt file's split to a store")
         if kind not in KINDS:
             raise GalleryIndexError(f"index kind must be one of {KINDS}, got '{kind}'")
         if osp.exists(path) and not overwrite:
@@ -152,16 +162,21 @@ class GalleryIndex:
             index.cp.niter = 10  # k-means iterations of the cells (and of the PQ codebooks)
             if kind == "ivf_pq":
                 index.pq.cp.niter = 10
+        gpu = _use_gpu(kind, device)
+        work = faiss.index_cpu_to_all_gpus(index) if gpu else index
+        if kind.startswith("ivf"):
             rng = np.random.default_rng(0)
             sample = np.sort(rng.choice(n, size=p["train_size"], replace=False))
-            index.train(store.take(sample))  # the Python index keeps its quantizer alive
+            work.train(store.take(sample))  # the Python index keeps its quantizer alive
         meta = {"format": INDEX_FORMAT, "version": 1, "kind": kind, "metric": metric, "dim": dim,
                 "num": 0, "normalized": store.normalized, "params": p,
                 "provenance": store.provenance,
                 "info": {k: v for k, v in store.info.items() if k != "provenance"},
                 "faiss": faiss.__version__}
-        out = cls(path, meta, index, store, device)
+        out = cls(path, meta, work, store, device)
         out._add_rows(store, chunk)
+        if gpu:
+            out.index = faiss.index_gpu_to_cpu(work)
         meta["build_s"] = round(time.perf_counter() - t0, 3)
         out.save(overwrite=overwrite)
         return out
@@ -258,15 +273,9 @@ class GalleryIndex:
 
     # ------------------------------------------------------------------ search
     def _device_index(self) -> Any:
-        if self._search_index is not None:
-            return self._search_index
-        faiss = faiss_module()
-        use_gpu = self.device == "gpu" or (self.device == "auto" and gpu_available()
-                                           and self.meta["kind"] != "hnsw")
-        if self.device == "gpu" and (not gpu_available() or self.meta["kind"] == "hnsw"):
-            raise GalleryIndexError("device 'gpu' needs faiss-gpu, a visible GPU and a flat or IVF "
-                              "index")
-        self._search_index = faiss.index_cpu_to_all_gpus(self.index) if use_gpu else self.index
+        if self._search_index is None:
+            self._search_index = (faiss_module().index_cpu_to_all_gpus(self.index)
+                                  if _use_gpu(self.meta["kind"], self.device) else self.index)
         return self._search_index
 
     def search(self, query: Any, k: int = 10, metric: str = "euclidean", *,
