@@ -32,10 +32,9 @@ class BuildPyWithAutoload(build_py):
 
 
 # the commands: one module each in torchreid_sdtps/cli/ (tools/*.py are thin wrappers of the same)
-CONSOLE_SCRIPTS = {
-    f"torchreid-sdtps-{name}": f"torchreid_sdtps.cli.{name}:console"
-    for name in ("train", "test", "extract", "search", "export", "visualize", "index")
-}
+COMMAND_NAMES = runpy.run_path(osp.join(HERE, "torchreid_sdtps", "cli", "names.py"))["COMMAND_NAMES"]
+CONSOLE_SCRIPTS = {f"torchreid-sdtps-{name}": f"torchreid_sdtps.cli.{name}:console"
+                   for name in COMMAND_NAMES}
 
 # torchreid==0.2.5 on PyPI declares no dependencies: everything it imports is listed here.
 TORCHREID_RUNTIME = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import pytest
 import torch
@@ -189,3 +190,154 @@ def test_unsafe_pickle_needs_opt_in(tmp_path, monkeypatch):
     assert C.read_checkpoint(path, allow_unsafe_pickle=True)["args"].lr == 0.1
     monkeypatch.setenv(C.UNSAFE_PICKLE_ENV, "1")
     assert "args" in C.read_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- as a user runs it
+
+def test_every_public_error_class_derives_from_sdtps_error():
+    """One error root: walk the package; each exception class it defines is an SDTPSError."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import torchreid_sdtps
+
+    found = {}
+    for info in pkgutil.walk_packages(torchreid_sdtps.__path__, "torchreid_sdtps."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, BaseException)
+                    and obj.__module__ == info.name and not name.startswith("_")):
+                found[f"{info.name}.{name}"] = obj
+    assert len(found) >= 15, sorted(found)
+    outside = sorted(k for k, v in found.items() if not issubclass(v, SDTPSError))
+    assert not outside, outside
+    from torchreid_sdtps.data.multimodal import DatasetNotFoundError
+    from torchreid_sdtps.deploy.onnx import ParityError
+
+    assert issubclass(DatasetNotFoundError, FileNotFoundError)
+    assert issubclass(ParityError, RuntimeError) and issubclass(C.CheckpointError, ValueError)
+
+
+def _user_run(tool: str, *args: str, cwd=None) -> tuple[int, str]:
+    """``python tools/<tool>.py ARGS`` as a user types it: exit code and stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(repo / "tools" / f"{tool}.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def test_train_refuses_a_batch_that_is_not_p_by_k_before_writing_anything(tmp_path, tiny_opts):
+    save = tmp_path / "log"
+    code, err = _user_run("train", *tiny_opts, "data.root", str(tmp_path / "data"),
+                          "data.save_dir", str(save), "train.batch_size", "6",
+                          "sampler.num_instances", "4")
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "train.batch_size=6 is not a multiple of sampler.num_instances=4" in line, err
+    assert "Traceback" not in err
+    assert not save.exists() and not (tmp_path / "data").exists()  # nothing written, no data made
+
+
+def test_p_of_one_is_refused(make_cfg, builders):
+    from torchreid_sdtps.data.checks import SamplerConfigError
+
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=4 / sampler\.num_instances=4 "
+                       r"gives P = 1 identity per batch"):
+        builders.build_all(make_cfg("train.batch_size", "4", "sampler.num_instances", "4"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint of the tiny demo model, saved with its meta, as the train command does."""
+    from conftest import tiny_cfg
+
+    from torchreid_sdtps import build
+    from torchreid_sdtps.engine.state import save_checkpoint_atomic
+
+    root = tmp_path_factory.mktemp("ckpt_data")
+    cfg = tiny_cfg(root, root / "log")
+    dm = build.build_datamanager(cfg)
+    model = build.build_model(cfg, dm)
+    path = save_checkpoint_atomic({"state_dict": model.state_dict(), "epoch": 1}, str(root / "m"),
+                                  meta=C.meta_of(model))
+    return root, path, model
+
+
+def _test_cmd(root, save, *extra):
+    from conftest import TINY_OPTS
+
+    from torchreid_sdtps import cli
+
+    return cli.cli("test", ["data.root", str(root), "data.save_dir", str(save), *TINY_OPTS,
+                            *extra])
+
+
+def test_test_command_refuses_a_checkpoint_of_another_model(tiny_ckpt, tmp_path, capsys):
+    root, path, model = tiny_ckpt
+    assert C.checkpoint_meta(C.read_checkpoint(path))["model_name"] == "sdtps_vit_tiny"
+    save = tmp_path / "out"
+    save.mkdir()
+    (save / "test_results.json").write_text("old")
+    code = _test_cmd(root, save, "model.load_weights", path, "model.name", "sdtps_vit_b16",
+                     "model.pretrained", "False")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit model sdtps_vit_b16" in err and path in err
+    assert "the checkpoint holds sdtps_vit_tiny (num_classes 6, num_cameras 2)" in err
+    assert re.search(r"\d+ missing, \d+ unexpected, \d+ mismatched keys", err)
+    assert (save / "test_results.json").read_text() == "old"
+
+
+def test_test_command_refuses_an_osnet_checkpoint_and_a_truncated_file(tiny_ckpt, tmp_path, capsys):
+    from torchreid_sdtps import compat
+
+    root, path, _ = tiny_ckpt
+    osnet = compat.models().build_model("osnet_x0_25", num_classes=6, pretrained=False)
+    other = str(tmp_path / "osnet.pth.tar")
+    torch.save({"state_dict": osnet.state_dict(), "epoch": 1}, other)
+    assert _test_cmd(root, tmp_path / "a", "model.load_weights", other) == 2
+    err = capsys.readouterr().err
+    assert "osnet.pth.tar' does not fit model sdtps_vit_tiny" in err and "unexpected" in err
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(open(path, "rb").read()[:4000])
+    assert _test_cmd(root, tmp_path / "b", "model.load_weights", str(cut)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read checkpoint '{cut}': truncated" in err
+
+
+def test_test_command_ranks_the_matching_checkpoint(tiny_ckpt, tmp_path):
+    root, path, _ = tiny_ckpt
+    assert _test_cmd(root, tmp_path / "ok", "model.load_weights", path) == 0
+    assert (tmp_path / "ok" / "test_results.json").is_file()
+
+
+def test_torchreids_own_loader_still_reads_our_checkpoints(tiny_ckpt):
+    """torchreid's contract: its load_pretrained_weights keeps working for its scripts."""
+    from torchreid_sdtps import compat
+
+    _, path, model = tiny_ckpt
+    fresh = _tiny(num_classes=6)
+    compat.utils().load_pretrained_weights(fresh, path)
+    assert torch.equal(fresh.state_dict()["guide.norm.weight"],
+                       model.state_dict()["guide.norm.weight"])
+
+
+def test_resume_goes_through_the_contract(saved, tmp_path):
+    from torchreid_sdtps.engine.state import resume_from_checkpoint
+
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    epoch, ckpt = resume_from_checkpoint(saved, model, opt)
+    assert epoch == 3 and C.checkpoint_meta(ckpt)["model_name"] == "sdtps_vit_tiny"
+    with pytest.raises(C.CheckpointMismatchError, match="mismatched"):
+        resume_from_checkpoint(saved, _tiny(num_classes=9))
+    bare = str(tmp_path / "bare.pth")
+    torch.save({"state_dict": model.state_dict()}, bare)
+    with pytest.raises(C.CheckpointError, match=r"bare\.pth' has no 'epoch'"):
+        resume_from_checkpoint(bare, _tiny())

@@ -82,7 +82,8 @@ def test_test_refuses_checkpoints_that_do_not_fit(tiny, tmp_path, case):
                     "unexpected", "conv1.conv.weight"]
     else:
         proc = _tool("test", *_test_args(tiny, save, tiny["truncated"]))
-        expected = [tiny["truncated"]]
+        expected = [f"cannot read checkpoint '{tiny['truncated']}': truncated or corrupt"]
+        assert "Configuration" not in proc.stdout  # refused before the run starts
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _one_error_line(proc, "torchreid-sdtps-test")
     for text in expected:
@@ -185,3 +186,23 @@ def test_a_finished_run_resumed_completes(synthetic_root, tmp_path):
     assert not stale.exists() and all(p.exists() for p in foreign)
     assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".")) == \
         ["model.pth.tar-1"]
+
+
+def test_run_clock_counts_a_killed_attempt_up_to_its_last_sign_of_life(tmp_path):
+    import time
+
+    from torchreid_sdtps.cli.runclock import RUN_STATE, RunClock
+
+    t0 = time.time() - 100
+    log = tmp_path / "train.log-killed"
+    log.write_text("epoch 1 ...")
+    os.utime(log, (t0 + 60, t0 + 60))  # its last write, 60 s after it started
+    (tmp_path / RUN_STATE).write_text(json.dumps(
+        {"attempts": [{"started": t0, "ended": None, "log": str(log)}]}))
+    clock = RunClock(str(tmp_path), resumed=True)
+    timing = clock.finish()
+    assert timing["attempts"] == 2 and 60 <= timing["wall_s"] < 61
+    assert clock.describe().endswith("s in 2 attempts, the last 0 s")
+    state = json.loads((tmp_path / RUN_STATE).read_text())["attempts"]
+    assert state[0]["killed"] and state[0]["ended"] == pytest.approx(t0 + 60)
+    assert RunClock(str(tmp_path), resumed=False).finish()["attempts"] == 1  # a fresh run

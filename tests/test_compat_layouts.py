@@ -231,13 +231,21 @@ def test_visrank_reads_side_by_side_samples(tmp_path):
 def test_pk_sampler_error_states_the_numbers(tmp_path):
     root = make_rgbnt201_tree(tmp_path, num_ids=3, cams=2, per_cam=2, size=(32, 16))
     dm_cls = compat.data().ImageDataManager
-    with pytest.raises(SamplerConfigError, match=r"has 3 identities.*32 // 4 = 8 identities.*"
-                                                 r"train\.batch_size.*sampler\.num_instances"):
+    with pytest.raises(SamplerConfigError, match=r"has 3 identities.*train\.batch_size / "
+                                                 r"sampler\.num_instances = 32 / 4 = 8 identities"):
         dm_cls(root=root, sources="rgbnt201", height=32, width=16, use_gpu=False, workers=0,
                batch_size_train=32, num_instances=4, train_sampler="RandomIdentitySampler")
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=6 is not a multiple of "
+                                                 r"sampler\.num_instances=4"):  # torchreid's path
+        dm_cls(root=root, sources="rgbnt201", height=32, width=16, use_gpu=False, workers=0,
+               batch_size_train=6, num_instances=4, train_sampler="RandomIdentitySampler")
     check_train_sampler([("a", 1, 0)] * 4, "RandomSampler", 32, 4)  # other samplers: no check
-    with pytest.raises(SamplerConfigError, match="batch_size=2 must be >= num_instances=4"):
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=2 is not a multiple of "
+                                                 r"sampler\.num_instances=4"):
         check_train_sampler([("a", 1, 0)], "RandomIdentitySampler", 2, 4)
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=4 / sampler\.num_instances=4 "
+                                                 r"gives P = 1 identity"):
+        check_train_sampler([("a", 1, 0)] * 8, "RandomIdentitySampler", 4, 4)
 
 
 # ----------------------------------------------------------------------------- autoload

@@ -11,8 +11,9 @@ from conftest import TINY_OPTS
 from PIL import Image
 
 from torchreid_sdtps.data.multimodal import ImageReadError, MissingModalityError
+from torchreid_sdtps.deploy import FeatureExtractor
 from torchreid_sdtps.engine.evaluation import extract_split
-from torchreid_sdtps.utils import FeatureExtractor, zero_modalities
+from torchreid_sdtps.utils import zero_modalities
 
 torch.set_num_threads(1)
 TARGET = "synthetic_msreid"

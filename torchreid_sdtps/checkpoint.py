@@ -40,7 +40,7 @@ __all__ = [
     "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "UnsafePickleError",
     "UNSAFE_PICKLE_ENV", "META_FORMAT", "LoadReport",
     "save_checkpoint", "read_checkpoint", "load_file", "checkpoint_meta", "make_meta",
-    "describe_meta", "state_dict_of", "load_into_model", "safe_globals", "safe_loading",
+    "describe_meta", "attach_meta", "meta_of", "state_dict_of", "load_into_model", "safe_globals", "safe_loading",
     "unsafe_pickle_allowed",
 ]
 
@@ -50,8 +50,6 @@ logger = logging.getLogger(__name__)
 UNSAFE_PICKLE_ENV = "TORCHREID_SDTPS_ALLOW_UNSAFE_PICKLE"
 #: version of the ``meta`` entry this module writes and reads
 META_FORMAT = 1
-#: keys of the factory arguments that a checkpoint's meta does not record
-_NOT_MODEL_KWARGS = ("pretrained", "use_gpu", "loss")
 #: how many keys of each kind an error message lists
 _SHOWN = 5
 
@@ -114,9 +112,10 @@ def unsafe_pickle_allowed(allow: bool | None = None) -> bool:
                           "1/true/yes or 0/false/no")
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}".rstrip(": ")
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """``"Type: first sentence"`` of ``exc`` (torch's messages run on for lines)."""
+    text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(exc).__name__}: {text[:limit]}".rstrip(": ")
 
 
 def _unreadable(path: str, exc: BaseException) -> CheckpointError:
@@ -220,9 +219,12 @@ def make_meta(cfg: Any, num_classes: int, num_cameras: int,
     normalisation, modalities, training sets and the whole config."""
     from . import config
 
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v)
-              for k, v in config.model_kwargs(cfg, num_cameras=num_cameras).items()
-              if k not in _NOT_MODEL_KWARGS}
+    kwargs = config.model_kwargs(cfg, num_cameras=num_cameras)
+    options = kwargs["options"].to_dict()
+    options["backbone_weights"] = ""  # the checkpoint holds the weights
+    if not options["sie_camera"]:
+        num_cameras = 0
+    kwargs = {"img_size": list(kwargs["img_size"]), "num_cameras": int(num_cameras), **options}
     return {
         "format": META_FORMAT,
         "model_name": str(cfg.model.name),
@@ -272,6 +274,28 @@ def _check_plain(obj: Any, where: str = "meta") -> None:
     elif not (obj is None or isinstance(obj, (bool, int, float, str))):
         raise TypeError(f"checkpoint {where} is a {type(obj).__name__}; meta holds plain types "
                         "only (readable with weights_only=True)")
+
+
+_META_ATTR = "_sdtps_checkpoint_meta"
+
+
+def _target(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DataParallel / DistributedDataParallel wrapper."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def attach_meta(model: torch.nn.Module, meta: Mapping[str, Any]) -> torch.nn.Module:
+    """Record on ``model`` the meta its checkpoints carry (:func:`make_meta`): the engine saves
+    :func:`meta_of` its model, and a strict load names the model in its errors."""
+    _check_plain(dict(meta))
+    setattr(_target(model), _META_ATTR, dict(meta))
+    return model
+
+
+def meta_of(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The meta :func:`attach_meta` recorded on ``model`` (through a DDP wrapper), if any."""
+    return getattr(_target(model), _META_ATTR, None)
 
 
 # ----------------------------------------------------------------------------- save
@@ -324,29 +348,26 @@ def _shorten(keys: Sequence[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def _target(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DataParallel / DistributedDataParallel wrapper."""
-    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
-    return model.module if isinstance(model, wrappers) else model
-
-
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
 def load_into_model(model: torch.nn.Module, source: str | os.PathLike | Mapping[str, Any],
                     strict: bool = True, model_name: str | None = None,
-                    allow_unsafe_pickle: bool | None = None) -> LoadReport:
+                    allow_unsafe_pickle: bool | None = None,
+                    source_name: str | None = None) -> LoadReport:
     """Load the weights of ``source`` (a path or a loaded checkpoint/state dict) into ``model``.
 
     ``strict=True``: every parameter and buffer of ``model`` must come from the checkpoint with
     the same shape and the checkpoint may hold nothing else, else :class:`CheckpointMismatchError`
     with the counts, the first keys of each kind and the model the checkpoint's meta names
-    (``model_name`` names ``model`` in that message). ``strict=False`` loads what fits and logs a
-    warning with what was skipped. Returns a :class:`LoadReport`.
+    (``model_name`` names ``model`` in that message; default: the model's own meta, see
+    :func:`attach_meta`). ``strict=False`` loads what fits and logs a warning with what was
+    skipped. ``source_name`` names an already loaded ``source`` (its path) in messages.
+    Returns a :class:`LoadReport`.
     """
-    where = f"checkpoint '{os.fspath(source)}'" if isinstance(source, (str, os.PathLike)) \
-        else "checkpoint"
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source_name
+    where = f"checkpoint '{name}'" if name else "checkpoint"
     ckpt = (read_checkpoint(source, allow_unsafe_pickle)
             if isinstance(source, (str, os.PathLike)) else source)
     state = state_dict_of(ckpt, where)
@@ -360,13 +381,13 @@ def load_into_model(model: torch.nn.Module, source: str | os.PathLike | Mapping[
                          for k in own if k in state and state[k].shape != own[k].shape]
     bad = {m.split(":", 1)[0] for m in report.mismatched}
     report.loaded = [k for k in own if k in state and k not in bad]
-    this = model_name or type(target).__name__
+    this = model_name or describe_meta(meta_of(target)) or type(target).__name__
     if not report.complete:
         holds = describe_meta(meta)
         text = (f"{where} does not fit model {this}: {report.summary()}"
                 + (f"; the checkpoint holds {holds}" if holds else ""))
         if strict:
-            raise CheckpointMismatchError(text + " (strict=False loads what fits)")
+            raise CheckpointMismatchError(text)
         logger.warning("partial load (strict=False): %s; %d of %d model keys loaded, the rest "
                        "keep their initial values", text, len(report.loaded), len(own))
     target.load_state_dict({**own, **{k: state[k] for k in report.loaded}}, strict=True)

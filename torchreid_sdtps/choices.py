@@ -64,5 +64,5 @@ def refuse_removed_stages(names: Iterable[str], kind: str, where: str = "") -> N
             raise ConfigError(
                 f"{kind} '{name}'{where} asks for {stage}: SDTPS replaces HDM/ATM in this project "
                 "(DeMo's mixture-of-experts stages do not exist here); remove it (token selection "
-                "is configured by the sdtps options: sdtps_ratio, aggr_ratio, num_aggr, beta, "
+                "is configured by the sdtps options: ratio, aggr_ratio, num_aggr, beta, "
                 "selection, gumbel_noise, gumbel_tau, score_grad)")

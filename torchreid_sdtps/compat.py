@@ -120,34 +120,19 @@ def build_transforms(*args: Any, **kwargs: Any) -> Any:
 
 
 def checkpoint_safe_globals() -> list:
-    """NumPy scalar types that torchreid's own engines pickle into checkpoints.
+    """NumPy scalar types torchreid's stock engines pickle (:func:`checkpoint.safe_globals`)."""
+    from .checkpoint import safe_globals
 
-    torchreid's stock engines save ``rank1`` as a NumPy float; torch>=2.6 loads with
-    ``weights_only=True`` and refuses it. These types hold plain numbers, so allow-listing
-    them keeps the safe loader while accepting torchreid's files.
-    """
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core  # NumPy 2 / NumPy 1
-    types = [core.multiarray.scalar, np.dtype]
-    types += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32)]
-    return types
+    return safe_globals()
 
 
 def checkpoint_loading() -> Any:
     """Context in which torchreid's ``load_checkpoint`` / ``resume_from_checkpoint`` /
-    ``load_pretrained_weights`` accept checkpoints written by torchreid's stock engines."""
-    import contextlib
+    ``load_pretrained_weights`` accept checkpoints written by torchreid's stock engines
+    (:func:`checkpoint.safe_loading`)."""
+    from .checkpoint import safe_loading
 
-    import torch
-
-    safe = getattr(torch.serialization, "safe_globals", None)
-    if safe is None:
-        return contextlib.nullcontext()
-    # torch's context removes its globals on exit: pass only those not yet allowed, so the
-    # process-wide allow-list of allow_checkpoint_globals() survives the block
-    allowed = torch.serialization.get_safe_globals()
-    return safe([t for t in checkpoint_safe_globals() if t not in allowed])
+    return safe_loading()
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ from typing import Any
 
 from .runner import COMMANDS, Command, main, run
 
-__all__ = ["COMMANDS", "Command", "main", "run", "evaluate",
+#: the former name of :func:`run` (``cli("test", argv)``)
+cli = run
+
+__all__ = ["COMMANDS", "Command", "main", "run", "cli", "evaluate",
            "untrained_results", "latest_checkpoint", "run_logging", "main_train", "main_test"]
 
 _EXPORTS = {

@@ -7,16 +7,19 @@ import logging
 from typing import Any
 
 from .. import compat, config, dist
-from ..build import build_model
+from ..build import build_model, check_names
 from ..config import CfgNode
+from ..data.checks import check_run
+from ..engine import ddp
 from ..engine.ddp import swapped_model
 from ..engine.evaluation import format_table, rank_targets, results_summary
 from ..engine.state import latest_checkpoint, rng_fork
 from ..errors import ConfigError
 from ..io import write_json
-from .runner import InputNotFoundError
+from .runner import InputNotFoundError, run_logging
 
-__all__ = ["add_config_arguments", "config_from_args", "evaluate", "untrained_results",
+__all__ = ["add_config_arguments", "config_from_args", "run_config_command", "evaluate",
+           "untrained_results",
            "resolve_weights", "load_weights", "write_results", "results_table", "test_kwargs"]
 
 logger = logging.getLogger(__name__)
@@ -108,9 +111,35 @@ def load_weights(model: Any, weights: str, model_name: str = "") -> Any:
     :class:`~torchreid_sdtps.checkpoint.CheckpointMismatchError` naming the keys and the model
     the checkpoint holds."""
     from ..checkpoint import load_into_model
-    from ..engine import ddp
 
     return load_into_model(ddp.unwrap(model), weights, strict=True, model_name=model_name or None)
+
+
+def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
+                       fn: Any) -> dict[str, Any]:
+    """Configure, validate what needs no data (names, P x K, the checkpoint files), join
+    torchrun's group, log to save_dir (rank 0) and call ``fn(cfg, log)``."""
+    from ..checkpoint import read_checkpoint
+
+    cfg = config_from_args(args, extra)
+    check_names(cfg)
+    if kind == "train" and not cfg.test.evaluate:
+        check_run(cfg)  # P x K before anything is written in save_dir
+        if cfg.model.resume:
+            read_checkpoint(cfg.model.resume)  # missing / truncated: one line naming it
+    else:
+        resolve_weights(cfg)  # the weights to rank exist and are readable
+    joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
+    logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
+    try:
+        with logs as log:  # rank 0 alone logs
+            logger.info("Configuration (%s):\n%s", args.config_file or config.DEMO_CONFIG, cfg)
+            result = fn(cfg, log)
+            result["log"] = log.path if log is not None else None
+    finally:
+        if joined:
+            dist.cleanup()
+    return result
 
 
 def results_table(rows: dict[str, dict[str, Any]], title: str) -> str:

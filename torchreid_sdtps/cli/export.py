@@ -40,18 +40,23 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_parity(parity: dict[str, Any]) -> str:
-    """The parity report as two lines of text."""
+    """The parity report as three lines of text."""
     data = parity["data"]
     where = f"{data['dataset']}" + (" (synthetic fallback)" if data.get("fallback") else "")
     t, o = parity["torch"], parity["onnxruntime"]
+    top = next((v for k, v in parity.items() if k.startswith("top") and k.endswith("_identical")),
+               None)
     return (f"parity on a real batch of {parity['batch']}: max |torch - onnxruntime| = "
             f"{parity['max_abs_diff']:.2e} = {parity['rel_diff']:.2e} of the largest feature "
             f"norm {parity['max_feature_norm']:.3g} (tolerance {parity['rtol']:.0e}), min cosine "
             f"{parity['min_cosine']:.8f}\n"
             f"{where} test split ({parity['num_query']} queries, {parity['num_gallery']} "
-            f"gallery): torch mAP {100 * t['mAP']:.2f}% R1 {100 * t['R1']:.2f}% | onnxruntime "
-            f"mAP {100 * o['mAP']:.2f}% R1 {100 * o['R1']:.2f}% | same ranking: "
-            f"{parity['same_ranking']}")
+            f"gallery): features within {parity['split_rel_diff']:.2e} of the largest norm, "
+            f"distances within {parity['dist_rel_diff']:.2e} of the largest\n"
+            f"torch mAP {100 * t['mAP']:.2f}% R1 {100 * t['R1']:.2f}% | onnxruntime mAP "
+            f"{100 * o['mAP']:.2f}% R1 {100 * o['R1']:.2f}% (tolerance "
+            f"{100 * parity['metric_tol']:.2f} points) | identical top-10: "
+            f"{100 * (top if top is not None else 1.0):.1f}% of queries")
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 logging.
 
 A command is one module of this package defining ``COMMAND = Command(...)`` (its arguments and
-the function that runs it) and ``console = COMMAND.console``; :data:`COMMANDS` names it, and
-setup.py's console script points at ``torchreid_sdtps.cli.<name>:console``. The rules are
+the function that runs it) and ``console = COMMAND.console``; its name in
+:data:`.names.COMMAND_NAMES` makes it a command here and a console script in setup.py
+(``torchreid_sdtps.cli.<name>:console``). The rules are
 the runner's, so they are the same in every command:
 
 * **Config overrides**: trailing ``KEY VALUE`` pairs, as in torchreid's ``scripts/main.py``
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError, SDTPSError
+from .names import COMMAND_NAMES
 
 __all__ = ["Command", "COMMANDS", "InputNotFoundError", "get_command", "prog_name", "parse",
            "main", "run", "run_logging", "RunLog", "add_model_arguments", "add_opts_argument",
@@ -37,11 +39,8 @@ __all__ = ["Command", "COMMANDS", "InputNotFoundError", "get_command", "prog_nam
 
 logger = logging.getLogger(__name__)
 
-#: command name -> module defining ``COMMAND`` (adding a command: one module and one line here)
-COMMANDS: dict[str, str] = {
-    name: f"torchreid_sdtps.cli.{name}"
-    for name in ("train", "test", "extract", "search", "export", "visualize", "index")
-}
+#: command name -> module defining ``COMMAND`` (the names: :mod:`.names`)
+COMMANDS: dict[str, str] = {name: f"torchreid_sdtps.cli.{name}" for name in COMMAND_NAMES}
 
 OVERRIDES_HELP = ("Further words are KEY VALUE config overrides, as in torchreid's "
                   "scripts/main.py (e.g. train.max_epoch 5 sdtps.selection gumbel), before or "

@@ -12,23 +12,21 @@ import logging
 import os.path as osp
 from typing import Any
 
-from .. import dist
-from ..build import build_all, check_names
+from ..build import build_all
 from ..config import CfgNode
 from ..data.checks import EVAL_TRAIN_SAMPLER
-from ..engine import ddp
 from ..errors import ConfigError
 from .common import (
     add_config_arguments,
-    config_from_args,
     evaluate,
     load_weights,
     resolve_weights,
     results_table,
+    run_config_command,
     test_kwargs,
     write_results,
 )
-from .runner import Command, run_logging
+from .runner import Command
 
 __all__ = ["test", "main", "COMMAND", "console"]
 
@@ -76,26 +74,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the latest checkpoint in data.save_dir)")
     parser.add_argument("--missing", action="store_true",
                         help="also print the missing-modality table (test.missing_modalities)")
-
-
-def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
-                       fn: Any) -> dict[str, Any]:
-    """Configure, join torchrun's group, log to save_dir (rank 0) and call ``fn(cfg, log)``."""
-    from .. import config
-
-    cfg = config_from_args(args, extra)
-    check_names(cfg)
-    joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
-    logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
-    try:
-        with logs as log:  # rank 0 alone logs
-            logger.info("Configuration (%s):\n%s", args.config_file or config.DEMO_CONFIG, cfg)
-            result = fn(cfg, log)
-            result["log"] = log.path if log is not None else None
-    finally:
-        if joined:
-            dist.cleanup()
-    return result
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,12 +28,13 @@ from .common import (
     add_config_arguments,
     evaluate,
     results_table,
+    run_config_command,
     untrained_results,
     write_results,
 )
 from .runclock import RunClock, remove_stale_partials
 from .runner import Command, InputNotFoundError
-from .test import run_config_command, test
+from .test import test
 
 __all__ = ["train", "main", "COMMAND", "console"]
 

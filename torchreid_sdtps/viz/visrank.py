@@ -31,7 +31,6 @@ __all__ = ["visualize_ranked_results", "ranked_gallery", "is_multimodal", "insta
 
 logger = logging.getLogger(__name__)
 
-
 GREEN, RED, BLACK, WHITE = (0, 200, 0), (220, 0, 0), (0, 0, 0), (255, 255, 255)
 BORDER = 4       # frame width (px)
 SPACING = 6      # between gallery columns
