@@ -234,6 +234,9 @@ class GalleryIndex:
 
     # ------------------------------------------------------------------ add
     def _add_rows(self, source: Any, chunk: int) -> None:
+        p = self.meta["params"]
+        if self.meta["kind"] == "ivf_pq":  # PQ encoding holds chunk x m x 2**nbits floats
+            chunk = min(chunk, max(256, (256 << 20) // (4 * p["m"] * 2 ** p["nbits"])))
         for _, block in feature_blocks(source, chunk):
             self.index.add(np.ascontiguousarray(block.numpy(), dtype=np.float32))
         self._search_index = None
