@@ -341,3 +341,12 @@ def test_resume_goes_through_the_contract(saved, tmp_path):
     torch.save({"state_dict": model.state_dict()}, bare)
     with pytest.raises(C.CheckpointError, match=r"bare\.pth' has no 'epoch'"):
         resume_from_checkpoint(bare, _tiny())
+
+
+def test_checkpoints_honour_the_umask(tiny_model, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = C.save_checkpoint({"state_dict": tiny_model.state_dict()}, str(tmp_path / "a.pth"))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
