@@ -350,3 +350,32 @@ def test_checkpoints_honour_the_umask(tiny_model, tmp_path):
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_previous_release_meta_still_rebuilds_its_model(tiny_ckpt, tmp_path):
+    """The previous release stored ``sdtps_ratio`` / ``drop_path_rate`` in the meta's model
+    kwargs and ``sdtps.sdtps_ratio`` / ``gumbel_tau: null`` in its config: such a checkpoint
+    still rebuilds its model and loads strictly (the names are upgraded on read)."""
+    import yaml
+
+    from torchreid_sdtps.deploy import FeatureExtractor
+
+    _, path, model = tiny_ckpt
+    ckpt = C.read_checkpoint(path)
+    meta = dict(ckpt["meta"])
+    kwargs = dict(meta["model_kwargs"])
+    kwargs["sdtps_ratio"] = kwargs.pop("ratio")
+    kwargs["drop_path_rate"] = kwargs.pop("drop_path")
+    tree = yaml.safe_load(meta["config"])
+    tree["sdtps"]["sdtps_ratio"] = tree["sdtps"].pop("ratio")
+    tree["sdtps"]["gumbel_tau"] = None
+    old = {**ckpt, "meta": {**meta, "model_kwargs": kwargs, "config": yaml.safe_dump(tree)}}
+    legacy = str(tmp_path / "legacy.pth.tar")
+    torch.save(old, legacy)
+
+    upgraded = C.checkpoint_meta(C.read_checkpoint(legacy))
+    assert upgraded["model_kwargs"]["ratio"] == meta["model_kwargs"]["ratio"]
+    assert "sdtps_ratio" not in upgraded["model_kwargs"] and "sdtps_ratio:" not in upgraded["config"]
+    extractor = FeatureExtractor(legacy)
+    for key, value in model.state_dict().items():
+        assert torch.equal(extractor.model.state_dict()[key], value), key

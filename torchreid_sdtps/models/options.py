@@ -17,11 +17,24 @@ from typing import Any
 from ..choices import NECK_FEATS, ORI_HEADS, SELECTIONS, TEST_FEATURES, refuse_removed_stages
 from ..errors import ConfigError
 
-__all__ = ["SDTPSOptions", "ENGINE_NODE_KEYS", "as_options"]
+__all__ = ["SDTPSOptions", "ENGINE_NODE_KEYS", "LEGACY_OPTION_NAMES", "as_options",
+           "upgrade_legacy_names"]
 
 #: keys of the ``sdtps`` config node that configure the engine, not the model
 ENGINE_NODE_KEYS: tuple[str, ...] = ("engine", "weight_ratio", "weight_align", "align_margin",
                                 "align_center", "use_amp")
+
+#: options the previous release stored in checkpoints under other names -> field name
+LEGACY_OPTION_NAMES: dict[str, str] = {"sdtps_ratio": "ratio", "drop_path_rate": "drop_path"}
+
+
+def upgrade_legacy_names(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with :data:`LEGACY_OPTION_NAMES` renamed and the old "unset"
+    ``gumbel_tau: None`` dropped (the default then applies): reads old checkpoints' meta."""
+    out = {LEGACY_OPTION_NAMES.get(k, k): v for k, v in options.items()}
+    if "gumbel_tau" in out and out["gumbel_tau"] is None:
+        del out["gumbel_tau"]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
