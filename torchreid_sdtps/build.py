@@ -140,9 +140,10 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
 
 #: engine options of the real-data recipe and their torchreid-equivalent values
 _RECIPE_ENGINE_OPTIONS: dict[str, Any] = {"soft_margin": False, "head_reduction": "mean",
-                                          "best_on_test": False}
+                                          "best_on_test": False, "modality_dropout": 0.0}
 _RECIPE_KEYS = {"soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
-                "best_on_test": "test.best_on_test"}
+                "best_on_test": "test.best_on_test",
+                "modality_dropout": "train.modality_dropout.prob"}
 
 
 def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:

@@ -64,6 +64,7 @@ def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:
         "ori_head": cfg.sdtps.ori_head,
         "sie_coe": cfg.sdtps.sie_coe,
         "drop_path_rate": cfg.sdtps.drop_path,
+        "mask_missing": cfg.sdtps.mask_missing,
     }
     if cfg.sdtps.gumbel_tau is not None:
         kwargs["gumbel_tau"] = float(cfg.sdtps.gumbel_tau)
@@ -127,6 +128,8 @@ def engine_kwargs(cfg: CfgNode) -> dict[str, Any]:
         "soft_margin": cfg.loss.triplet.soft_margin,
         "head_reduction": cfg.loss.head_reduction,
         "best_on_test": cfg.test.best_on_test,
+        "modality_dropout": cfg.train.modality_dropout.prob,
+        "dropout_subsets": list(cfg.train.modality_dropout.subsets),
     }
 
 

@@ -10,6 +10,11 @@ What it adds to ``ImageTripletEngine`` (everything else, ``run()`` included, is 
   + ``weight_align``·:class:`CrossModalAlignmentLoss`, each reported in the loss summary
   (``loss_x``, ``loss_t``, ``loss_ratio``, ``loss_align``), so torchreid's printed lines and
   tensorboard scalars show them;
+- ``modality_dropout`` / ``dropout_subsets``: training for missing modalities
+  (:class:`~torchreid_sdtps.engine.modality_dropout.ModalityDropout`): random samples lose a
+  random allowed subset of their modalities, removed by ``zero_modalities`` exactly as the
+  missing-modality evaluation removes them; the alignment loss then leaves the pairs with an
+  absent modality out (the model, built with ``mask_missing=True``, sees the absence itself);
 - ``use_amp``: ``torch.autocast`` (float16) + ``GradScaler`` on CUDA; float32 on the CPU;
 - ``test()`` returns rank-1 like torchreid and fills ``last_results`` (mAP, CMC, R1/R5/R10
   per target); :meth:`evaluate` returns that dict; :meth:`evaluate_missing` zeroes the named
@@ -44,6 +49,7 @@ from .evaluation import (
     rank_split,
     results_summary,
 )
+from .modality_dropout import ModalityDropout
 from .state import (
     get_rng_state,
     resume_from_checkpoint,
@@ -87,6 +93,9 @@ class ImageSDTPSEngine(_TripletBase):
             their terms (torchreid's ``DeepSupervision``), ``"sum"`` adds them (DeMo).
         best_on_test: also keep the checkpoint with the best *test-set* mAP of the first target
             as ``model-best.pth.tar`` (DeMo's selection; optimistic, off by default).
+        modality_dropout: probability that a training sample loses modalities (0 = off).
+        dropout_subsets: the removals drawn from (missing-table names such as ``"RGB"`` or
+            ``"NI+TI"``; None: every row of the table but "none").
     """
 
     def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
@@ -95,7 +104,9 @@ class ImageSDTPSEngine(_TripletBase):
                  weight_ratio: float = 1.0, weight_align: float = 0.5,
                  align_margin: float = 0.2, align_center: bool = True,
                  use_amp: bool = False, soft_margin: bool = False,
-                 head_reduction: str = "mean", best_on_test: bool = False) -> None:
+                 head_reduction: str = "mean", best_on_test: bool = False,
+                 modality_dropout: float = 0.0,
+                 dropout_subsets: Sequence[str] | None = None) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
                          weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
@@ -127,6 +138,10 @@ class ImageSDTPSEngine(_TripletBase):
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_checkpoint: str | None = None
         self._zeroed: tuple[int, ...] = ()
+        train_set = getattr(getattr(datamanager, "train_loader", None), "dataset", None)
+        self.modality_dropout = ModalityDropout(
+            modality_dropout, dropout_subsets,
+            getattr(train_set, "modalities", ("RGB", "NI", "TI")))
         self._eval_cam: torch.Tensor | None = None
         #: what rebuilds the model from a checkpoint (model name, kwargs, image size,
         #: normalisation, config); saved as the checkpoint's "meta" entry when set
@@ -186,6 +201,10 @@ class ImageSDTPSEngine(_TripletBase):
     def forward_backward(self, data: dict) -> dict[str, float]:
         """One optimisation step; returns the loss summary torchreid prints and logs."""
         imgs, pids, cams = self.parse_data_for_train(data)
+        present = None
+        if self.modality_dropout.active:  # prob 0 draws nothing: the plain step, bit for bit
+            removed = self.modality_dropout.sample(imgs.shape[0])
+            imgs, present = zero_modalities(imgs, removed), ~removed
         if self.use_gpu:
             imgs, pids = imgs.cuda(), pids.cuda()
             cams = cams.cuda() if cams is not None else None
@@ -212,7 +231,7 @@ class ImageSDTPSEngine(_TripletBase):
             loss = loss + self.weight_ratio * loss_r.to(loss.device)
             summary["loss_ratio"] = loss_r.item()
         if self.weight_align > 0:
-            loss_a = self.criterion_align(aux["tokens"], pids)
+            loss_a = self.criterion_align(aux["tokens"], pids, present)
             loss = loss + self.weight_align * loss_a
             summary["loss_align"] = loss_a.item()
         if not torch.isfinite(loss):

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .. import dist as _dist
 from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
+from ..utils.modalities import present_modalities
 from .factory import build_backbone
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
@@ -100,6 +101,14 @@ class SDTPSNet(nn.Module):
             ``ori`` head only. Training returns ``[logits_ori]`` (or ``([logits_ori], [feat_ori])``),
             the eval feature is ``ori`` (``test_feature="concat"`` then means ``ori`` alone) and
             the aux/extract entries of SDTPS (``tokens``, ``masks``, ``scores``, ``ratio``) are ``None``.
+        mask_missing: treat a modality whose input image is all zero (what
+            :func:`~torchreid_sdtps.utils.modalities.zero_modalities` makes of a missing one, the
+            extractor's ``None``) as *absent*: its guide is left out of the other modalities'
+            cross-modal scores (:func:`~torchreid_sdtps.models.sdtps.combine_scores`) and its
+            features (``ori`` and ``sdtps`` slices) are 0 instead of the features of a blank
+            image. Detected from the input in the forward pass, so evaluation, the extractor and
+            the ONNX export see absence the same way. No parameters; ``False`` (default) is the
+            plain network.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax",
@@ -107,7 +116,7 @@ class SDTPSNet(nn.Module):
                  sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: int | None = None,
                  beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
                  gumbel_tau: float = 0.1, score_grad: bool = False, use_sdtps: bool = True,
-                 ori_head: str = "concat", **options: Any) -> None:
+                 ori_head: str = "concat", mask_missing: bool = False, **options: Any) -> None:
         super().__init__()
         reject_moe_options(options)
         if options:
@@ -126,6 +135,7 @@ class SDTPSNet(nn.Module):
             test_feature = "ori"
         self.loss, self.test_feature, self.neck_feat = loss, test_feature, neck_feat
         self.num_modalities = num_modalities
+        self.mask_missing = bool(mask_missing)
         self.backbone = backbone
         self.img_size: tuple[int, int] | None = getattr(backbone, "img_size", None)
         dim, n = int(backbone.out_dim), int(backbone.num_patches)
@@ -177,6 +187,7 @@ class SDTPSNet(nn.Module):
         x = self.as_multimodal(x)
         self._check_input(x)
         b, m = x.shape[:2]
+        present = present_modalities(x) if self.mask_missing else None  # (B, M) or None
         if cam_label is not None:
             cam_label = torch.as_tensor(cam_label, device=x.device).reshape(-1)
             if cam_label.shape[0] != b:
@@ -186,13 +197,16 @@ class SDTPSNet(nn.Module):
         cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
         cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)
         guide = self.guide(cls, patches)  # g' (B, M, C)
+        keep = None if present is None else present.unsqueeze(-1).to(guide.dtype)  # (B, M, 1)
+        g_out = guide if keep is None else guide * keep  # an absent modality's features are 0
         if self.sdtps is None:  # ablation baseline: guide + ori head only
-            return {"cls": cls, "global": guide, "tokens": None, "masks": None, "soft_masks": None,
-                    "scores": None, "sdtps": None, "ori": guide.flatten(1)}
-        out = self.sdtps(patches, guide)
-        return {"cls": cls, "global": guide, "tokens": out.tokens, "masks": out.mask,
-                "soft_masks": out.soft_mask, "scores": out.score,
-                "sdtps": out.feature.flatten(1), "ori": guide.flatten(1)}  # (B, M*C) each
+            return {"cls": cls, "global": g_out, "tokens": None, "masks": None, "soft_masks": None,
+                    "scores": None, "sdtps": None, "ori": g_out.flatten(1), "present": present}
+        out = self.sdtps(patches, guide, present)
+        feature = out.feature if keep is None else out.feature * keep
+        return {"cls": cls, "global": g_out, "tokens": out.tokens, "masks": out.mask,
+                "soft_masks": out.soft_mask, "scores": out.score, "present": present,
+                "sdtps": feature.flatten(1), "ori": g_out.flatten(1)}  # (B, M*C) each
 
     def _test_output(self, feats: dict) -> torch.Tensor:
         if self.sdtps is None:
@@ -225,7 +239,7 @@ class SDTPSNet(nn.Module):
             return output
         ratio = float(self.sdtps.ratio) if self.sdtps is not None else None
         aux = {"masks": feats["masks"], "soft_masks": feats["soft_masks"], "scores": feats["scores"],
-               "tokens": feats["tokens"], "ratio": ratio}
+               "tokens": feats["tokens"], "ratio": ratio, "present": feats["present"]}
         return output, aux
 
     def extract(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> dict:
@@ -255,7 +269,7 @@ def _build(variant: str, img_size: int | tuple[int, int], num_classes: int, loss
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     net_keys = ("num_modalities", "test_feature", "neck_feat", "sdtps_ratio", "aggr_ratio", "num_aggr",
                 "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad", "use_sdtps",
-                "ori_head")
+                "ori_head", "mask_missing")
     net_kwargs = {k: kwargs.pop(k) for k in net_keys if k in kwargs}
     backbone = build_backbone(variant, img_size=img_size, num_cameras=num_cameras,
                               pretrained=pretrained, **kwargs)
