@@ -8,7 +8,8 @@ subprocess of its own, seeds one after the other. Variants (``--variants``):
 
 ==========  ===================================================================================
 without     no modality dropout, ``sdtps.mask_missing False`` (the demo as it was)
-with        ``train.modality_dropout.prob 0.5``, subsets RGB / NI / TI, ``sdtps.mask_missing True``
+with        ``train.modality_dropout.prob 0.5``, subsets RGB / NI / TI, ``.triplet complete``,
+            ``sdtps.mask_missing True``
 ==========  ===================================================================================
 
 plus, from the ``without`` checkpoints (no training), ``without+mask``: the same weights ranked
@@ -48,7 +49,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "without": ("train.modality_dropout.prob", "0.0", "sdtps.mask_missing", "False"),
     "with": ("train.modality_dropout.prob", "0.5",
              "train.modality_dropout.subsets", "['RGB', 'NI', 'TI']",
-             "sdtps.mask_missing", "True"),
+             "train.modality_dropout.triplet", "complete", "sdtps.mask_missing", "True"),
 }
 #: evaluation-only variants: (trained variant whose checkpoints are ranked, test overrides)
 EVAL_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -132,6 +132,27 @@ def test_absent_modalities_train_without_nan(make_cfg, builders, selection):
             assert p.grad is None or torch.isfinite(p.grad).all(), name
 
 
+def test_complete_only_triplet_ranks_the_complete_samples(built):
+    _, dm, model, _ = built
+    engine = _engine(dm, model, modality_dropout=0.5, dropout_subsets=["RGB"],
+                     dropout_triplet="complete")
+    seen, original = [], engine.criterion_t
+
+    def spy(features, pids):
+        seen.append(len(pids))
+        return original(features, pids)
+
+    engine.criterion_t = spy
+    batch = next(iter(dm.train_loader))
+    torch.manual_seed(0)
+    removed = engine.modality_dropout.sample(len(batch["pid"]))
+    _train(engine, [batch])  # the same draw (seed 0) inside the step
+    assert seen and all(n == int((~removed.any(1)).sum()) for n in seen)
+    assert 0 < seen[0] < len(batch["pid"])
+    with pytest.raises(ValueError, match="dropout_triplet"):
+        _engine(dm, model, dropout_triplet="some")
+
+
 def test_stock_engine_refuses_modality_dropout(make_cfg, builders):
     cfg = make_cfg("sdtps.engine", "triplet", "train.modality_dropout.prob", "0.3")
     with pytest.raises(ConfigError, match="train.modality_dropout.prob"):

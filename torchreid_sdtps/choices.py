@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from .errors import ConfigError
 
 __all__ = ["SELECTIONS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
-           "TRANSFORM_STYLES", "MISSING_SETTINGS", "SYNTHETIC_DATASET", "SAMPLER_MODES",
+           "TRANSFORM_STYLES", "MISSING_SETTINGS", "DROPOUT_TRIPLET", "SYNTHETIC_DATASET", "SAMPLER_MODES",
            "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
 
 #: SDTPS token selection during training (evaluation is always hard top-K)
@@ -28,6 +28,8 @@ HEAD_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 TRANSFORM_STYLES: tuple[str, ...] = ("torchreid", "demo")
 #: rows of the missing-modality table ("none" = all modalities present; "RGB+NI" zeroes both)
 MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI")
+#: ``train.modality_dropout.triplet``: the samples the triplet term ranks under modality dropout
+DROPOUT_TRIPLET: tuple[str, ...] = ("all", "complete")
 #: ``sampler.distributed``: P x K share per rank under DDP (see torchreid_sdtps.engine.ddp)
 SAMPLER_MODES: tuple[str, ...] = ("auto", "always", "never")
 #: registered name of the generated synthetic data set (the demo's data)

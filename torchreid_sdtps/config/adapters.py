@@ -130,6 +130,7 @@ def engine_kwargs(cfg: CfgNode) -> dict[str, Any]:
         "best_on_test": cfg.test.best_on_test,
         "modality_dropout": cfg.train.modality_dropout.prob,
         "dropout_subsets": list(cfg.train.modality_dropout.subsets),
+        "dropout_triplet": cfg.train.modality_dropout.triplet,
     }
 
 

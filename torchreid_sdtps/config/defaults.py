@@ -119,6 +119,7 @@ def get_default_config() -> CfgNode:
     cfg.train.modality_dropout = CfgNode()
     cfg.train.modality_dropout.prob = 0.0  # 0 = off (bit-identical to training without it)
     cfg.train.modality_dropout.subsets = [s for s in MISSING_SETTINGS if s != "none"]
+    cfg.train.modality_dropout.triplet = "all"  # all | complete: samples the triplet ranks
 
     cfg.sgd = CfgNode()
     cfg.sgd.momentum = 0.9

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .. import compat
-from ..choices import HEAD_REDUCTIONS
+from ..choices import DROPOUT_TRIPLET, HEAD_REDUCTIONS
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
 from ..metrics.selection import evaluate_selection, format_selection
 from ..utils.modalities import zero_modalities
@@ -96,6 +96,9 @@ class ImageSDTPSEngine(_TripletBase):
         modality_dropout: probability that a training sample loses modalities (0 = off).
         dropout_subsets: the removals drawn from (missing-table names such as ``"RGB"`` or
             ``"NI+TI"``; None: every row of the table but "none").
+        dropout_triplet: which samples the triplet term ranks under modality dropout:
+            ``"all"`` or ``"complete"`` (only those that kept every modality; the others still
+            count in the ID and alignment terms).
     """
 
     def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
@@ -106,7 +109,8 @@ class ImageSDTPSEngine(_TripletBase):
                  use_amp: bool = False, soft_margin: bool = False,
                  head_reduction: str = "mean", best_on_test: bool = False,
                  modality_dropout: float = 0.0,
-                 dropout_subsets: Sequence[str] | None = None) -> None:
+                 dropout_subsets: Sequence[str] | None = None,
+                 dropout_triplet: str = "all") -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
                          weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
@@ -116,6 +120,10 @@ class ImageSDTPSEngine(_TripletBase):
         if soft_margin and margin != 0:
             raise ValueError(f"ImageSDTPSEngine: soft_margin=True uses no margin; got "
                              f"margin={margin} (pass margin=0)")
+        if dropout_triplet not in DROPOUT_TRIPLET:
+            raise ValueError(f"ImageSDTPSEngine: dropout_triplet must be one of "
+                             f"{list(DROPOUT_TRIPLET)}, got {dropout_triplet!r}")
+        self.dropout_triplet = dropout_triplet
         if head_reduction not in HEAD_REDUCTIONS:
             raise ValueError(f"ImageSDTPSEngine: head_reduction must be one of "
                              f"{list(HEAD_REDUCTIONS)}, got {head_reduction!r}")
@@ -218,7 +226,7 @@ class ImageSDTPSEngine(_TripletBase):
         loss = torch.zeros((), device=pids.device)
         summary: dict[str, float] = {}
         if self.weight_t > 0:
-            loss_t = self.compute_loss(self.criterion_t, features, pids)
+            loss_t = self._triplet(features, pids, present)
             loss = loss + self.weight_t * loss_t
             summary["loss_t"] = loss_t.item()
         if self.weight_x > 0:
@@ -243,6 +251,20 @@ class ImageSDTPSEngine(_TripletBase):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return summary
+
+    def _triplet(self, features: Any, pids: torch.Tensor,
+                 present: torch.Tensor | None) -> torch.Tensor:
+        """The triplet term; with ``dropout_triplet="complete"`` over the complete samples."""
+        if present is None or self.dropout_triplet == "all":
+            return self.compute_loss(self.criterion_t, features, pids)
+        full = present.all(dim=1).to(pids.device)
+        if int(full.sum()) < 2:  # nothing to rank in this batch
+            return pids.new_zeros((), dtype=torch.float32)
+        if isinstance(features, (list, tuple)):
+            features = type(features)(f[full] for f in features)
+        else:
+            features = features[full]
+        return self.compute_loss(self.criterion_t, features, pids[full])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
