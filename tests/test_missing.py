@@ -238,7 +238,7 @@ def test_alignment_loss_with_absent_modalities():
 def test_onnx_export_takes_an_absent_modality_the_same_way(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from torchreid_sdtps.deploy.onnx import PARITY_ATOL, OrtForward, export_onnx
+    from torchreid_sdtps.deploy.onnx import PARITY_RTOL, OrtForward, export_onnx
 
     model = _tiny().eval()
     meta = {"modalities": list(MODS), "height": 64, "width": 32}
@@ -250,7 +250,8 @@ def test_onnx_export_takes_an_absent_modality_the_same_way(tmp_path):
     with torch.no_grad():
         ref = model(xs)
     got = ort(xs)
-    assert (got - ref).abs().max() <= PARITY_ATOL
+    # the parity measure of deploy.onnx: max abs difference / largest feature norm
+    assert (got - ref).abs().max() / ref.norm(dim=1).max() <= PARITY_RTOL
     # absent = the masked feature in the graph too: the slices of an absent modality are the
     # same for every sample that lacks it (the BNNeck of a zero feature)
     c, m = model.guide.proj.out_features, 3

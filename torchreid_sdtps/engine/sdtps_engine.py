@@ -36,7 +36,8 @@ from typing import Any
 import torch
 
 from .. import compat
-from ..choices import DROPOUT_TRIPLET, HEAD_REDUCTIONS
+from ..checkpoint import meta_of
+from ..choices import DROPOUT_TRIPLET, HEAD_REDUCTIONS, MODALITIES
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
 from ..metrics.selection import evaluate_selection, format_selection
 from ..utils.modalities import zero_modalities
@@ -149,11 +150,8 @@ class ImageSDTPSEngine(_TripletBase):
         train_set = getattr(getattr(datamanager, "train_loader", None), "dataset", None)
         self.modality_dropout = ModalityDropout(
             modality_dropout, dropout_subsets,
-            getattr(train_set, "modalities", ("RGB", "NI", "TI")))
+            getattr(train_set, "modalities", MODALITIES))
         self._eval_cam: torch.Tensor | None = None
-        #: what rebuilds the model from a checkpoint (model name, kwargs, image size,
-        #: normalisation, config); saved as the checkpoint's "meta" entry when set
-        self.checkpoint_meta: dict[str, Any] | None = None
         # parameters the model froze itself (e.g. BNNeck biases); torchreid's
         # open_all_layers() would unfreeze them every epoch
         self._frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -320,7 +318,7 @@ class ImageSDTPSEngine(_TripletBase):
         """Modality names of a test data set (class attribute ``modalities``)."""
         name = dataset_name or next(iter(self.test_loader))
         return tuple(getattr(self.test_loader[name]["query"].dataset, "modalities",
-                             ("RGB", "NI", "TI")))
+                             MODALITIES))
 
     @torch.no_grad()
     def evaluate_missing(self, settings: Sequence[str] = DEFAULT_MISSING_SETTINGS,
@@ -355,8 +353,8 @@ class ImageSDTPSEngine(_TripletBase):
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and
-        :attr:`checkpoint_meta`), atomic write; with
+        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and the model's
+        meta, :func:`~torchreid_sdtps.checkpoint.meta_of`), atomic write; with
         ``best_on_test`` also ``model-best.pth.tar`` when the first target's mAP improved."""
         if self.best_on_test and self.last_results and not is_best:
             first = next(iter(self.last_results.values()))
@@ -377,14 +375,13 @@ class ImageSDTPSEngine(_TripletBase):
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
-            if self.checkpoint_meta is not None:
-                state["meta"] = self.checkpoint_meta
-            self.last_checkpoint = save_checkpoint_atomic(state, osp.join(save_dir, name),
-                                                          is_best=is_best)
+            self.last_checkpoint = save_checkpoint_atomic(
+                state, osp.join(save_dir, name), is_best=is_best,
+                meta=meta_of(self._models[name]))
 
     def resume(self, fpath: str) -> int:
-        """Load weights, optimizer and scheduler (torchreid's ``resume_from_checkpoint``),
-        then the RNG states and AMP scaler; returns the epoch to start from."""
+        """Load weights (strictly), optimizer and scheduler, then the RNG states and AMP
+        scaler; returns the epoch to start from."""
         start_epoch, ckpt = resume_from_checkpoint(fpath, self.model, self.optimizer,
                                                    self.scheduler)
         if "rng_state" in ckpt:

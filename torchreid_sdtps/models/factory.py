@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import ConfigError
 from .backbone import ViTBackbone
 from .weights import load_pretrained
 
@@ -33,7 +34,7 @@ def build_backbone(
     :func:`~torchreid_sdtps.models.weights.load_pretrained`.
     """
     if allow_unsafe_pickle and not pretrained:
-        raise ValueError("allow_unsafe_pickle only applies when loading pretrained weights; "
+        raise ConfigError("allow_unsafe_pickle only applies when loading pretrained weights; "
                          f"got pretrained={pretrained!r}")
     model = ViTBackbone(variant, img_size=img_size, num_cameras=num_cameras, sie_coe=sie_coe,
                         drop_path_rate=drop_path_rate, **kw)
