@@ -71,6 +71,9 @@ setup(
         "test": ["pytest>=7", "ruff>=0.5"],
         # ONNX export (torch's dynamo exporter needs onnxscript) and ONNX Runtime inference
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
+        # FAISS indexes over gallery feature stores (torchreid-sdtps-index); faiss-gpu, when
+        # installed instead, is used the same way
+        "index": ["faiss-cpu>=1.7.4"],
     },
     cmdclass={"build_py": BuildPyWithAutoload},
     entry_points={

@@ -62,7 +62,7 @@ def test_pip_install_dot_registers_from_its_own_metadata(source_copy, tmp_path):
     # the commands, and the demo config they read, come with the install
     assert dict(parser["console_scripts"]) == {  # one module per command, one runner
         f"torchreid-sdtps-{name}": f"torchreid_sdtps.cli.{name}:console"
-        for name in ("train", "test", "extract", "search", "export", "visualize")}
+        for name in ("train", "test", "extract", "search", "export", "visualize", "index")}
     assert (site / "torchreid_sdtps" / "configs" / "synthetic_demo.yaml").is_file()
     script = ("import torchreid_sdtps, torchreid_sdtps.plugins as p; "
               "print(torchreid_sdtps.__file__); print(sorted(p.model_names()))")

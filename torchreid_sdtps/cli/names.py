@@ -2,4 +2,5 @@
 ``COMMAND``). Plain data without imports: setup.py reads this file for the console scripts, so
 adding a command is one module, one name here and a ``tools/<name>.py`` wrapper."""
 
-COMMAND_NAMES: tuple[str, ...] = ("train", "test", "extract", "search", "export", "visualize")
+COMMAND_NAMES: tuple[str, ...] = ("train", "test", "extract", "search", "export", "visualize",
+                                  "index")

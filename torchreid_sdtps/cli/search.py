@@ -1,5 +1,9 @@
-"""``torchreid-sdtps-search`` (``tools/search.py``): queries (a feature file, or one sample's
-images) against a gallery feature file; top-k table and JSON.
+"""``torchreid-sdtps-search`` (``tools/search.py``): queries (a feature store or file, or one
+sample's images) against a gallery feature store or file, or a FAISS index of one
+(``--index``); top-k table and JSON.
+
+Without ``--index`` the search is exact and runs in bounded memory (chunks of the gallery
+against chunks of the queries, :func:`torchreid_sdtps.deploy.exact.topk_exact`).
 
 Query and gallery must have been made the same way (model, checkpoint, normalisation, camera
 term...; :mod:`torchreid_sdtps.deploy.provenance`): a difference is refused, or with
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os.path as osp
 from typing import Any
 
 from ..errors import ConfigError
@@ -24,9 +29,16 @@ logger = logging.getLogger(__name__)
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..deploy.features import METRICS
 
-    parser.add_argument("--gallery", required=True, help="gallery feature file")
+    parser.add_argument("--gallery", default="", help="gallery feature store (or .pt file); "
+                        "optional with --index")
+    parser.add_argument("--index", default="", help="search this FAISS index "
+                        "(torchreid-sdtps-index build) instead of the exact search")
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="IVF cells searched (--index of kind ivf_*; default: the index's)")
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="HNSW search breadth (--index of kind hnsw; default: the index's)")
     q = parser.add_mutually_exclusive_group(required=True)
-    q.add_argument("--query", help="query feature file")
+    q.add_argument("--query", help="query feature store (or .pt file)")
     q.add_argument("--images", nargs="+", help="one query sample: one image per modality "
                    "('none' for a missing one); needs --weights")
     add_model_arguments(parser, required=False)
@@ -68,7 +80,9 @@ def _image_query(args: argparse.Namespace, gallery: Any) -> Any:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..deploy.features import check_comparable, format_search, load_features, search
+    from ..deploy.exact import rank_results, topk_exact
+    from ..deploy.features import check_comparable, format_search
+    from ..deploy.store import load_features
     from ..io import write_json
 
     if args.query:
@@ -78,15 +92,35 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if unused:
             raise ConfigError(f"{', '.join(unused)} only apply to an --images query (the "
                               "features of a --query file are already extracted)")
-    gallery = load_features(args.gallery)
+    index = None
+    if args.index:
+        from ..deploy.index import GalleryIndex
+
+        index = GalleryIndex.open(args.index)
+        if args.gallery and osp.realpath(args.gallery) != osp.realpath(index.store.path):
+            raise ConfigError(f"--gallery '{args.gallery}' is not the store of --index "
+                              f"'{args.index}' ('{index.store.path}'); give one of them")
+        gallery = index.store
+    elif not args.gallery:
+        raise ConfigError("give --gallery (a feature store or .pt file) or --index")
+    else:
+        if args.nprobe is not None or args.ef_search is not None:
+            raise ConfigError("--nprobe and --ef-search apply to an --index search")
+        gallery = load_features(args.gallery)
+    gname = args.gallery or args.index
     query = load_features(args.query) if args.query else _image_query(args, gallery)
     check_comparable(query, gallery, allow_mismatch=args.allow_mismatch,
-                     names=(args.query or "the --images query", args.gallery))
-    results = search(query, gallery, topk=args.topk, metric=args.metric,
-                     threshold=args.threshold)
+                     names=(args.query or "the --images query", gname))
+    if index is not None:
+        values, found = index.search(query, args.topk, args.metric, nprobe=args.nprobe,
+                                     ef_search=args.ef_search, check=False)
+    else:
+        values, found = topk_exact(query, gallery, args.topk, args.metric)
+    results = rank_results(query, gallery, values, found, args.threshold)
     print(format_search(results, args.metric))
     if args.json:
-        write_json({"gallery": args.gallery, "metric": args.metric, "topk": args.topk,
+        write_json({"gallery": gallery.path if index is not None else args.gallery,
+                    "index": args.index or None, "metric": args.metric, "topk": args.topk,
                     "threshold": args.threshold, "results": results}, args.json)
     return {"results": results, "json": args.json}
 

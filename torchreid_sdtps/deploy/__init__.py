@@ -1,9 +1,11 @@
 """Using a trained model: the inference API, feature files, gallery search, ONNX export.
 
 Submodules: :mod:`.extractor` (:class:`FeatureExtractor`: checkpoint -> features),
-:mod:`.features` (feature files, search), :mod:`.provenance` (how features were made; search
-refuses a mismatch), :mod:`.onnx` (export, ONNX Runtime forward, parity on the checkpoint's
-data). The commands are in :mod:`torchreid_sdtps.cli` (extract, search, export).
+:mod:`.features` (feature files, search), :mod:`.store` / :mod:`.store_writer` (feature
+stores that map, written in chunks), :mod:`.exact` (exact search in bounded memory),
+:mod:`.index` (FAISS indexes), :mod:`.provenance` (how features were made; search refuses a
+mismatch), :mod:`.onnx` (export, ONNX Runtime forward, parity on the checkpoint's data).
+The commands are in :mod:`torchreid_sdtps.cli` (extract, search, index, export).
 """
 from __future__ import annotations
 
