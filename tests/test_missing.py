@@ -259,3 +259,13 @@ def test_onnx_export_takes_an_absent_modality_the_same_way(tmp_path):
     assert torch.allclose(ori[0, 1], ori[4, 1], atol=1e-5)
     assert torch.allclose(ori[1, 0], ori[3, 0], atol=1e-5)
     assert not torch.allclose(ori[2, 1], ori[0, 1], atol=1e-3)
+
+
+def test_missing_study_table_mean_and_std(benchmark_module):
+    study = benchmark_module("missing_study")
+    row = dict.fromkeys(("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI"), 0.5)
+    runs = {"with": {1: {**row, "RGB": 0.2}, 2: {**row, "RGB": 0.4}}}
+    md, summary = study.table(runs)
+    assert summary["with"]["RGB"] == pytest.approx({"mean": 30.0, "std": 14.142135}, rel=1e-6)
+    assert summary["with"]["single_missing_avg"]["mean"] == pytest.approx(100 * (0.3 + 1.0) / 3)
+    assert "| with | 2 | 50.0 ± 0.0 | 30.0 ± 14.1 |" in md
