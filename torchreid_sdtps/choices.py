@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from .errors import ConfigError
 
 __all__ = ["MODALITIES", "SELECTIONS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
-           "TRANSFORM_STYLES", "MISSING_SETTINGS", "SYNTHETIC_DATASET", "SAMPLER_MODES",
+           "TRANSFORM_STYLES", "MISSING_SETTINGS", "DROPOUT_TRIPLET", "SYNTHETIC_DATASET",
+           "SAMPLER_MODES",
            "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
 
 #: modality order of the shipped data sets and models: RGB, near infrared, thermal infrared
@@ -32,6 +33,8 @@ TRANSFORM_STYLES: tuple[str, ...] = ("torchreid", "demo")
 MISSING_SETTINGS: tuple[str, ...] = ("none", *MODALITIES,
                                      *(f"{a}+{b}" for i, a in enumerate(MODALITIES)
                                        for b in MODALITIES[i + 1:]))
+#: ``train.modality_dropout.triplet``: the samples the triplet term ranks under modality dropout
+DROPOUT_TRIPLET: tuple[str, ...] = ("all", "complete")
 #: ``sampler.distributed``: P x K share per rank under DDP (see torchreid_sdtps.engine.ddp)
 SAMPLER_MODES: tuple[str, ...] = ("auto", "always", "never")
 #: registered name of the generated synthetic data set (the demo's data)

@@ -36,6 +36,9 @@ ENGINE_KEYS: dict[str, str] = {
     "align_center": "sdtps.align_center", "use_amp": "sdtps.use_amp",
     "soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
     "best_on_test": "test.best_on_test", "eval_amp": "test.amp",
+    "modality_dropout": "train.modality_dropout.prob",
+    "dropout_subsets": "train.modality_dropout.subsets",
+    "dropout_triplet": "train.modality_dropout.triplet",
 }
 
 

@@ -12,6 +12,8 @@ YAML files and ``KEY VALUE`` overrides read the same. New here:
   keys, ``train.backbone_*``/``bias_lr_factor``/``weight_decay_bias`` parameter groups,
   ``train.lr_noise*``, ``loss.triplet.soft_margin``, ``loss.head_reduction``,
   ``test.best_on_test``;
+- ``train.modality_dropout.prob`` / ``.subsets`` (training for missing modalities, engine
+  ``sdtps``) and ``sdtps.mask_missing`` (the model treats an all-zero modality as absent);
 - ``train.sync_bn``, ``train.auto_resume``, ``sampler.distributed`` (multi-GPU runs under
   torchrun, see :mod:`torchreid_sdtps.engine.ddp`);
 - ``sdtps``: the model options of SDTPSNet (one key per ``SDTPSOptions`` field), then the
@@ -116,6 +118,12 @@ def get_default_config() -> CfgNode:
     cfg.train.seed = 1
     cfg.train.sync_bn = False  # DDP: synchronise every BatchNorm across ranks
     cfg.train.auto_resume = False  # resume from the latest checkpoint in save_dir (restarts)
+    # training for missing modalities (engine sdtps; docs/engine.md): a sample loses, with
+    # probability prob, one of the subsets (missing-table names), removed as evaluation does
+    cfg.train.modality_dropout = CfgNode()
+    cfg.train.modality_dropout.prob = 0.0  # 0 = off (bit-identical to training without it)
+    cfg.train.modality_dropout.subsets = [s for s in MISSING_SETTINGS if s != "none"]
+    cfg.train.modality_dropout.triplet = "all"  # all | complete: samples the triplet ranks
 
     cfg.sgd = CfgNode()
     cfg.sgd.momentum = 0.9

@@ -22,6 +22,7 @@ import torch.nn as nn
 from .. import dist as _dist
 from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
 from ..errors import ConfigError, InputShapeError
+from ..utils.modalities import present_modalities
 from .backbone import _TIMM_ARGS
 from .factory import build_backbone
 from .options import SDTPSOptions, as_options
@@ -103,6 +104,12 @@ class SDTPSNet(nn.Module):
             (backbone, guide and the ``ori`` head; the eval feature is ``ori`` and the aux
             entries ``tokens``, ``masks``, ``scores``, ``ratio`` are ``None``). The backbone
             options (``drop_path``, ``sie_coe``...) were used by the factory that built it.
+            ``mask_missing``: treat a modality whose input image is all zero (what
+            :func:`~torchreid_sdtps.utils.modalities.zero_modalities` makes of a missing one,
+            the extractor's ``None``) as *absent*: its guide is left out of the other
+            modalities' cross-modal scores (:func:`~torchreid_sdtps.models.sdtps.combine_scores`)
+            and its ``ori`` and ``sdtps`` features are 0 instead of a blank image's; detected
+            in the forward pass, so evaluation, the extractor and the ONNX export agree.
         **changes: option fields overriding ``options`` (unknown names raise ``ConfigError``).
     """
 
@@ -118,6 +125,7 @@ class SDTPSNet(nn.Module):
         self.options = opts
         self.loss, self.test_feature, self.neck_feat = loss, test_feature, opts.neck_feat
         self.num_modalities = num_modalities
+        self.mask_missing = bool(opts.mask_missing)
         self.backbone = backbone
         self.img_size: tuple[int, int] | None = getattr(backbone, "img_size", None)
         dim, n = int(backbone.out_dim), int(backbone.num_patches)
@@ -178,6 +186,7 @@ class SDTPSNet(nn.Module):
         x = self.as_multimodal(x)
         self._check_input(x)
         b, m = x.shape[:2]
+        present = present_modalities(x) if self.mask_missing else None  # (B, M) or None
         if cam_label is not None:
             cam_label = torch.as_tensor(cam_label, device=x.device).reshape(-1)
             if cam_label.shape[0] != b:
@@ -187,13 +196,16 @@ class SDTPSNet(nn.Module):
         cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
         cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)
         guide = self.guide(cls, patches)  # g' (B, M, C)
+        keep = None if present is None else present.unsqueeze(-1).to(guide.dtype)  # (B, M, 1)
+        g_out = guide if keep is None else guide * keep  # an absent modality's features are 0
         if self.sdtps is None:  # ablation baseline: guide + ori head only
-            return {"cls": cls, "global": guide, "tokens": None, "masks": None, "soft_masks": None,
-                    "scores": None, "sdtps": None, "ori": guide.flatten(1)}
-        out = self.sdtps(patches, guide)
-        return {"cls": cls, "global": guide, "tokens": out.tokens, "masks": out.mask,
-                "soft_masks": out.soft_mask, "scores": out.score,
-                "sdtps": out.feature.flatten(1), "ori": guide.flatten(1)}  # (B, M*C) each
+            return {"cls": cls, "global": g_out, "tokens": None, "masks": None, "soft_masks": None,
+                    "scores": None, "sdtps": None, "ori": g_out.flatten(1), "present": present}
+        out = self.sdtps(patches, guide, present)
+        feature = out.feature if keep is None else out.feature * keep
+        return {"cls": cls, "global": g_out, "tokens": out.tokens, "masks": out.mask,
+                "soft_masks": out.soft_mask, "scores": out.score, "present": present,
+                "sdtps": feature.flatten(1), "ori": g_out.flatten(1)}  # (B, M*C) each
 
     def _test_output(self, feats: dict) -> torch.Tensor:
         if self.sdtps is None:

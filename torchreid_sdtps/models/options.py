@@ -71,6 +71,8 @@ class SDTPSOptions:
     gumbel_noise: float = 0.1
     gumbel_tau: float = 0.1
     score_grad: bool = False
+    #: an all-zero modality input is absent: out of the cross-modal scores, its features 0
+    mask_missing: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("test_feature", TEST_FEATURES), ("neck_feat", NECK_FEATS),
