@@ -379,3 +379,27 @@ def test_previous_release_meta_still_rebuilds_its_model(tiny_ckpt, tmp_path):
     extractor = FeatureExtractor(legacy)
     for key, value in model.state_dict().items():
         assert torch.equal(extractor.model.state_dict()[key], value), key
+
+
+def test_weightless_setting_changes_are_reported(tiny_ckpt, caplog):
+    """A model built with another ``sdtps.ratio`` or ``mask_missing`` than the checkpoint was
+    trained with takes its weights (no shape changes) but computes other features: the load
+    says so instead of ranking it silently."""
+    _, path, model = tiny_ckpt
+    report = C.load_into_model(model, path)
+    assert report.changed_settings == []
+    meta = C.meta_of(model)
+    changed = {**meta, "model_kwargs": {**meta["model_kwargs"], "ratio": 0.25,
+                                        "mask_missing": True},
+               "norm_mean": [0.485, 0.456, 0.406]}
+    C.attach_meta(model, changed)
+    try:
+        with caplog.at_level(logging.WARNING, logger="torchreid_sdtps.checkpoint.load"):
+            report = C.load_into_model(model, path)
+    finally:
+        C.attach_meta(model, meta)
+    assert report.complete
+    assert any(s.startswith("sdtps.ratio: checkpoint 0.5, model 0.25") for s in report.changed_settings)
+    assert any(s.startswith("sdtps.mask_missing:") for s in report.changed_settings)
+    assert any(s.startswith("data.norm_mean:") for s in report.changed_settings)
+    assert "trained with other settings" in caplog.text and "sdtps.ratio" in caplog.text

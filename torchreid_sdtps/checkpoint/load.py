@@ -16,6 +16,11 @@ logger = logging.getLogger(__name__)
 
 #: how many keys of each kind an error message lists
 _SHOWN = 5
+#: model options that change what a model computes without changing any weight's shape, and
+#: the data keys of its input: the weights load whatever they are, so a difference from the
+#: checkpoint's training values is reported (:attr:`LoadReport.changed_settings`, a warning)
+WEIGHTLESS_OPTIONS = ("ratio", "beta", "sie_coe", "mask_missing")
+INPUT_KEYS = ("height", "width", "norm_mean", "norm_std")
 
 # ----------------------------------------------------------------------------- load into a model
 
@@ -29,6 +34,8 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model lacks
     mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
     meta: dict[str, Any] | None = None
+    #: "sdtps.ratio: checkpoint 0.5, model 0.3": settings that differ from the training run's
+    changed_settings: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -44,6 +51,19 @@ class LoadReport:
     def _groups(self) -> list[tuple[str, list[str]]]:
         return [("missing", self.missing), ("unexpected", self.unexpected),
                 ("mismatched", self.mismatched)]
+
+
+def changed_settings(trained: Mapping[str, Any] | None, model: Mapping[str, Any] | None
+                     ) -> list[str]:
+    """The :data:`WEIGHTLESS_OPTIONS` and :data:`INPUT_KEYS` whose values in the model's meta
+    differ from the checkpoint's (a key either meta lacks is not compared)."""
+    if not trained or not model:
+        return []
+    pairs = [(f"sdtps.{k}", trained.get("model_kwargs", {}), model.get("model_kwargs", {}), k)
+             for k in WEIGHTLESS_OPTIONS]
+    pairs += [(f"data.{k}", trained, model, k) for k in INPUT_KEYS]
+    return [f"{name}: checkpoint {a[k]!r}, model {b[k]!r}" for name, a, b, k in pairs
+            if k in a and k in b and a[k] != b[k]]
 
 
 def _shorten(keys: Sequence[str]) -> str:
@@ -94,4 +114,9 @@ def load_into_model(model: torch.nn.Module, source: str | os.PathLike | Mapping[
         logger.warning("partial load (strict=False): %s; %d of %d model keys loaded, the rest "
                        "keep their initial values", text, len(report.loaded), len(own))
     target.load_state_dict({**own, **{k: state[k] for k in report.loaded}}, strict=True)
+    report.changed_settings = changed_settings(meta, meta_of(target))
+    if report.changed_settings:
+        logger.warning("%s was trained with other settings than model %s uses now (its weights "
+                       "fit, its features will differ from the training run's): %s", where, this,
+                       "; ".join(report.changed_settings))
     return report
