@@ -31,15 +31,10 @@ class BuildPyWithAutoload(build_py):
                 fh.write(AUTOLOAD["PTH_LINE"] + "\n")
 
 
-# the command-line tools (tools/train.py and tools/test.py are thin wrappers of the same)
-CONSOLE_SCRIPTS = {
-    "torchreid-sdtps-train": "torchreid_sdtps.cli:console_train",
-    "torchreid-sdtps-test": "torchreid_sdtps.cli:console_test",
-    # using a trained model (torchreid_sdtps/deploy/cli.py)
-    "torchreid-sdtps-extract": "torchreid_sdtps.deploy.cli:extract_entry",
-    "torchreid-sdtps-search": "torchreid_sdtps.deploy.cli:search_entry",
-    "torchreid-sdtps-export": "torchreid_sdtps.deploy.cli:export_entry",
-}
+# the commands: one module each in torchreid_sdtps/cli/ (tools/*.py are thin wrappers of the same)
+COMMAND_NAMES = runpy.run_path(osp.join(HERE, "torchreid_sdtps", "cli", "names.py"))["COMMAND_NAMES"]
+CONSOLE_SCRIPTS = {f"torchreid-sdtps-{name}": f"torchreid_sdtps.cli.{name}:console"
+                   for name in COMMAND_NAMES}
 
 # torchreid==0.2.5 on PyPI declares no dependencies: everything it imports is listed here.
 TORCHREID_RUNTIME = [
@@ -76,6 +71,9 @@ setup(
         "test": ["pytest>=7", "ruff>=0.5"],
         # ONNX export (torch's dynamo exporter needs onnxscript) and ONNX Runtime inference
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
+        # FAISS indexes over gallery feature stores (torchreid-sdtps-index); faiss-gpu, when
+        # installed instead, is used the same way
+        "index": ["faiss-cpu>=1.7.4"],
     },
     cmdclass={"build_py": BuildPyWithAutoload},
     entry_points={

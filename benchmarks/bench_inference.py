@@ -5,7 +5,7 @@ For each model (default ``sdtps_vit_tiny`` at 128x64 and ``sdtps_clip_vit_b16`` 
 M=3 modalities, random weights, no SIE) and batch size (default 1 and 32 samples = 3 and 96
 images) it measures, in one process and on the same input:
 
-* eager: the model built by :class:`torchreid_sdtps.utils.FeatureExtractor` (eval, no grad);
+* eager: the model built by :class:`torchreid_sdtps.deploy.FeatureExtractor` (eval, no grad);
 * ONNX Runtime: the same weights exported by :func:`torchreid_sdtps.deploy.onnx.export_onnx`
   and run by :class:`~torchreid_sdtps.deploy.onnx.OrtForward` (CPU provider);
 
@@ -40,7 +40,7 @@ try:
 except ImportError:  # a source checkout that is not pip-installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     from torchreid_sdtps.deploy.onnx import OrtForward, export_onnx
-from torchreid_sdtps.utils import FeatureExtractor
+from torchreid_sdtps.deploy import FeatureExtractor
 
 __all__ = ["bench_model", "run", "format_report", "main"]
 

@@ -39,7 +39,7 @@ SMOKE = ["model.name", "sdtps_vit_tiny", "data.height", "128", "data.width", "64
          "synthetic.height", "128", "synthetic.width", "64", "synthetic.num_train_ids", "8",
          "synthetic.num_test_ids", "4", "synthetic.images_per_camera", "2",
          "train.batch_size", "16", "sampler.num_instances", "4", "data.workers", "0",
-         "train.backbone_params", "['backbone.vit']", "use_gpu", "False",
+         "use_gpu", "False",
          "sdtps.use_amp", "False"]
 
 
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "needs an NVIDIA GPU and does nothing on the CPU\n")
         return 2
     import torchreid_sdtps
-    from torchreid_sdtps import build, cli, config
+    from torchreid_sdtps import build, config
+    from torchreid_sdtps.cli.common import results_table
 
     torchreid_sdtps.load_plugins()
     cfg = config.load_config(osp.join(REPO, "configs", "rgbnt201_sdtps_clip.yaml"),
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"steps = {steps['samples'] / steps['seconds']:.1f} samples/s "
           f"(end to end incl. data loading and the final ranking: {wall:.1f} s)")
     print(f"peak CUDA memory: {peak}")
-    print(cli._results_table({f"{cfg.model.name} ({args.epochs} epochs, last epoch)": res},
+    print(results_table({f"{cfg.model.name} ({args.epochs} epochs, last epoch)": res},
                              f"{target}: {res['num_query']} queries, "
                              f"{res['num_gallery']} gallery images"))
     return 0

@@ -59,7 +59,7 @@ def main(out_dir: str) -> None:
     world, rank = dist.world_size(), dist.rank()
     torch.manual_seed(0)
     model = sdtps_vit_tiny(num_classes=P, loss="triplet", pretrained=False, img_size=SIZE,
-                           num_cameras=2, drop_path_rate=0.0)
+                           num_cameras=2, drop_path=0.0)
     if world > 1:
         model = sync_bn.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -4,6 +4,8 @@ No timing is asserted (the machine is shared); only structure, counts and consis
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -204,3 +206,58 @@ def test_fusion_study_smoke_resumes_and_writes_the_section(fusion, tmp_path, cap
     assert fusion.BEGIN in out.read_text()
     again = fusion.main([*argv, "--time-repeats", "0"])  # resumes: nothing retrained
     assert again["runs"] == res["runs"] and again["times"] == {}
+
+
+# ----------------------------------------------------------------------------- ablation
+def test_ablation_smoke_trains_three_variants_and_writes_the_table(benchmark_module, tmp_path,
+                                                                   capsys, monkeypatch):
+    ablation = benchmark_module("ablation")
+    out = tmp_path / "out"
+    report = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    runs = report["runs"]
+    assert [(r["variant"], r["seed"]) for r in runs] == [
+        (v, s) for v in ("no_sdtps", "sdtps_block", "sdtps_align") for s in (1, 2)]
+    opts = {r["variant"]: (r["use_sdtps"], r["weight_align"]) for r in runs}
+    assert opts == {"no_sdtps": (False, 0.0), "sdtps_block": (True, 0.0),
+                    "sdtps_align": (True, 0.5)}  # the shipped config's alignment weight
+    for r in runs:
+        assert r["epochs"] == 1 and r["target"] == "synthetic_msreid"
+        for kind in ("last", "best_on_test"):
+            assert set(r[kind]) >= set(ablation.METRICS)
+            assert all(0 <= r[kind][m] <= 1 for m in ablation.METRICS)
+        assert r["best_on_test"]["epoch"] == 1 and r["best_on_test"]["mAP"] == r["last"]["mAP"]
+    for variant, entry in report["summary"].items():
+        stat = entry["last"]["mAP"]
+        vals = [r["last"]["mAP"] for r in runs if r["variant"] == variant]
+        assert stat["n"] == 2 and abs(stat["mean"] - sum(vals) / 2) < 1e-9
+        assert abs(stat["std"] - abs(vals[0] - vals[1]) / 2 ** 0.5) < 1e-9  # sample std
+    assert "| variant | epoch | seeds | mAP (%) | R1 (%) | R5 (%) | R10 (%) |" in printed
+    assert printed.count("| last |") == 3 and printed.count("| best on TEST set (optimistic) |") == 3
+    assert (out / "ablation.md").read_text().strip() == report["table"].strip()
+    assert json.loads((out / "ablation.json").read_text())["summary"] == report["summary"]
+    # --resume reuses the finished identical runs: nothing is trained again
+    from torchreid_sdtps.cli import train as train_command
+
+    def no_training(cfg, log=None):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(train_command, "train", no_training)
+    again = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out),
+                           "--resume"])
+    assert again["runs"] == runs
+
+
+def test_ablation_refuses_bad_arguments(benchmark_module, capsys):
+    ablation = benchmark_module("ablation")
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--variants", "no_sdtps,hdm"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--seeds", "a,b"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["train.max_epoch"])  # an override without its value
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--smoke", "--device", "cuda"])  # smoke is a CPU run
+    if not torch.cuda.is_available():
+        assert ablation.main(["--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err

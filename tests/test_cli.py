@@ -14,6 +14,8 @@ import torch
 from conftest import TINY_OPTS
 
 from torchreid_sdtps import cli
+from torchreid_sdtps.cli import test as test_cmd
+from torchreid_sdtps.cli import train as train_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,17 +101,19 @@ def test_resume_matches_the_uninterrupted_run(synthetic_root, tmp_path):
     (["train.lrr", "1"], r"unknown config key 'train.lrr'"),
 ])
 def test_bad_names_and_keys_exit_2_with_the_choices(capsys, tmp_path, override, expected):
-    code = cli.cli("train", ["data.save_dir", str(tmp_path), *override])
+    code = cli.run("train", ["data.save_dir", str(tmp_path), *override])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("tools/train.py: error: ") and re.search(expected, err), err
+    assert err.startswith("torchreid-sdtps-train: error: ") and re.search(expected, err), err
+    assert err.count("\n") == 1  # one line
+    assert not list(tmp_path.glob("train.log-*"))  # refused before training: no log left
 
 
 def test_test_tool_without_checkpoint_and_unknown_option(capsys, tmp_path):
-    assert cli.cli("test", ["data.save_dir", str(tmp_path / "empty")]) == 2
+    assert cli.run("test", ["data.save_dir", str(tmp_path / "empty")]) == 2
     assert "holds no model.pth.tar" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        cli.cli("train", ["--bogus", "1"])
+        cli.run("train", ["--bogus", "1"])
     assert exc.value.code == 2
     assert "unrecognized option '--bogus'" in capsys.readouterr().err
 
@@ -140,11 +144,27 @@ def test_stock_engine_checkpoints_resume_and_load(synthetic_root, tmp_path, engi
 def test_console_scripts_name_themselves(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["torchreid-sdtps-train", "data.save_dir", str(tmp_path),
                                       "model.name", "nope"])
-    assert cli.console_train() == 2
+    assert train_cmd.console() == 2
     assert capsys.readouterr().err.startswith("torchreid-sdtps-train: error: unknown model 'nope'")
     monkeypatch.setattr(sys, "argv", ["torchreid-sdtps-test", "data.save_dir", str(tmp_path)])
-    assert cli.console_test() == 2
+    assert test_cmd.console() == 2
     assert "torchreid-sdtps-test: error: nothing to evaluate" in capsys.readouterr().err
+    for name in cli.COMMANDS:  # --help names the console script
+        with pytest.raises(SystemExit) as exc:
+            cli.run(name, ["--help"])
+        assert exc.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: torchreid-sdtps-{name} ")
+
+
+def test_overrides_are_trailing_pairs_with_opts_as_alias(tmp_path):
+    from torchreid_sdtps.cli import runner
+
+    cmd = runner.get_command("extract")
+    args = runner.parse(cmd, ["model.name", "x", "--weights", "w", "--dataset", "d", "-o", "o",
+                              "test.batch_size", "4", "--opts", "data.width", "32"])
+    assert args.opts == ["model.name", "x", "test.batch_size", "4", "data.width", "32"]
+    with pytest.raises(SystemExit):  # an odd count is a usage error
+        runner.parse(cmd, ["--weights", "w", "--dataset", "d", "-o", "o", "model.name"])
 
 
 def test_unknown_names_are_readable_key_errors():

@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from torchreid_sdtps import build, cli, compat
+from torchreid_sdtps import build, compat
+from torchreid_sdtps.cli.test import test as run_test
 from torchreid_sdtps.data.checks import SamplerConfigError, check_train_sampler
-from torchreid_sdtps.utils import visrank
+from torchreid_sdtps.viz import visrank
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _trees import make_msvr310_tree, make_rgbnt201_tree, write_jpeg  # noqa: E402
@@ -164,7 +165,7 @@ def test_stock_engine_and_test_cli_draw_rank_lists(synthetic_root, built, tmp_pa
         cfg = tiny_cfg(synthetic_root, save, "sdtps.engine", engine, "model.load_weights",
                        str(weights), "test.visrank", "True", "test.visrank_topk", "2",
                        "sampler.num_instances", "1")
-        summary = cli.test(cfg)
+        summary = run_test(cfg)
         assert summary["results"]["synthetic_msreid"]["num_query"] > 0
         files = list((save / "visrank_synthetic_msreid").glob("*.jpg"))
         assert len(files) == summary["results"]["synthetic_msreid"]["num_query"], engine
@@ -230,13 +231,21 @@ def test_visrank_reads_side_by_side_samples(tmp_path):
 def test_pk_sampler_error_states_the_numbers(tmp_path):
     root = make_rgbnt201_tree(tmp_path, num_ids=3, cams=2, per_cam=2, size=(32, 16))
     dm_cls = compat.data().ImageDataManager
-    with pytest.raises(SamplerConfigError, match=r"has 3 identities.*32 // 4 = 8 identities.*"
-                                                 r"train\.batch_size.*sampler\.num_instances"):
+    with pytest.raises(SamplerConfigError, match=r"has 3 identities.*train\.batch_size / "
+                                                 r"sampler\.num_instances = 32 / 4 = 8 identities"):
         dm_cls(root=root, sources="rgbnt201", height=32, width=16, use_gpu=False, workers=0,
                batch_size_train=32, num_instances=4, train_sampler="RandomIdentitySampler")
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=6 is not a multiple of "
+                                                 r"sampler\.num_instances=4"):  # torchreid's path
+        dm_cls(root=root, sources="rgbnt201", height=32, width=16, use_gpu=False, workers=0,
+               batch_size_train=6, num_instances=4, train_sampler="RandomIdentitySampler")
     check_train_sampler([("a", 1, 0)] * 4, "RandomSampler", 32, 4)  # other samplers: no check
-    with pytest.raises(SamplerConfigError, match="batch_size=2 must be >= num_instances=4"):
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=2 is not a multiple of "
+                                                 r"sampler\.num_instances=4"):
         check_train_sampler([("a", 1, 0)], "RandomIdentitySampler", 2, 4)
+    with pytest.raises(SamplerConfigError, match=r"train\.batch_size=4 / sampler\.num_instances=4 "
+                                                 r"gives P = 1 identity"):
+        check_train_sampler([("a", 1, 0)] * 8, "RandomIdentitySampler", 4, 4)
 
 
 # ----------------------------------------------------------------------------- autoload

@@ -40,7 +40,7 @@ def test_torchreid_key_layout_is_present():
         "test.batch_size", "test.dist_metric", "test.normalize_feature", "test.eval_freq",
         "test.rerank", "test.ranks", "test.missing_modalities",
     ] + [f"sdtps.{k}" for k in (
-        "sdtps_ratio", "aggr_ratio", "num_aggr", "beta", "selection", "gumbel_noise",
+        "ratio", "aggr_ratio", "num_aggr", "beta", "selection", "gumbel_noise",
         "gumbel_tau", "score_grad", "test_feature", "weight_ratio", "weight_align",
         "align_margin", "use_amp", "backbone_weights", "engine")]
     assert not set(required) - keys, sorted(set(required) - keys)
@@ -59,9 +59,9 @@ def test_unknown_key_in_yaml_names_key_file_and_suggestion(tmp_path):
 
 
 def test_unknown_key_override_names_the_override():
-    with pytest.raises(ConfigError, match=r"unknown config key 'sdtps\.ratio' in command-line "
-                                          r"override 'sdtps\.ratio 0\.3'"):
-        config.load_config(opts=["sdtps.ratio", "0.3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'sdtps\.rati' in command-line "
+                                          r"override 'sdtps\.rati 0\.3'"):
+        config.load_config(opts=["sdtps.rati", "0.3"])
 
 
 @pytest.mark.parametrize("text", [
@@ -170,7 +170,7 @@ def test_kwargs_helpers_match_torchreid_signatures():
     eng_params = inspect.signature(ImageSDTPSEngine.__init__).parameters
     assert set(config.engine_kwargs(cfg)) <= set(eng_params)
     local = config.load_config(opts=["sdtps.backbone_weights", "/w/clip.pt"])
-    assert config.model_kwargs(local)["pretrained"] == "/w/clip.pt"
+    assert config.model_kwargs(local)["options"].backbone_weights == "/w/clip.pt"
 
 
 def test_warmup_schedules():
@@ -273,3 +273,56 @@ def test_choices_are_defined_once():
         config.load_config(opts=["sdtps.test_feature", "both"])
     demo = config.get_demo_config()
     assert list(demo.data.sources) == [choices.SYNTHETIC_DATASET]
+
+
+def test_sdtps_node_mirrors_the_options_dataclass():
+    """One key per SDTPSOptions field plus the engine's keys, nothing else."""
+    from torchreid_sdtps.models.options import ENGINE_NODE_KEYS, SDTPSOptions
+
+    node = set(config.get_default_config().sdtps)
+    fields = set(SDTPSOptions.field_names())
+    assert not fields & set(ENGINE_NODE_KEYS)
+    assert node - set(ENGINE_NODE_KEYS) == fields
+    assert set(ENGINE_NODE_KEYS) <= node
+    defaults = config.get_default_config()
+    assert config.model_options(defaults) == SDTPSOptions()
+    assert {k: defaults.sdtps[k] for k in fields} == SDTPSOptions().to_dict()
+
+
+def test_option_route_is_one_name_from_config_to_the_sdtps_block(builders, make_cfg):
+    cfg = make_cfg("sdtps.ratio", "0.25", "sdtps.drop_path", "0.0", "sdtps.gumbel_tau", "0.3")
+    assert config.model_options(cfg).ratio == 0.25
+    dm = builders.build_datamanager(cfg)
+    model = builders.build_model(cfg, dm)
+    assert model.options.ratio == model.sdtps.ratio == 0.25
+    assert model.sdtps.gumbel_tau == 0.3
+    assert all(b.drop_path1.__class__.__name__ == "Identity" for b in model.backbone.vit.blocks)
+
+
+def test_unknown_model_option_is_refused():
+    from torchreid_sdtps.models.net import sdtps_vit_tiny
+    from torchreid_sdtps.models.options import SDTPSOptions
+
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['sdtps_ratio'\]"):
+        sdtps_vit_tiny(4, pretrained=False, sdtps_ratio=0.5)
+    with pytest.raises(ConfigError, match=r"unknown SDTPS model option\(s\) \['rati'\]"):
+        SDTPSOptions.from_dict({"rati": 0.5})
+    with pytest.raises(ConfigError, match=r"sdtps.ratio=1.5: expected in \(0, 1\]"):
+        SDTPSOptions(ratio=1.5)
+    with pytest.raises(ConfigError, match="did you mean 'sdtps.ratio'"):
+        config.load_config(opts=["sdtps.sdtps_ratio", "0.3"])
+
+
+def test_a_setting_the_engine_cannot_honour_is_refused(builders, make_cfg):
+    cfg = make_cfg("sdtps.engine", "triplet", "sdtps.weight_align", "0.9")
+    with pytest.raises(ConfigError, match=r"has no option 'weight_align', but "
+                       r"sdtps.weight_align=0.9 asks for it"):
+        builders.build_all(cfg)
+
+
+def test_sdtps_option_on_a_stock_model_is_refused(builders, make_cfg):
+    cfg = make_cfg("model.name", "osnet_x0_25", "model.pretrained", "False", "sdtps.ratio", "0.3",
+                   "sdtps.engine", "triplet")
+    dm = builders.build_datamanager(cfg)
+    with pytest.raises(ConfigError, match=r"'osnet_x0_25' is not an SDTPS model; sdtps.ratio"):
+        builders.build_model(cfg, dm)

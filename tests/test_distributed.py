@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import os.path as osp
+import shutil
 import socket
 import subprocess
 import sys
@@ -296,6 +297,20 @@ def test_killed_worker_restarts_resumes_and_ends_like_an_uninterrupted_run(plain
     assert a["trained"] and b["trained"] == a["trained"]  # the uninterrupted run's metrics
 
 
+def test_a_finished_run_restarted_under_torchrun_completes(plain_run):
+    """The same torchrun command on a run whose checkpoint already ends at train.max_epoch (a
+    restart after the last checkpoint): both ranks rank it, rank 0 prints the table and writes
+    results.json with the whole run's time, exit 0."""
+    tmp = plain_run
+    shutil.copytree(tmp / "plain", tmp / "finished")
+    _torchrun(tmp / "data", tmp / "finished", tmp / "logs_finished", 1)
+    a = json.loads(_read(tmp / "plain" / "results.json"))
+    b = json.loads(_read(tmp / "finished" / "results.json"))
+    assert b["finished_before"] and b["start_epoch"] == 2 and b["attempts"] == 2
+    assert b["trained"] == a["trained"] and b["wall_s"] > b["wall_s_last_attempt"]
+    assert "trained (2 epochs)" in _rank_logs(tmp / "logs_finished", 0, "stdout")
+
+
 def _check_rank0_only(logs, save, rank0_says: str) -> None:
     """Rank 1 printed and logged nothing and wrote no file; rank 0 wrote one of each."""
     assert _rank_logs(logs, 1, "stdout") == ""
@@ -309,7 +324,8 @@ def _check_rank0_only(logs, save, rank0_says: str) -> None:
     events = [f for f in files if "tfevents" in f]
     assert len(texts) == 1 and len(events) == 1, files
     assert set(files) - set(texts) - set(events) == {
-        "results.json", osp.join("model", "model.pth.tar-1"), osp.join("model", "model.pth.tar-2")}
+        "results.json", "run_state.json", osp.join("model", "model.pth.tar-1"),
+        osp.join("model", "model.pth.tar-2")}
 
 
 def test_only_rank0_logs_and_writes_files(plain_run):

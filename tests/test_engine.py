@@ -2,6 +2,7 @@
 training and evaluation, ranking results, the missing-modality table, checkpoints and RNG."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -64,6 +65,34 @@ def test_amp_is_off_on_cpu_with_a_note(built, caplog):
         eng = ImageSDTPSEngine(dm, model, engine.optimizer, use_amp=True, use_gpu=False)
     assert not eng.use_amp and not eng.scaler.is_enabled()
     assert any("use_amp=True ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_evaluation_is_float32_unless_eval_amp(built, monkeypatch, caplog):
+    """DeMo ranks in fp32: training AMP does not reach the evaluation features; ``test.amp``
+    (``eval_amp``) asks for autocast explicitly."""
+    from torchreid_sdtps import config
+
+    _, dm, model, engine = built
+    assert engine.eval_amp is False and config.get_default_config().test.amp is False
+    calls: list = []
+
+    def fake_autocast(device_type, dtype=None, **kw):
+        calls.append((device_type, dtype))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch, "autocast", fake_autocast)
+    engine.use_amp = True  # as on CUDA with sdtps.use_amp: the training steps autocast
+    model.eval()
+    x = next(iter(next(iter(dm.test_loader.values()))["query"]))["img"]
+    feats = engine.extract_features(x)
+    assert calls == [] and feats.dtype == torch.float32
+    engine.eval_amp = True
+    engine.extract_features(x)
+    assert calls == [("cuda", torch.float16)]
+    with caplog.at_level(logging.INFO, logger=ImageSDTPSEngine.__module__):
+        eng = ImageSDTPSEngine(dm, model, engine.optimizer, eval_amp=True, use_gpu=False)
+    assert eng.eval_amp is False  # no CUDA: float32, with a note
+    assert any("eval_amp=True ignored" in r.getMessage() for r in caplog.records)
 
 
 class _Spy(nn.Module):

@@ -11,8 +11,9 @@ from conftest import TINY_OPTS
 from PIL import Image
 
 from torchreid_sdtps.data.multimodal import ImageReadError, MissingModalityError
+from torchreid_sdtps.deploy import FeatureExtractor
 from torchreid_sdtps.engine.evaluation import extract_split
-from torchreid_sdtps.utils import FeatureExtractor, zero_modalities
+from torchreid_sdtps.utils import zero_modalities
 
 torch.set_num_threads(1)
 TARGET = "synthetic_msreid"
@@ -151,3 +152,20 @@ def test_camera_ids_on_a_model_without_sie_are_refused(tiny):
     assert fx(sample).shape == (1, fx.model.feature_dim)
     with pytest.raises(ValueError, match="no SIE camera embedding"):
         fx(sample, cam_ids=[0])
+
+
+def test_weights_load_strictly_and_overrides_change_the_stored_config(tiny, tmp_path):
+    from torchreid_sdtps.checkpoint import CheckpointMismatchError
+
+    ckpt = torch.load(tiny["ckpt"], map_location="cpu", weights_only=True)
+    dropped = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"].pop(dropped)  # one parameter short: refused, not left at its init
+    short = tmp_path / "short.pth.tar"
+    torch.save(ckpt, short)
+    with pytest.raises(CheckpointMismatchError,
+                       match=rf"'{short}' does not fit model sdtps_vit_tiny: 1 missing.*{dropped}"):
+        FeatureExtractor(str(short), device="cpu")
+    # overrides go on top of the checkpoint's own training config (not the demo defaults)
+    fx = FeatureExtractor(tiny["ckpt"], opts=["test.batch_size", "7"], device="cpu")
+    assert fx.meta["model_kwargs"] == tiny["fx"].meta["model_kwargs"]
+    assert (fx.meta["height"], fx.meta["width"]) == (64, 32)

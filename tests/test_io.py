@@ -38,3 +38,47 @@ def test_write_json_is_atomic_and_readable(tmp_path):
         write_json({"bad": object()}, str(target))
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_users_umask(tmp_path, umask, mode):
+    """mkstemp creates 0600; the final file has the mode open() would give it."""
+    from torchreid_sdtps.io import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        target = tmp_path / "out.json"
+        write_json({"a": 1}, str(target))
+        assert (os.stat(target).st_mode & 0o777) == mode
+        with atomic_path(str(tmp_path / "ckpt.pth")) as tmp:
+            assert (os.stat(tmp).st_mode & 0o777) == 0o600  # private while being written
+            with open(tmp, "w") as fh:
+                fh.write("x")
+        assert (os.stat(tmp_path / "ckpt.pth").st_mode & 0o777) == mode
+        assert sorted(os.listdir(tmp_path)) == ["ckpt.pth", "out.json"]
+        assert current_umask() == umask  # reading it left it as it was
+    finally:
+        os.umask(old)
+
+
+def test_umask_fallback_without_proc(tmp_path, monkeypatch):
+    import builtins
+
+    from torchreid_sdtps import io
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise OSError("no /proc")
+        return real_open(path, *args, **kwargs)
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(builtins, "open", no_proc)
+        assert io.current_umask() == 0o027
+        assert io.new_file_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # restored
+    finally:
+        os.umask(old)

@@ -140,7 +140,7 @@ def _tiny_model(selection: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return compat.model_factory()["sdtps_vit_tiny"](
         num_classes=4, loss="triplet", pretrained=False, img_size=(32, 32),
-        selection=selection, sdtps_ratio=0.5)
+        selection=selection, ratio=0.5)
 
 
 @pytest.mark.parametrize("selection", ["topk", "gumbel"])

@@ -152,3 +152,64 @@ def test_grad_checkpointing_same_output():
 
 def test_variant_registry_lists_all():
     assert set(VARIANTS) == {"clip_vit_b16", "vit_b16", "vit_tiny"}
+
+
+# ----------------------------------------------------------------------------- DeMo's CLIP path
+def _drop_paths(m):
+    return [getattr(b.drop_path1, "drop_prob", 0.0) for b in m.vit.blocks] + \
+        [getattr(b.drop_path2, "drop_prob", 0.0) for b in m.vit.blocks]
+
+
+def test_clip_has_no_drop_path_imagenet_vit_keeps_demos():
+    """DeMo passes MODEL.DROP_PATH (0.1) to its ImageNet ViT only; its CLIP tower has none."""
+    clip = _small("clip_vit_b16", proj_dim=32)
+    assert clip.drop_path_rate == 0.0 and all(isinstance(b.drop_path1, nn.Identity) and
+                                              isinstance(b.drop_path2, nn.Identity)
+                                              for b in clip.vit.blocks)
+    for variant in ("vit_b16", "vit_tiny"):  # TransReID's linear rule up to 0.1 on the last block
+        m = _small(variant)
+        assert m.drop_path_rate == pytest.approx(0.1)
+        assert max(_drop_paths(m)) == pytest.approx(0.1) and _drop_paths(m)[0] == 0.0
+    explicit = _small("clip_vit_b16", proj_dim=32, drop_path_rate=0.2)  # an explicit value is used
+    assert max(_drop_paths(explicit)) == pytest.approx(0.2)
+    assert build_backbone("clip_vit_b16", device="meta", drop_path_rate=None).drop_path_rate == 0.0
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        _small(drop_path_rate=1.5)
+
+
+def _camera_shift(m, cams):
+    """The token tensor entering norm_pre with and without camera labels: their difference."""
+    seen = []
+    hook = m.vit.norm_pre.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    x = torch.randn(len(cams), 3, 64, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        m(x)
+        m(x, torch.tensor(cams))
+    hook.remove()
+    return seen[1] - seen[0]
+
+
+def test_sie_on_the_class_token_only_for_clip():
+    """DeMo's CLIP tower: x[:, 0] = x[:, 0] + cv_emb (before the position embedding); the
+    patch tokens that SDTPS scores carry no camera term."""
+    m = _small("clip_vit_b16", proj_dim=32, num_cameras=3, sie_coe=1.0, drop_path_rate=0.0)
+    assert m.sie_tokens == "cls"
+    cams = [0, 2, 1]
+    shift = _camera_shift(m, cams)
+    assert torch.allclose(shift[:, 0], m.sie_coe * m.sie_embed[cams, 0].detach(), atol=1e-6)
+    assert torch.count_nonzero(shift[:, 1:]) == 0
+
+
+@pytest.mark.parametrize("variant", ["vit_b16", "vit_tiny"])
+def test_sie_on_every_token_for_the_imagenet_vit(variant):
+    """TransReID's form, kept for DeMo's ImageNet ViT: the camera term on every token."""
+    m = _small(variant, num_cameras=3, drop_path_rate=0.0)
+    assert m.sie_tokens == "all"
+    cams = [0, 2, 1]
+    shift = _camera_shift(m, cams)
+    ref = (m.sie_coe * m.sie_embed[cams].detach()).expand_as(shift)
+    assert torch.allclose(shift, ref, atol=1e-5)
+    both = _small(variant, num_cameras=3, sie_tokens="cls")  # the other form on request
+    assert torch.count_nonzero(_camera_shift(both, cams)[:, 1:]) == 0
+    with pytest.raises(ValueError, match="sie_tokens"):
+        _small(variant, num_cameras=3, sie_tokens="patches")

@@ -139,7 +139,7 @@ def test_training_step_reaches_backbone_guide_and_sdtps():
 @pytest.mark.parametrize("img_size, n", [((128, 64), 32), ((96, 48), 18)])
 @pytest.mark.parametrize("ratio", [0.5, 0.3])
 def test_k_is_ceil_rho_n_for_each_input_size(img_size, n, ratio):
-    model = _model(img_size=img_size, sdtps_ratio=ratio).eval()
+    model = _model(img_size=img_size, ratio=ratio).eval()
     assert model.backbone.num_patches == n
     with torch.no_grad():
         _, aux = model(_x(img_size, b=2), return_aux=True)
@@ -179,8 +179,8 @@ def test_two_modalities_are_supported_and_checked():
 
 
 @pytest.mark.parametrize("kw, match", [(dict(loss="arcface"), "unknown loss 'arcface'"),
-                                       (dict(test_feature="cls"), "unknown test_feature"),
-                                       (dict(neck_feat="middle"), "unknown neck_feat"),
+                                       (dict(test_feature="cls"), "sdtps.test_feature must be one of"),
+                                       (dict(neck_feat="middle"), "sdtps.neck_feat must be one of"),
                                        (dict(selection="soft"), "selection")])
 def test_bad_options_raise(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -200,9 +200,13 @@ def test_hdm_atm_moe_options_are_rejected(option):
         SDTPSNet(_model().backbone, NUM_CLASSES, **{option: False})
 
 
-def test_unknown_option_is_a_type_error():
-    with pytest.raises(TypeError, match="unsupported backbone override"):
+def test_unknown_option_is_a_config_error_naming_it():
+    from torchreid_sdtps.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['not_an_option'\]"):
         _model(not_an_option=1)
+    with pytest.raises(ConfigError, match=r"unknown SDTPS model option\(s\) \['not_an_option'\]"):
+        SDTPSNet(_model().backbone, NUM_CLASSES, not_an_option=1)
 
 
 # ---------------------------------------------------------------- logging (R10)

@@ -60,12 +60,9 @@ def test_pip_install_dot_registers_from_its_own_metadata(source_copy, tmp_path):
     for group, entries in ENTRY_POINTS.items():
         assert dict(parser[group]) == entries
     # the commands, and the demo config they read, come with the install
-    assert dict(parser["console_scripts"]) == {
-        "torchreid-sdtps-train": "torchreid_sdtps.cli:console_train",
-        "torchreid-sdtps-test": "torchreid_sdtps.cli:console_test",
-        "torchreid-sdtps-extract": "torchreid_sdtps.deploy.cli:extract_entry",
-        "torchreid-sdtps-search": "torchreid_sdtps.deploy.cli:search_entry",
-        "torchreid-sdtps-export": "torchreid_sdtps.deploy.cli:export_entry"}
+    assert dict(parser["console_scripts"]) == {  # one module per command, one runner
+        f"torchreid-sdtps-{name}": f"torchreid_sdtps.cli.{name}:console"
+        for name in ("train", "test", "extract", "search", "export", "visualize", "index")}
     assert (site / "torchreid_sdtps" / "configs" / "synthetic_demo.yaml").is_file()
     script = ("import torchreid_sdtps, torchreid_sdtps.plugins as p; "
               "print(torchreid_sdtps.__file__); print(sorted(p.model_names()))")

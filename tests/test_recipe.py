@@ -70,7 +70,8 @@ def test_configs_state_demo_per_dataset_values(built):
     assert (cfg.train.batch_size, cfg.sampler.num_instances) == (batch, k)
     assert (cfg.train.max_epoch, cfg.train.warmup_epoch) == (epochs, warmup)
     assert cfg.sdtps.ori_head == head
-    assert cfg.sdtps.sie_coe == 1.0 and cfg.sdtps.drop_path == pytest.approx(0.1)
+    assert cfg.sdtps.sie_coe == 1.0 and cfg.sdtps.drop_path is None  # the backbone's DeMo value
+    assert cfg.test.amp is False and cfg.sdtps.use_sdtps is True
     assert cfg.data.norm_mean == [0.5] * 3 and cfg.data.norm_std == [0.5] * 3
     assert cfg.data.sync_modalities and not cfg.test.rerank and not cfg.test.best_on_test
 
@@ -99,6 +100,67 @@ def test_optimizer_groups_follow_demo_rules(built):
     grouped = [i for s in ids.values() for i in s]
     assert len(grouped) == len(set(grouped)) == sum(p.requires_grad for p in params.values())
     assert id(params["neck_ori.bn.bias"]) not in set(grouped)
+
+
+def test_clip_backbone_as_demos(built):
+    """DeMo's CLIP tower: no drop-path, SIE on the class token, bilinear position resize."""
+    _, _, model = built
+    bb = model.backbone
+    assert bb.drop_path_rate == 0.0
+    assert all(isinstance(b.drop_path1, torch.nn.Identity) for b in bb.vit.blocks)
+    assert bb.sie_tokens == "cls" and bb.pos_interpolation == "bilinear"
+
+
+def test_backbone_params_default_to_the_models_backbone():
+    """The RGBNT201 recipe builds its optimizer for any backbone: an empty
+    ``train.backbone_params`` means the prefixes the model declares."""
+    cfg = _cfg("rgbnt201", "model.name", "sdtps_vit_tiny")
+    assert list(cfg.train.backbone_params) == []
+    torch.manual_seed(0)
+    tiny = sdtps_vit_tiny(num_classes=4, loss="triplet", pretrained=False, num_cameras=2)
+    assert tiny.backbone_param_prefixes() == ("backbone.vit",)
+    opt = build_optimizer(tiny, **config.optimizer_kwargs(cfg))
+    groups = {g["name"]: g for g in opt.param_groups}
+    params = dict(tiny.named_parameters())
+    in_backbone = {id(p) for k in ("backbone_weight", "backbone_bias") for p in groups[k]["params"]}
+    assert in_backbone == {id(p) for n, p in params.items() if n.startswith("backbone.vit.")}
+    assert groups["backbone_weight"]["lr"] == groups["backbone_bias"]["lr"]
+    assert id(params["backbone.sie_embed"]) in {id(p) for p in groups["head_weight"]["params"]}
+    # an explicit list is used as given, and still refuses a name that matches nothing
+    explicit = dict(config.optimizer_kwargs(cfg), backbone_params=["backbone.vit.blocks"])
+    opt = build_optimizer(tiny, **explicit)
+    n_explicit = sum(p.numel() for g in opt.param_groups if g["name"].startswith("backbone")
+                     for p in g["params"])
+    assert n_explicit == sum(p.numel() for n, p in params.items()
+                             if n.startswith("backbone.vit.blocks."))
+    with pytest.raises(config.ConfigError, match="'backbone.proj' names no parameter"):
+        build_optimizer(tiny, **dict(explicit, backbone_params=["backbone.vit", "backbone.proj"]))
+
+
+def test_backbone_params_of_the_clip_model(built):
+    _, _, model = built
+    assert model.backbone_param_prefixes() == ("backbone.vit", "backbone.proj")
+
+
+def test_no_sdtps_option_builds_the_ori_only_baseline():
+    """``sdtps.use_sdtps False``: DeMo without HDM/ATM (the ori head only, eval feature ori)."""
+    cfg = _cfg("rgbnt201", "sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0")
+    kwargs = config.model_kwargs(cfg, num_cameras=2)
+    kwargs.update(pretrained=False)
+    kwargs.pop("use_gpu")
+    torch.manual_seed(0)
+    model = sdtps_vit_tiny(num_classes=4, **dict(kwargs, img_size=(64, 32))).eval()
+    assert model.sdtps is None and model.neck_sdtps is None and model.test_feature == "ori"
+    x = torch.randn(2, 3, 3, 64, 32)
+    with torch.no_grad():
+        feat = model(x, cam_label=torch.tensor([0, 1]))
+        ori = model.forward_features(x, cam_label=torch.tensor([0, 1]))["ori"]
+    assert torch.equal(feat, ori)  # neck_feat before: DeMo's `return ori`
+    with pytest.raises(config.ConfigError, match="weight_align"):
+        _cfg("rgbnt201", "sdtps.use_sdtps", "False")
+    for key, value in (("sdtps.test_feature", "sdtps"), ("sdtps.selection", "gumbel")):
+        with pytest.raises(config.ConfigError, match=key):
+            _cfg("rgbnt201", "sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0", key, value)
 
 
 @pytest.mark.parametrize("noise", [False, True])

@@ -9,9 +9,11 @@ import pytest
 import torch
 from _deploy import tiny_checkpoint
 
-from torchreid_sdtps.deploy.cli import cli, main_extract, main_search
+from torchreid_sdtps.cli import run
+from torchreid_sdtps.cli.extract import main as main_extract
+from torchreid_sdtps.cli.search import main as main_search
+from torchreid_sdtps.deploy import FeatureExtractor
 from torchreid_sdtps.deploy.features import FeatureSet, load_features, save_features, search
-from torchreid_sdtps.utils import FeatureExtractor
 
 torch.set_num_threads(1)
 
@@ -127,16 +129,15 @@ def test_bad_inputs_give_clear_errors(files, tmp_path, capsys):
         shutil.copy(src, folder / mdir / "a.jpg")
     out = tmp_path / "bad.pt"
     args = ["--weights", files["ckpt"], "--folder", str(folder), "-o", str(out)]
-    assert cli(main_extract, "extract", args) == 2
+    assert run("extract", args) == 2
     err = capsys.readouterr().err
     assert f"TI image missing: '{folder / 'TI' / 'a.jpg'}'" in err and not out.exists()
     not_features = tmp_path / "x.pt"
     torch.save({"a": 1}, not_features)
-    assert cli(main_search, "search", ["--gallery", str(not_features), "--query",
-                                       files["query"]]) == 2
+    assert run("search", ["--gallery", str(not_features), "--query", files["query"]]) == 2
     assert f"'{not_features}' is not a feature file" in capsys.readouterr().err
-    assert cli(main_search, "search", ["--gallery", files["gallery"], "--images", "a.jpg",
-                                       "b.jpg", "--weights", files["ckpt"]]) == 2
+    assert run("search", ["--gallery", files["gallery"], "--images", "a.jpg", "b.jpg",
+                          "--weights", files["ckpt"], "--cam", "0"]) == 2
     assert "sample 0 has 2 image(s); expected 3" in capsys.readouterr().err
 
 

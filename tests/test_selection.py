@@ -11,15 +11,16 @@ from conftest import TINY_OPTS, load_benchmark, tiny_cfg
 
 import torchreid_sdtps  # noqa: F401  (registers the data set, model and engine)
 from torchreid_sdtps import build, compat
+from torchreid_sdtps.cli.visualize import main as visualize_main
+from torchreid_sdtps.errors import ConfigError
 from torchreid_sdtps.metrics.selection import (
     cue_mask,
     evaluate_selection,
     selection_counts,
     selection_scores,
 )
-from torchreid_sdtps.utils import token_maps
-from torchreid_sdtps.utils.token_maps import CUE_COLOUR, KEPT_COLOUR, panel_origin, token_map
-from torchreid_sdtps.utils.visualize import main as visualize_main
+from torchreid_sdtps.viz import token_maps
+from torchreid_sdtps.viz.token_maps import CUE_COLOUR, KEPT_COLOUR, panel_origin, token_map
 
 torch.set_num_threads(1)
 
@@ -157,7 +158,7 @@ def test_token_maps_of_a_model_and_the_cli(built, data_root, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="--weights"):
         visualize_main(["tokens", *TINY, "data.root", str(data_root),
                         "data.save_dir", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--num and --scale must be >= 1"):
         visualize_main(["tokens", "--num", "0"])
 
 

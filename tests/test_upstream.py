@@ -119,7 +119,7 @@ def test_main_evaluates_a_stock_checkpoint_and_draws_rank_lists(scripts, tree, t
     assert f'Successfully loaded pretrained weights from "{ckpt}"' in out
     pictures = sorted((tmp_path / "visrank_rgbnt201").glob("*.jpg"))
     assert len(pictures) == 16  # one per query (4 test ids x 2 cameras x 2 images)
-    from torchreid_sdtps.utils import visrank
+    from torchreid_sdtps.viz import visrank
 
     size = (visrank.LABEL_W + 64 + visrank.QUERY_GAP + 3 * (64 + visrank.SPACING),
             visrank.HEADER_H + 3 * 128)  # 3 modalities of 128 x 64, query + top-3

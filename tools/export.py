@@ -1,18 +1,8 @@
 #!/usr/bin/env python
-"""Export a checkpoint to ONNX and check ONNX Runtime against PyTorch.
-
-    python tools/export.py --help
-
-The logic lives in torchreid_sdtps.deploy.cli (main_export).
-"""
-import os.path as osp
+"""``torchreid-sdtps-export``: see ``--help`` and torchreid_sdtps/cli/export.py."""
 import sys
 
-try:
-    from torchreid_sdtps.deploy.cli import cli, main_export
-except ImportError:  # a source checkout that is not pip-installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from torchreid_sdtps.deploy.cli import cli, main_export
+from torchreid_sdtps.cli import run
 
 if __name__ == "__main__":
-    sys.exit(cli(main_export, "tools/export.py"))
+    sys.exit(run("export"))

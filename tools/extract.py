@@ -1,18 +1,8 @@
 #!/usr/bin/env python
-"""Extract multi-modal features of a data set split or a folder of RGB/NI/TI triples.
-
-    python tools/extract.py --help
-
-The logic lives in torchreid_sdtps.deploy.cli (main_extract).
-"""
-import os.path as osp
+"""``torchreid-sdtps-extract``: see ``--help`` and torchreid_sdtps/cli/extract.py."""
 import sys
 
-try:
-    from torchreid_sdtps.deploy.cli import cli, main_extract
-except ImportError:  # a source checkout that is not pip-installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from torchreid_sdtps.deploy.cli import cli, main_extract
+from torchreid_sdtps.cli import run
 
 if __name__ == "__main__":
-    sys.exit(cli(main_extract, "tools/extract.py"))
+    sys.exit(run("extract"))

@@ -1,18 +1,8 @@
 #!/usr/bin/env python
-"""Search query samples against a gallery feature file (top-k, distance threshold, JSON).
-
-    python tools/search.py --help
-
-The logic lives in torchreid_sdtps.deploy.cli (main_search).
-"""
-import os.path as osp
+"""``torchreid-sdtps-search``: see ``--help`` and torchreid_sdtps/cli/search.py."""
 import sys
 
-try:
-    from torchreid_sdtps.deploy.cli import cli, main_search
-except ImportError:  # a source checkout that is not pip-installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from torchreid_sdtps.deploy.cli import cli, main_search
+from torchreid_sdtps.cli import run
 
 if __name__ == "__main__":
-    sys.exit(cli(main_search, "tools/search.py"))
+    sys.exit(run("search"))

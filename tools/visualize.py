@@ -1,12 +1,8 @@
 #!/usr/bin/env python
-"""Pictures of a trained model; ``tokens``: token heat maps (kept/dropped patches, scores).
+"""``torchreid-sdtps-visualize``: see ``--help`` and torchreid_sdtps/cli/visualize.py."""
+import sys
 
-    python tools/visualize.py tokens --weights log/x/model/model.pth.tar-20 --num 8
-
-The logic lives in torchreid_sdtps.utils.visualize.
-"""
-from torchreid_sdtps.utils.visualize import main
+from torchreid_sdtps.cli import run
 
 if __name__ == "__main__":
-    for path in main() or ():
-        print(path)
+    sys.exit(run("visualize"))

@@ -18,4 +18,7 @@ __all__ = ["__version__", "register", "load_plugins", "get_loss", "get_engine", 
 register()
 from . import compat as _compat  # noqa: E402
 
-_compat.install_hooks()  # safe-loader allow-list, multi-modal visrank, sampler check
+_compat.install_hooks()  # safe-loader allow-list, sampler check
+from .viz import visrank as _visrank  # noqa: E402
+
+_visrank.install()  # multi-modal rank lists in torchreid's visrank

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os.path as osp
+import logging
 from typing import Any
 
 import torch
 
-from . import compat, config, dist, plugins
+from . import checkpoint, compat, config, dist, plugins
 from .choices import SYNTHETIC_DATASET
 from .config import CfgNode
+from .data.checks import check_run
 from .engine import ddp
 from .errors import ConfigError, UnknownNameError
 from .optim import build_lr_scheduler, build_optimizer
@@ -25,13 +26,37 @@ __all__ = ["check_names", "build_datamanager", "set_train_transform", "num_camer
            "build_model", "build_engine",
            "build_all", "use_gpu"]
 
+logger = logging.getLogger(__name__)
 
-def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` restricted to what ``fn`` accepts (all of them if it takes ``**kwargs``)."""
+
+def _takes(fn: Any) -> tuple[set[str], bool]:
+    """Keyword names ``fn`` takes, and whether it takes ``**kwargs``."""
     params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return set(params), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _supported(fn: Any, kwargs: dict[str, Any], keys: dict[str, str], what: str,
+               plain: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``kwargs`` for ``fn``; one it does not take is left out when its config key
+    (``keys[name]``) holds the default value or the ``plain`` one (what an engine without
+    the option does anyway, e.g. ``use_amp False``), and refused with :class:`ConfigError`
+    naming the key otherwise: a setting is never silently dropped."""
+    names, var_kw = _takes(fn)
+    if var_kw:
         return dict(kwargs)
-    return {k: v for k, v in kwargs.items() if k in params}
+    defaults = config.get_default_config()
+    out = {}
+    for name, value in kwargs.items():
+        if name in names:
+            out[name] = value
+        elif name in keys and value != config.config_value(defaults, keys[name]) and (
+                plain is None or name not in plain or value != plain[name]):
+            raise ConfigError(f"{what} has no option '{name}', but {keys[name]}={value!r} asks for "
+                              f"it; set {keys[name]} back to its default "
+                              f"{config.config_value(defaults, keys[name])!r}")
+        elif name not in keys:
+            raise ConfigError(f"{what} does not take the argument '{name}'")
+    return out
 
 
 def check_names(cfg: CfgNode) -> None:
@@ -65,7 +90,8 @@ def build_datamanager(cfg: CfgNode) -> Any:
 
         ctx = using_spec(config.synthetic_spec(cfg))
     with ctx:
-        dm = dm_cls(**_accepted(dm_cls.__init__, kwargs))
+        dm = dm_cls(**_supported(dm_cls.__init__, kwargs, config.IMAGEDATA_KEYS,
+                                 f"data manager {dm_cls.__name__}"))
     set_train_transform(dm.train_loader.dataset, cfg)
     return dm
 
@@ -104,15 +130,30 @@ def use_gpu(cfg: CfgNode) -> bool:
 
 
 def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
-    """The registered model ``cfg.model.name`` with the ``sdtps`` options it accepts."""
+    """The registered model ``cfg.model.name``: an SDTPS factory (one that takes ``options``)
+    gets the ``sdtps`` node as one ``SDTPSOptions``; another (torchreid's ``osnet_x0_25``...)
+    torchreid's arguments, and a changed ``sdtps`` model option is refused. The model carries
+    its checkpoint meta (:func:`checkpoint.attach_meta`); ``model.load_weights`` is loaded
+    strictly (:func:`checkpoint.load_into_model`)."""
     factory = compat.model_factory()[cfg.model.name]
-    kwargs = config.model_kwargs(cfg, num_cameras=num_camera_labels(datamanager))
-    model = factory(num_classes=datamanager.num_train_pids, **_accepted(factory, kwargs))
-    if cfg.model.load_weights:
-        if not osp.isfile(cfg.model.load_weights):
-            raise FileNotFoundError(f"model.load_weights: no file '{cfg.model.load_weights}'")
-        with compat.checkpoint_loading():
-            compat.utils().load_pretrained_weights(model, cfg.model.load_weights)
+    num_cameras = num_camera_labels(datamanager)
+    kwargs = config.model_kwargs(cfg, num_cameras=num_cameras)
+    names, _ = _takes(factory)
+    if "options" not in names:
+        changed = [k for k, v in kwargs["options"].to_dict().items()
+                   if v != getattr(type(kwargs["options"])(), k)]
+        if changed:
+            raise ConfigError(f"model '{cfg.model.name}' is not an SDTPS model; sdtps.{changed[0]} "
+                              "configures SDTPS models only (set it back to its default)")
+        kwargs = {k: kwargs[k] for k in ("loss", "pretrained", "use_gpu")}
+    model = factory(num_classes=datamanager.num_train_pids, **kwargs)
+    meta = checkpoint.make_meta(cfg, datamanager.num_train_pids, num_cameras)
+    if "options" not in names:
+        meta["model_kwargs"] = {}  # torchreid's own model: no SDTPS options
+    checkpoint.attach_meta(model, meta)
+    if cfg.model.load_weights:  # errors name this model by its meta (name, classes, cameras)
+        checkpoint.load_into_model(model, cfg.model.load_weights)
+        logger.info("Loaded the weights of '%s' (every key, strict)", cfg.model.load_weights)
     if use_gpu(cfg):
         model = model.cuda()
     return model
@@ -123,32 +164,24 @@ def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimiz
     """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
-    accepted = _accepted(engine_cls.__init__, kwargs)
-    for key, plain in _RECIPE_ENGINE_OPTIONS.items():  # recipe options a stock engine lacks
-        if key not in accepted and kwargs[key] != plain:
-            raise ConfigError(f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__}) has no "
-                              f"option {key}={kwargs[key]!r} (config: {_RECIPE_KEYS[key]}); "
-                              f"use sdtps.engine sdtps or set it back to {plain!r}")
-    engine = engine_cls(datamanager, model, **accepted)
-    if hasattr(engine, "checkpoint_meta"):  # checkpoints then rebuild the model on their own
-        from .utils.feature_extractor import checkpoint_meta
-
-        engine.checkpoint_meta = checkpoint_meta(cfg, datamanager.num_train_pids,
-                                                 num_camera_labels(datamanager))
-    return engine
+    accepted = _supported(engine_cls.__init__, kwargs, config.ENGINE_KEYS,
+                          f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__})",
+                          plain=_PLAIN_ENGINE_OPTIONS)
+    return engine_cls(datamanager, model, **accepted)
 
 
-#: engine options of the real-data recipe and their torchreid-equivalent values
-_RECIPE_ENGINE_OPTIONS: dict[str, Any] = {"soft_margin": False, "head_reduction": "mean",
-                                          "best_on_test": False}
-_RECIPE_KEYS = {"soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
-                "best_on_test": "test.best_on_test"}
+#: values of the SDTPS engine's options that an engine without them honours anyway
+_PLAIN_ENGINE_OPTIONS: dict[str, Any] = {"use_amp": False, "soft_margin": False,
+                                         "head_reduction": "mean", "best_on_test": False,
+                                         "weight_ratio": 0.0, "weight_align": 0.0,
+                                         "eval_amp": False}
 
 
 def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
     compat.utils().set_random_seed(cfg.train.seed)
     check_names(cfg)
+    check_run(cfg)  # P x K batches (data-free) before any data is built
     with dist.main_first():  # rank 0 generates/downloads the data first
         dm = build_datamanager(cfg)
     ddp.use_distributed_sampler(dm, cfg)  # this rank's share of the global batches

@@ -10,10 +10,13 @@ from collections.abc import Iterable
 
 from .errors import ConfigError
 
-__all__ = ["SELECTIONS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
-           "TRANSFORM_STYLES", "MISSING_SETTINGS", "SYNTHETIC_DATASET", "SAMPLER_MODES",
+__all__ = ["MODALITIES", "SELECTIONS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
+           "TRANSFORM_STYLES", "MISSING_SETTINGS", "DROPOUT_TRIPLET", "SYNTHETIC_DATASET",
+           "SAMPLER_MODES",
            "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
 
+#: modality order of the shipped data sets and models: RGB, near infrared, thermal infrared
+MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
 #: SDTPS token selection during training (evaluation is always hard top-K)
 SELECTIONS: tuple[str, ...] = ("topk", "gumbel")
 #: evaluation feature of SDTPSNet: [ori, sdtps] concatenated, or one of them
@@ -27,7 +30,11 @@ HEAD_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 #: training transforms: torchreid's build_transforms or DeMo's pipeline
 TRANSFORM_STYLES: tuple[str, ...] = ("torchreid", "demo")
 #: rows of the missing-modality table ("none" = all modalities present; "RGB+NI" zeroes both)
-MISSING_SETTINGS: tuple[str, ...] = ("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI")
+MISSING_SETTINGS: tuple[str, ...] = ("none", *MODALITIES,
+                                     *(f"{a}+{b}" for i, a in enumerate(MODALITIES)
+                                       for b in MODALITIES[i + 1:]))
+#: ``train.modality_dropout.triplet``: the samples the triplet term ranks under modality dropout
+DROPOUT_TRIPLET: tuple[str, ...] = ("all", "complete")
 #: ``sampler.distributed``: P x K share per rank under DDP (see torchreid_sdtps.engine.ddp)
 SAMPLER_MODES: tuple[str, ...] = ("auto", "always", "never")
 #: registered name of the generated synthetic data set (the demo's data)
@@ -60,5 +67,5 @@ def refuse_removed_stages(names: Iterable[str], kind: str, where: str = "") -> N
             raise ConfigError(
                 f"{kind} '{name}'{where} asks for {stage}: SDTPS replaces HDM/ATM in this project "
                 "(DeMo's mixture-of-experts stages do not exist here); remove it (token selection "
-                "is configured by the sdtps options: sdtps_ratio, aggr_ratio, num_aggr, beta, "
+                "is configured by the sdtps options: ratio, aggr_ratio, num_aggr, beta, "
                 "selection, gumbel_noise, gumbel_tau, score_grad)")

@@ -120,34 +120,19 @@ def build_transforms(*args: Any, **kwargs: Any) -> Any:
 
 
 def checkpoint_safe_globals() -> list:
-    """NumPy scalar types that torchreid's own engines pickle into checkpoints.
+    """NumPy scalar types torchreid's stock engines pickle (:func:`checkpoint.safe_globals`)."""
+    from .checkpoint import safe_globals
 
-    torchreid's stock engines save ``rank1`` as a NumPy float; torch>=2.6 loads with
-    ``weights_only=True`` and refuses it. These types hold plain numbers, so allow-listing
-    them keeps the safe loader while accepting torchreid's files.
-    """
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core  # NumPy 2 / NumPy 1
-    types = [core.multiarray.scalar, np.dtype]
-    types += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32)]
-    return types
+    return safe_globals()
 
 
 def checkpoint_loading() -> Any:
     """Context in which torchreid's ``load_checkpoint`` / ``resume_from_checkpoint`` /
-    ``load_pretrained_weights`` accept checkpoints written by torchreid's stock engines."""
-    import contextlib
+    ``load_pretrained_weights`` accept checkpoints written by torchreid's stock engines
+    (:func:`checkpoint.safe_loading`)."""
+    from .checkpoint import safe_loading
 
-    import torch
-
-    safe = getattr(torch.serialization, "safe_globals", None)
-    if safe is None:
-        return contextlib.nullcontext()
-    # torch's context removes its globals on exit: pass only those not yet allowed, so the
-    # process-wide allow-list of allow_checkpoint_globals() survives the block
-    allowed = torch.serialization.get_safe_globals()
-    return safe([t for t in checkpoint_safe_globals() if t not in allowed])
+    return safe_loading()
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,28 +175,14 @@ def _patch(module: Any, name: str, make: Callable[[Callable], Callable]) -> bool
     return True
 
 
-def _visrank_dispatch(original: Callable) -> Callable:
-    def visualize_ranked_results(distmat: Any, dataset: Any, data_type: str, width: int = 128,
-                                 height: int = 256, save_dir: str = "", topk: int = 10) -> Any:
-        """Multi-modal samples (a tuple of paths): the plugin's rank lists; single images:
-        torchreid's original."""
-        from .utils import visrank
-
-        if data_type == "image" and visrank.is_multimodal(dataset):
-            return visrank.visualize_ranked_results(distmat, dataset, data_type, width=width,
-                                                    height=height, save_dir=save_dir, topk=topk)
-        return original(distmat, dataset, data_type, width=width, height=height,
-                        save_dir=save_dir, topk=topk)
-
-    return visualize_ranked_results
-
-
-def patch_visrank() -> None:
-    """Make ``visrank`` draw multi-modal rank lists in every engine: rebinds
-    ``visualize_ranked_results`` in torchreid's engine module (used by the stock engines'
-    ``_evaluate``) and in ``torchreid.utils`` (used by ``ImageSDTPSEngine``)."""
-    _patch(_module_of(engine().Engine), "visualize_ranked_results", _visrank_dispatch)
-    _patch(utils(), "visualize_ranked_results", _visrank_dispatch)
+def patch_visrank(dispatch: Callable[[Callable], Callable]) -> bool:
+    """Bind ``dispatch(original)`` as ``visualize_ranked_results`` in torchreid's engine module
+    (used by the stock engines' ``_evaluate``) and in ``torchreid.utils`` (used by
+    ``ImageSDTPSEngine``). The multi-modal dispatcher lives with the pictures
+    (:func:`torchreid_sdtps.viz.visrank.install`), so this module imports nothing above it."""
+    a = _patch(_module_of(engine().Engine), "visualize_ranked_results", dispatch)
+    b = _patch(utils(), "visualize_ranked_results", dispatch)
+    return a or b
 
 
 def _checked_sampler(original: Callable) -> Callable:
@@ -234,7 +205,7 @@ def patch_train_sampler() -> None:
 
 
 def install_hooks() -> None:
-    """Everything above, idempotent: safe-loader allow-list, visrank and sampler checks."""
+    """Safe-loader allow-list and sampler checks, idempotent (the multi-modal visrank
+    dispatcher is installed by :func:`torchreid_sdtps.viz.visrank.install`)."""
     allow_checkpoint_globals()
-    patch_visrank()
     patch_train_sampler()

@@ -5,7 +5,8 @@ that caught the built-in types keeps working; the command-line tools catch ``SDT
 """
 from __future__ import annotations
 
-__all__ = ["SDTPSError", "ConfigError", "UnknownNameError", "UnknownConfigKeyError"]
+__all__ = ["SDTPSError", "ConfigError", "NotFoundError", "InputShapeError", "UnknownNameError",
+           "UnknownConfigKeyError"]
 
 
 class SDTPSError(Exception):
@@ -14,6 +15,14 @@ class SDTPSError(Exception):
 
 class ConfigError(SDTPSError, ValueError):
     """A configuration key or value is not acceptable (removed, wrong type, inconsistent)."""
+
+
+class NotFoundError(SDTPSError, FileNotFoundError):
+    """A file or folder the user named (config file, weights, data root) does not exist."""
+
+
+class InputShapeError(SDTPSError, ValueError):
+    """A tensor given to a model or loss has the wrong shape; the message says the expected one."""
 
 
 class UnknownNameError(SDTPSError, KeyError):

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file appears complete under its name, or not at all."""
+"""Atomic file writes: a file appears complete under its name, or not at all, with the mode
+the user's umask gives a new file (``0o666 & ~umask``), as ``open()`` would."""
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,35 @@ import json
 import os
 import os.path as osp
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
+
+__all__ = ["atomic_path", "write_json", "current_umask", "new_file_mode"]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux:
+    ``/proc/self/status``); elsewhere ``os.umask`` is set to a strict 0o077 and restored at
+    once under a lock, so a file created meanwhile is never more open than intended."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -16,7 +44,9 @@ def atomic_path(path: str, suffix: str = ".partial") -> Iterator[str]:
 
     The caller writes the temporary file; if the block raises (or is interrupted), the
     temporary file is removed and ``path`` is left as it was, so no partial file is ever
-    visible under the final name.
+    visible under the final name. ``mkstemp`` creates the temporary file with mode 0600; it
+    gets the umask's mode (:func:`new_file_mode`) before the rename, so other users of a
+    shared file system read results as they read any file of this user.
     """
     directory = osp.dirname(osp.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -24,6 +54,7 @@ def atomic_path(path: str, suffix: str = ".partial") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):

@@ -28,7 +28,7 @@ from .errors import ConfigError
 
 __all__ = [
     "SCHEDULERS", "WarmupLambda", "WarmupLR", "EpochScheduler", "build_lr_scheduler",
-    "build_optimizer", "param_groups", "group_lrs",
+    "build_optimizer", "param_groups", "group_lrs", "model_backbone_params",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,15 @@ SCHEDULERS: tuple[str, ...] = ("single_step", "multi_step", "cosine", "warmup_si
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p if p.endswith(".") else p + ".")
                or (not p.endswith(".") and name.startswith(p)) for p in prefixes)
+
+
+def model_backbone_params(model: nn.Module) -> tuple[str, ...]:
+    """The backbone parameter prefixes ``model`` declares (``backbone_param_prefixes()``, e.g.
+    ``SDTPSNet``'s ``backbone.vit``/``backbone.proj``); ``()`` for a model that declares none."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    declared = getattr(model, "backbone_param_prefixes", None)
+    return tuple(declared()) if callable(declared) else ()
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
@@ -93,16 +102,23 @@ def build_optimizer(model: nn.Module, optim: str = "adam", lr: float = 0.0003,
     """torchreid's ``build_optimizer`` (every keyword of it accepted), with the parameter groups
     of :func:`param_groups` when any of ``backbone_params``/``backbone_lr``/
     ``bias_lr_factor``/``weight_decay_bias`` asks for them. The result is a plain torch
-    optimizer, so torchreid's stock engines use it unchanged."""
+    optimizer, so torchreid's stock engines use it unchanged.
+
+    ``backbone_params`` empty means *the model's backbone*: the prefixes the model declares
+    (:func:`model_backbone_params`), so one config serves every backbone variant; an explicit
+    list is used as given, and a name in it that matches no parameter raises."""
     reference = compat.optim().build_optimizer(model, optim=optim, lr=lr,
                                                weight_decay=weight_decay, **torchreid_kwargs)
     grouped = bool(backbone_params) or backbone_lr is not None or bias_lr_factor != 1.0 \
         or weight_decay_bias is not None
     if not grouped:
         return reference
+    if not backbone_params:
+        backbone_params = model_backbone_params(model)
     if backbone_lr is not None and not backbone_params:
-        raise ConfigError("train.backbone_lr is set but train.backbone_params names no "
-                          "parameters: say which parameters are the backbone's")
+        raise ConfigError(f"train.backbone_lr is set but train.backbone_params is empty and "
+                          f"{type(model).__name__} declares no backbone_param_prefixes(): say "
+                          "which parameters are the backbone's")
     if torchreid_kwargs.get("staged_lr"):
         raise ConfigError("train.staged_lr (torchreid's base_lr_mult groups) cannot be combined "
                           "with train.backbone_lr / bias_lr_factor / weight_decay_bias groups; "

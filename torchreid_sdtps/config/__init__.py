@@ -13,18 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..choices import (
-    HEAD_REDUCTIONS,
-    NECK_FEATS,
-    ORI_HEADS,
-    REMOVED_STAGES,
-    SAMPLER_MODES,
-    SELECTIONS,
-    TEST_FEATURES,
-    TRANSFORM_STYLES,
-)
+from ..choices import HEAD_REDUCTIONS, REMOVED_STAGES, SAMPLER_MODES, TRANSFORM_STYLES
 from ..errors import ConfigError
 from .adapters import (
+    ENGINE_KEYS,
+    IMAGEDATA_KEYS,
+    config_value,
     datamanager_kwargs,
     engine_kwargs,
     engine_run_kwargs,
@@ -33,7 +27,13 @@ from .adapters import (
     model_kwargs,
     optimizer_kwargs,
 )
-from .defaults import DEMO_CONFIG, get_default_config, get_demo_config, synthetic_spec
+from .defaults import (
+    DEMO_CONFIG,
+    get_default_config,
+    get_demo_config,
+    model_options,
+    synthetic_spec,
+)
 from .node import BASE_KEY, CfgNode, iter_keys
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "merge_from_file", "merge_from_list", "merge_from_dict", "load_config", "check_config",
     "iter_keys", "datamanager_kwargs", "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
     "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
+    "model_options", "ENGINE_KEYS", "IMAGEDATA_KEYS", "config_value",
     "REMOVED_STAGES", "SAMPLER_MODES",
 ]
 
@@ -78,11 +79,8 @@ def load_config(config_file: str = "", opts: Sequence[str] = (), root: str = "",
 
 def check_config(cfg: CfgNode) -> None:
     """Cross-key and choice checks that single typed values cannot express."""
-    for key, value, choices in (("sdtps.selection", cfg.sdtps.selection, SELECTIONS),
-                                ("sdtps.test_feature", cfg.sdtps.test_feature, TEST_FEATURES),
-                                ("sdtps.neck_feat", cfg.sdtps.neck_feat, NECK_FEATS),
-                                ("sdtps.ori_head", cfg.sdtps.ori_head, ORI_HEADS),
-                                ("loss.head_reduction", cfg.loss.head_reduction, HEAD_REDUCTIONS),
+    model_options(cfg)  # the sdtps node's model options (SDTPSOptions checks each)
+    for key, value, choices in (("loss.head_reduction", cfg.loss.head_reduction, HEAD_REDUCTIONS),
                                 ("data.transform_style", cfg.data.transform_style,
                                  TRANSFORM_STYLES),
                                 ("sampler.distributed", cfg.sampler.distributed,
@@ -90,6 +88,14 @@ def check_config(cfg: CfgNode) -> None:
                                 ("data.type", cfg.data.type, ("image",))):
         if value not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got '{value}'")
+    if not cfg.sdtps.use_sdtps:  # the model without the SDTPS block: its options cannot act
+        # (test_feature 'sdtps' is refused by SDTPSOptions itself)
+        unusable = {"weight_align": cfg.sdtps.weight_align > 0,
+                    "selection": cfg.sdtps.selection != "topk"}
+        plain = {"weight_align": "0", "selection": "topk"}
+        for key in (k for k, bad in unusable.items() if bad):
+            raise ConfigError(f"sdtps.{key} {cfg.sdtps[key]!r} needs the SDTPS block; with "
+                              f"sdtps.use_sdtps False set sdtps.{key} {plain[key]}")
     if cfg.loss.triplet.soft_margin and cfg.loss.triplet.margin != 0:
         raise ConfigError(f"loss.triplet.soft_margin uses no margin; set loss.triplet.margin 0 "
                           f"(got {cfg.loss.triplet.margin})")

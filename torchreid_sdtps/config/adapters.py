@@ -9,65 +9,73 @@ from typing import Any
 
 from .node import CfgNode
 
-__all__ = ["imagedata_kwargs", "datamanager_kwargs", "model_kwargs", "optimizer_kwargs",
+__all__ = ["IMAGEDATA_KEYS", "ENGINE_KEYS", "config_value",
+           "imagedata_kwargs", "datamanager_kwargs", "model_kwargs", "optimizer_kwargs",
            "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs"]
+
+
+#: ``ImageDataManager`` keyword -> config key (torchreid's ``imagedata_kwargs``, same keys)
+IMAGEDATA_KEYS: dict[str, str] = {
+    "root": "data.root", "sources": "data.sources", "targets": "data.targets",
+    "height": "data.height", "width": "data.width", "transforms": "data.transforms",
+    "k_tfm": "data.k_tfm", "norm_mean": "data.norm_mean", "norm_std": "data.norm_std",
+    "use_gpu": "use_gpu", "split_id": "data.split_id", "combineall": "data.combineall",
+    "load_train_targets": "data.load_train_targets", "batch_size_train": "train.batch_size",
+    "batch_size_test": "test.batch_size", "workers": "data.workers",
+    "num_instances": "sampler.num_instances", "num_cams": "sampler.num_cams",
+    "num_datasets": "sampler.num_datasets", "train_sampler": "sampler.train_sampler",
+    "train_sampler_t": "sampler.train_sampler_t",
+}
+
+#: engine constructor keyword -> config key
+ENGINE_KEYS: dict[str, str] = {
+    "margin": "loss.triplet.margin", "weight_t": "loss.triplet.weight_t",
+    "weight_x": "loss.triplet.weight_x", "use_gpu": "use_gpu",
+    "label_smooth": "loss.softmax.label_smooth", "weight_ratio": "sdtps.weight_ratio",
+    "weight_align": "sdtps.weight_align", "align_margin": "sdtps.align_margin",
+    "align_center": "sdtps.align_center", "use_amp": "sdtps.use_amp",
+    "soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
+    "best_on_test": "test.best_on_test", "eval_amp": "test.amp",
+    "modality_dropout": "train.modality_dropout.prob",
+    "dropout_subsets": "train.modality_dropout.subsets",
+    "dropout_triplet": "train.modality_dropout.triplet",
+}
+
+
+def config_value(cfg: CfgNode, key: str) -> Any:
+    """The value of the dotted ``key`` (lists as lists)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+def _from_table(cfg: CfgNode, table: dict[str, str]) -> dict[str, Any]:
+    return {kwarg: config_value(cfg, key) for kwarg, key in table.items()}
 
 
 def imagedata_kwargs(cfg: CfgNode) -> dict[str, Any]:
     """``torchreid.data.ImageDataManager`` keyword arguments (torchreid's helper, same keys)."""
-    return {
-        "root": cfg.data.root,
-        "sources": list(cfg.data.sources),
-        "targets": list(cfg.data.targets),
-        "height": cfg.data.height,
-        "width": cfg.data.width,
-        "transforms": list(cfg.data.transforms),
-        "k_tfm": cfg.data.k_tfm,
-        "norm_mean": list(cfg.data.norm_mean),
-        "norm_std": list(cfg.data.norm_std),
-        "use_gpu": cfg.use_gpu,
-        "split_id": cfg.data.split_id,
-        "combineall": cfg.data.combineall,
-        "load_train_targets": cfg.data.load_train_targets,
-        "batch_size_train": cfg.train.batch_size,
-        "batch_size_test": cfg.test.batch_size,
-        "workers": cfg.data.workers,
-        "num_instances": cfg.sampler.num_instances,
-        "num_cams": cfg.sampler.num_cams,
-        "num_datasets": cfg.sampler.num_datasets,
-        "train_sampler": cfg.sampler.train_sampler,
-        "train_sampler_t": cfg.sampler.train_sampler_t,
-    }
+    return _from_table(cfg, IMAGEDATA_KEYS)
 
 
 datamanager_kwargs = imagedata_kwargs
 
 
 def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:
-    """Keyword arguments of the ``sdtps_*`` factories (besides ``name``/``num_classes``)."""
-    pretrained: Any = cfg.sdtps.backbone_weights or bool(cfg.model.pretrained)
-    kwargs: dict[str, Any] = {
+    """Keyword arguments of a registered model factory besides ``num_classes``: torchreid's
+    (``loss``, ``pretrained``, ``use_gpu``), the data's (``img_size``, ``num_cameras``) and the
+    ``sdtps`` node as one :class:`~torchreid_sdtps.models.options.SDTPSOptions` (``options``)."""
+    from .defaults import model_options
+
+    return {
         "loss": cfg.loss.name,
-        "pretrained": pretrained,
+        "pretrained": bool(cfg.model.pretrained),
         "use_gpu": cfg.use_gpu,
         "img_size": (cfg.data.height, cfg.data.width),
-        "num_cameras": int(num_cameras) if cfg.sdtps.sie_camera else 0,
-        "test_feature": cfg.sdtps.test_feature,
-        "sdtps_ratio": cfg.sdtps.sdtps_ratio,
-        "aggr_ratio": cfg.sdtps.aggr_ratio,
-        "num_aggr": cfg.sdtps.num_aggr,
-        "beta": cfg.sdtps.beta,
-        "selection": cfg.sdtps.selection,
-        "gumbel_noise": cfg.sdtps.gumbel_noise,
-        "score_grad": cfg.sdtps.score_grad,
-        "neck_feat": cfg.sdtps.neck_feat,
-        "ori_head": cfg.sdtps.ori_head,
-        "sie_coe": cfg.sdtps.sie_coe,
-        "drop_path_rate": cfg.sdtps.drop_path,
+        "num_cameras": int(num_cameras),
+        "options": model_options(cfg),
     }
-    if cfg.sdtps.gumbel_tau is not None:
-        kwargs["gumbel_tau"] = float(cfg.sdtps.gumbel_tau)
-    return kwargs
 
 
 def optimizer_kwargs(cfg: CfgNode) -> dict[str, Any]:
@@ -112,22 +120,9 @@ def lr_scheduler_kwargs(cfg: CfgNode) -> dict[str, Any]:
 
 
 def engine_kwargs(cfg: CfgNode) -> dict[str, Any]:
-    """Engine constructor keyword arguments (``build.build_engine`` passes those it accepts)."""
-    return {
-        "margin": cfg.loss.triplet.margin,
-        "weight_t": cfg.loss.triplet.weight_t,
-        "weight_x": cfg.loss.triplet.weight_x,
-        "use_gpu": cfg.use_gpu,
-        "label_smooth": cfg.loss.softmax.label_smooth,
-        "weight_ratio": cfg.sdtps.weight_ratio,
-        "weight_align": cfg.sdtps.weight_align,
-        "align_margin": cfg.sdtps.align_margin,
-        "align_center": cfg.sdtps.align_center,
-        "use_amp": cfg.sdtps.use_amp,
-        "soft_margin": cfg.loss.triplet.soft_margin,
-        "head_reduction": cfg.loss.head_reduction,
-        "best_on_test": cfg.test.best_on_test,
-    }
+    """Engine constructor keyword arguments (:data:`ENGINE_KEYS`; ``build.build_engine`` passes
+    those the engine takes and refuses a changed value of one it does not)."""
+    return _from_table(cfg, ENGINE_KEYS)
 
 
 def engine_run_kwargs(cfg: CfgNode) -> dict[str, Any]:

@@ -12,9 +12,12 @@ YAML files and ``KEY VALUE`` overrides read the same. New here:
   keys, ``train.backbone_*``/``bias_lr_factor``/``weight_decay_bias`` parameter groups,
   ``train.lr_noise*``, ``loss.triplet.soft_margin``, ``loss.head_reduction``,
   ``test.best_on_test``;
+- ``train.modality_dropout.prob`` / ``.subsets`` (training for missing modalities, engine
+  ``sdtps``) and ``sdtps.mask_missing`` (the model treats an all-zero modality as absent);
 - ``train.sync_bn``, ``train.auto_resume``, ``sampler.distributed`` (multi-GPU runs under
   torchrun, see :mod:`torchreid_sdtps.engine.ddp`);
-- ``sdtps``: model options of SDTPSNet, auxiliary loss weights, AMP and the engine name;
+- ``sdtps``: the model options of SDTPSNet (one key per ``SDTPSOptions`` field), then the
+  engine's: auxiliary loss weights, AMP and the engine name;
 - ``synthetic``: the fields of ``SyntheticSpec`` (used when a source is ``synthetic_msreid``).
 
 The demo's settings are the YAML file shipped in the package (:data:`DEMO_CONFIG`);
@@ -29,7 +32,8 @@ from typing import Any
 from ..choices import MISSING_SETTINGS
 from .node import CfgNode
 
-__all__ = ["get_default_config", "get_demo_config", "DEMO_CONFIG", "synthetic_spec"]
+__all__ = ["get_default_config", "get_demo_config", "DEMO_CONFIG", "synthetic_spec",
+           "model_options"]
 
 #: the synthetic demo's settings (package data; ``tools/train.py`` with no config file)
 DEMO_CONFIG = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs",
@@ -99,7 +103,9 @@ def get_default_config() -> CfgNode:
     cfg.train.warmup_factor = 0.01  # lr multiplier at the first warm-up epoch
     cfg.train.min_lr_factor = 0.01  # cosine floor, as a fraction of lr
     # parameter groups (torchreid_sdtps.optim.param_groups, DeMo's make_optimizer rules)
-    cfg.train.backbone_params = []  # dotted name prefixes of the pretrained backbone's params
+    # dotted name prefixes of the pretrained backbone's params; [] = the model's backbone
+    # (SDTPSNet.backbone_param_prefixes(): backbone.vit + backbone.proj for CLIP)
+    cfg.train.backbone_params = []
     cfg.train.backbone_lr = None  # lr of backbone_params (None: as every other parameter)
     cfg.train.bias_lr_factor = 1.0  # bias lr = factor x lr (backbone biases: backbone_lr)
     cfg.train.weight_decay_bias = None  # None: train.weight_decay
@@ -112,6 +118,12 @@ def get_default_config() -> CfgNode:
     cfg.train.seed = 1
     cfg.train.sync_bn = False  # DDP: synchronise every BatchNorm across ranks
     cfg.train.auto_resume = False  # resume from the latest checkpoint in save_dir (restarts)
+    # training for missing modalities (engine sdtps; docs/engine.md): a sample loses, with
+    # probability prob, one of the subsets (missing-table names), removed as evaluation does
+    cfg.train.modality_dropout = CfgNode()
+    cfg.train.modality_dropout.prob = 0.0  # 0 = off (bit-identical to training without it)
+    cfg.train.modality_dropout.subsets = [s for s in MISSING_SETTINGS if s != "none"]
+    cfg.train.modality_dropout.triplet = "all"  # all | complete: samples the triplet ranks
 
     cfg.sgd = CfgNode()
     cfg.sgd.momentum = 0.9
@@ -151,24 +163,12 @@ def get_default_config() -> CfgNode:
     # ALSO keep the checkpoint with the best mAP *on the test set* (model-best.pth.tar; DeMo
     # does this). Selecting on the test set is optimistic: results report the last epoch.
     cfg.test.best_on_test = False
+    cfg.test.amp = False  # fp16 autocast for evaluation (CUDA); default fp32, as DeMo ranks
 
-    cfg.sdtps = CfgNode()
+    # the model's options: one key per SDTPSOptions field (models/options.py documents them),
+    # then the engine's keys (options.ENGINE_KEYS)
+    cfg.sdtps = _options_node()
     cfg.sdtps.engine = "sdtps"  # any registered engine: sdtps, triplet, softmax, third-party
-    cfg.sdtps.backbone_weights = ""  # local backbone weight file (overrides model.pretrained)
-    cfg.sdtps.sie_camera = True  # SIE camera embedding sized from the data sets' cam_labels
-    cfg.sdtps.test_feature = "concat"  # one of choices.TEST_FEATURES
-    cfg.sdtps.neck_feat = "after"  # eval feature after | before the BNNeck BatchNorm
-    cfg.sdtps.ori_head = "concat"  # concat (DeMo DIRECT=1) | per_modality (DIRECT=0)
-    cfg.sdtps.sie_coe = 3.0  # weight of the SIE camera embedding (TransReID 3.0, DeMo 1.0)
-    cfg.sdtps.drop_path = 0.1  # stochastic depth of the backbone blocks
-    cfg.sdtps.sdtps_ratio = 0.5  # rho: kept fraction of patches
-    cfg.sdtps.aggr_ratio = 0.4  # alpha: N_c = round(N * rho * alpha)
-    cfg.sdtps.num_aggr = None  # explicit N_c (None = from aggr_ratio)
-    cfg.sdtps.beta = 0.25
-    cfg.sdtps.selection = "topk"  # one of choices.SELECTIONS
-    cfg.sdtps.gumbel_noise = 0.1
-    cfg.sdtps.gumbel_tau = None  # None = the model's default
-    cfg.sdtps.score_grad = False
     cfg.sdtps.weight_ratio = 1.0  # SelectionRatioLoss weight (0 under topk anyway)
     cfg.sdtps.weight_align = 0.5  # CrossModalAlignmentLoss weight
     cfg.sdtps.align_margin = 0.2
@@ -184,6 +184,27 @@ def get_demo_config() -> CfgNode:
     cfg = get_default_config()
     cfg.merge_from_file(DEMO_CONFIG)
     return cfg
+
+
+def _options_class() -> type:
+    """``SDTPSOptions`` from its pure-Python module (not the model's)."""
+    from ..models.options import SDTPSOptions
+
+    return SDTPSOptions
+
+
+def _options_node() -> CfgNode:
+    """One key per ``SDTPSOptions`` field, its default."""
+    node = CfgNode()
+    for key, value in dataclasses.asdict(_options_class()()).items():
+        node[key] = value
+    return node
+
+
+def model_options(cfg: CfgNode) -> Any:
+    """The ``SDTPSOptions`` the ``sdtps`` node describes (its engine keys aside)."""
+    cls = _options_class()
+    return cls.from_dict({k: cfg.sdtps[k] for k in cls.field_names()}, where=" (config 'sdtps')")
 
 
 def _spec_class() -> type:

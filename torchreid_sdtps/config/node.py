@@ -26,7 +26,7 @@ import yaml
 from yacs.config import CfgNode as _YacsNode
 
 from ..choices import refuse_removed_stages
-from ..errors import ConfigError, UnknownConfigKeyError
+from ..errors import ConfigError, NotFoundError, UnknownConfigKeyError
 
 __all__ = ["CfgNode", "BASE_KEY", "iter_keys"]
 
@@ -92,8 +92,8 @@ class CfgNode(_YacsNode):
             if not osp.isabs(base):
                 base = osp.join(osp.dirname(path), base)
             if not osp.isfile(base):
-                raise FileNotFoundError(f"config file '{cfg_filename}': {BASE_KEY} file not "
-                                        f"found: '{base}'")
+                raise NotFoundError(f"config file '{cfg_filename}': {BASE_KEY} file not "
+                                    f"found: '{base}'")
             self.merge_from_file(base, _stack + (path,))
         return self.merge_from_dict(loaded, source=f"config file '{cfg_filename}'")
 
@@ -177,7 +177,7 @@ def _unknown_key(full_key: str, node: CfgNode, source: str) -> UnknownConfigKeyE
 def _read_yaml(path: str) -> dict[str, Any]:
     """The mapping in the YAML file ``path`` (empty for an empty file)."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f"config file not found: '{path}'")
+        raise NotFoundError(f"config file not found: '{path}'")
     with open(path, encoding="utf-8") as fh:
         try:
             loaded = yaml.safe_load(fh)

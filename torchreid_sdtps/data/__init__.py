@@ -1,22 +1,24 @@
 """Multi-modal datasets: the base class, RGBNT201, RGBNT100, MSVR310 and their errors.
 
 ``synthetic`` (the generated test-bed dataset) is registered through the entry points and is
-not exported here. Names are resolved lazily (PEP 562), so importing a light submodule (e.g.
-the synthetic spec, which the config reads) does not import the data sets.
+not exported here.
 """
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .msvr310 import MSVR310
+from .multimodal import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    EmptySplitError,
+    ImageReadError,
+    MissingModalityError,
+    MultiModalFolderDataset,
+    MultiModalImageDataset,
+    read_image,
+)
+from .rgbnt100 import RGBNT100
+from .rgbnt201 import RGBNT201
 
-_EXPORTS = {
-    "MultiModalImageDataset": "multimodal", "MultiModalFolderDataset": "multimodal",
-    "read_image": "multimodal", "ImageReadError": "multimodal",
-    "MissingModalityError": "multimodal", "DatasetNotFoundError": "multimodal",
-    "EmptySplitError": "multimodal", "DatasetFormatError": "multimodal",
-    "RGBNT201": "rgbnt201", "RGBNT100": "rgbnt100", "MSVR310": "msvr310",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["DatasetFormatError", "DatasetNotFoundError", "EmptySplitError", "ImageReadError",
+           "MSVR310", "MissingModalityError", "MultiModalFolderDataset",
+           "MultiModalImageDataset", "RGBNT100", "RGBNT201", "read_image"]

@@ -23,7 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DriveSource", "DRIVE_SOURCES", "MANUAL_SOURCES", "how_to_get", "download_dataset",
+from ..errors import SDTPSError
+
+
+class DownloadError(SDTPSError, RuntimeError):
+    """A data set cannot be downloaded (no automatic source, network, archive); the message
+    says where to get it by hand."""
+
+
+__all__ = ["DownloadError", "DriveSource", "DRIVE_SOURCES", "MANUAL_SOURCES", "how_to_get",
+           "download_dataset",
            "extract_archive"]
 
 logger = logging.getLogger(__name__)
@@ -84,7 +93,7 @@ def _safe_members_zip(zf: zipfile.ZipFile, dest: str) -> None:
     for name in zf.namelist():
         target = osp.realpath(osp.join(dest, name))
         if target != base and not target.startswith(base + os.sep):
-            raise RuntimeError(f"archive member '{name}' would be written outside '{dest}'")
+            raise DownloadError(f"archive member '{name}' would be written outside '{dest}'")
 
 
 def extract_archive(path: str, dest: str) -> None:
@@ -100,7 +109,7 @@ def extract_archive(path: str, dest: str) -> None:
             else:  # pragma: no cover - Python without extraction filters
                 tf.extractall(dest)
     else:
-        raise RuntimeError(
+        raise DownloadError(
             f"'{path}' is not a zip or tar archive; extract it by hand (e.g. with unrar or 7z)"
         )
 
@@ -119,12 +128,12 @@ def _fetch(source: DriveSource, dataset_dir: str, dest: str) -> list[str]:
     if not source.is_folder:
         out = gdown.download(id=source.drive_id, output=dest + os.sep, quiet=False)
         if not out or not osp.isfile(out):
-            raise RuntimeError(f"gdown could not download {source.url}")
+            raise DownloadError(f"gdown could not download {source.url}")
         return [out]
     entries = gdown.download_folder(id=source.drive_id, output=dest, quiet=False,
                                     skip_download=True)
     if not entries:
-        raise RuntimeError(f"gdown found no file in the Drive folder {source.url}")
+        raise DownloadError(f"gdown found no file in the Drive folder {source.url}")
     # the folder also holds other datasets: keep the entries that name this one, if any do
     wanted = [e for e in entries if dataset_dir.lower() in e.path.lower()] or list(entries)
     files = []
@@ -132,7 +141,7 @@ def _fetch(source: DriveSource, dataset_dir: str, dest: str) -> list[str]:
         os.makedirs(osp.dirname(entry.local_path) or dest, exist_ok=True)
         out = gdown.download(id=entry.id, output=entry.local_path, quiet=False)
         if not out or not osp.isfile(out):
-            raise RuntimeError(f"gdown could not download '{entry.path}' from {source.url}")
+            raise DownloadError(f"gdown could not download '{entry.path}' from {source.url}")
         files.append(out)
     return files
 
@@ -149,10 +158,10 @@ def download_dataset(dataset_dir: str, root: str, is_complete: Callable[[str], b
     if is_complete(target):
         return target
     if dataset_dir not in DRIVE_SOURCES:
-        raise RuntimeError(f"download=True: {dataset_dir} cannot be downloaded automatically. "
+        raise DownloadError(f"download=True: {dataset_dir} cannot be downloaded automatically. "
                            + how_to_get(dataset_dir, root))
     if osp.exists(target) and os.listdir(target):
-        raise RuntimeError(
+        raise DownloadError(
             f"'{target}' exists but does not have the {dataset_dir} layout; remove or fix it "
             "before download=True (it is never overwritten)"
         )
@@ -164,7 +173,7 @@ def download_dataset(dataset_dir: str, root: str, is_complete: Callable[[str], b
         try:
             files = _fetch(source, dataset_dir, osp.join(tmp, "download"))
         except Exception as exc:  # gdown raises its own types (quota, permission, network)
-            raise RuntimeError(
+            raise DownloadError(
                 f"downloading {dataset_dir} failed ({type(exc).__name__}: {exc}). "
                 f"Download it by hand from {source.url} and extract it into '{root}'."
             ) from exc
@@ -176,10 +185,10 @@ def download_dataset(dataset_dir: str, root: str, is_complete: Callable[[str], b
             for i, path in enumerate(files):
                 try:
                     extract_archive(path, osp.join(extracted, f"{round_}-{i}"))
-                except RuntimeError as exc:
+                except DownloadError as exc:
                     kept = osp.join(root, osp.basename(path))
                     os.replace(path, kept)
-                    raise RuntimeError(
+                    raise DownloadError(
                         f"downloaded {dataset_dir} archive kept as '{kept}': {exc}; extract it "
                         f"so that '{target}' has the expected layout"
                     ) from exc
@@ -187,7 +196,7 @@ def download_dataset(dataset_dir: str, root: str, is_complete: Callable[[str], b
             files = [osp.join(d, n) for d, _, names in os.walk(extracted) for n in sorted(names)
                      if n.lower().endswith(ARCHIVE_EXTENSIONS)]
         if found is None:
-            raise RuntimeError(
+            raise DownloadError(
                 f"the download from {source.url} holds no folder with the {dataset_dir} layout"
             )
         if osp.isdir(target):

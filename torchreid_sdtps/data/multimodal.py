@@ -27,7 +27,9 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from .. import compat
+from ..choices import MODALITIES
 from ..dist import is_main_process
+from ..errors import SDTPSError
 from .download import download_dataset, how_to_get  # gdown itself is imported only on use
 
 __all__ = [
@@ -45,23 +47,23 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 Sample = tuple  # (paths: tuple[str, ...], pid: int, camid: int, dsetid: int)
 
 
-class ImageReadError(OSError):
+class ImageReadError(SDTPSError, OSError):
     """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
 
 
-class MissingModalityError(FileNotFoundError):
+class MissingModalityError(SDTPSError, FileNotFoundError):
     """The file of one modality of a sample does not exist."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(SDTPSError, FileNotFoundError):
     """The dataset folder (or one of its split folders) is not where it is expected."""
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(SDTPSError, ValueError):
     """A split (train / query / gallery) holds no sample."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(SDTPSError, ValueError):
     """A file name does not follow the dataset's naming scheme."""
 
 
@@ -106,7 +108,7 @@ def load_modalities(paths: Sequence[str], modalities: Sequence[str]) -> list[Ima
             )
         imgs = [img.crop((i * width // num, 0, (i + 1) * width // num, height)) for i in range(num)]
     else:
-        raise ValueError(
+        raise DatasetFormatError(
             f"sample has {len(paths)} paths {tuple(paths)}; expected {num} "
             f"(one per modality {tuple(modalities)}) or 1 side-by-side image"
         )
@@ -154,7 +156,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
     differ from ``camid`` (the id the evaluation protocol uses).
     """
 
-    modalities: tuple[str, ...] = ("RGB", "NI", "TI")
+    modalities: tuple[str, ...] = MODALITIES
     sync_modalities: bool = True  # same random draws for the M images of a sample
     _cam_labels: dict | None = None  # (paths, dsetid) -> camera label (datasets built by __add__)
 
@@ -177,7 +179,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
             paths = sample[0]
             paths = (paths,) if isinstance(paths, str) else tuple(paths)
             if len(paths) not in (1, num):
-                raise ValueError(
+                raise DatasetFormatError(
                     f"{type(self).__name__} {name} sample {sample!r}: expected {num} paths "
                     f"(one per modality {self.modalities}) or 1 side-by-side image"
                 )
@@ -240,7 +242,7 @@ class MultiModalImageDataset(compat.image_dataset_base()):
                 "both datasets must be MultiModalImageDataset with the same modalities"
             )
         if len(other.modalities) != len(self.modalities):
-            raise ValueError(
+            raise DatasetFormatError(
                 f"cannot add {type(other).__name__} (modalities {other.modalities}) to "
                 f"{type(self).__name__} (modalities {self.modalities})"
             )

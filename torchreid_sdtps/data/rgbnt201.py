@@ -16,6 +16,7 @@ import os.path as osp
 import re
 from typing import Any
 
+from ..choices import MODALITIES
 from .multimodal import (
     DatasetFormatError,
     MultiModalFolderDataset,
@@ -39,7 +40,7 @@ class RGBNT201(MultiModalFolderDataset):
     dataset_dir = "RGBNT201"
     train_dir = "train_171"
     test_dir = "test"
-    modality_dirs: tuple[str, ...] = ("RGB", "NI", "TI")
+    modality_dirs: tuple[str, ...] = MODALITIES
     _name_re = re.compile(r"^(\d+)_cam(\d+)")
 
     def __init__(self, root: str = "", download: bool = False, **kwargs: Any) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from .. import dist
+from ..errors import ConfigError
 
 __all__ = ["DistributedIdentitySampler"]
 
@@ -47,15 +48,15 @@ class DistributedIdentitySampler(Sampler[int]):
         self.num_replicas = dist.world_size() if num_replicas is None else int(num_replicas)
         self.rank = dist.rank() if rank is None else int(rank)
         if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"DistributedIdentitySampler: rank {self.rank} outside "
+            raise ConfigError(f"DistributedIdentitySampler: rank {self.rank} outside "
                              f"[0, {self.num_replicas})")
         if num_instances < 1 or batch_size % num_instances:
-            raise ValueError(f"DistributedIdentitySampler: batch_size {batch_size} must be a "
+            raise ConfigError(f"DistributedIdentitySampler: batch_size {batch_size} must be a "
                              f"multiple of num_instances {num_instances} (P x K)")
         self.num_instances = int(num_instances)
         self.num_pids_per_batch = batch_size // num_instances
         if self.num_pids_per_batch % self.num_replicas:
-            raise ValueError(
+            raise ConfigError(
                 f"DistributedIdentitySampler: P = batch_size / num_instances = "
                 f"{self.num_pids_per_batch} identities per global batch must be divisible by "
                 f"the {self.num_replicas} ranks (train.batch_size is the global batch)")
@@ -69,7 +70,7 @@ class DistributedIdentitySampler(Sampler[int]):
             index[int(item[1])].append(i)
         self.index = dict(sorted(index.items()))
         if len(self.index) < self.num_pids_per_batch:
-            raise ValueError(f"DistributedIdentitySampler: {len(self.index)} identities, fewer "
+            raise ConfigError(f"DistributedIdentitySampler: {len(self.index)} identities, fewer "
                              f"than P = {self.num_pids_per_batch} per batch")
 
     def set_epoch(self, epoch: int) -> None:

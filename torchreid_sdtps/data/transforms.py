@@ -17,6 +17,8 @@ from typing import Any
 
 import torchvision.transforms as T
 
+from ..errors import ConfigError
+
 __all__ = ["DEMO_TRANSFORMS", "build_demo_train_transform"]
 
 #: the ``data.transforms`` names the DeMo pipeline understands (and what each turns on)
@@ -36,13 +38,13 @@ def build_demo_train_transform(height: int, width: int, transforms: Sequence[str
 
     unknown = sorted(set(transforms) - set(DEMO_TRANSFORMS))
     if unknown:
-        raise ValueError(f"data.transforms {unknown} have no DeMo-style version; with "
+        raise ConfigError(f"data.transforms {unknown} have no DeMo-style version; with "
                          f"data.transform_style demo use a subset of {sorted(DEMO_TRANSFORMS)}")
     for name, value in (("flip_prob", flip_prob), ("erase_prob", erase_prob)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"data.{name} must be a probability in [0, 1], got {value}")
+            raise ConfigError(f"data.{name} must be a probability in [0, 1], got {value}")
     if pad < 0:
-        raise ValueError(f"data.pad must be >= 0, got {pad}")
+        raise ConfigError(f"data.pad must be >= 0, got {pad}")
     size = (int(height), int(width))
     steps: list[Any] = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)]
     if "random_flip" in transforms:

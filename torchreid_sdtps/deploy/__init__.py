@@ -1,6 +1,21 @@
-"""Using a trained model: feature files, gallery search, ONNX export with parity checks.
+"""Using a trained model: the inference API, feature files, gallery search, ONNX export.
 
-Submodules: :mod:`.features` (feature files, search), :mod:`.onnx` (export, ONNX Runtime
-forward, parity), :mod:`.cli` (``tools/extract.py``, ``tools/search.py``, ``tools/export.py``).
-The feature extractor itself is :class:`torchreid_sdtps.utils.FeatureExtractor`.
+Submodules: :mod:`.extractor` (:class:`FeatureExtractor`: checkpoint -> features),
+:mod:`.features` (feature files, search), :mod:`.store` / :mod:`.store_writer` (feature
+stores that map, written in chunks), :mod:`.exact` (exact search in bounded memory),
+:mod:`.index` (FAISS indexes), :mod:`.provenance` (how features were made; search refuses a
+mismatch), :mod:`.onnx` (export, ONNX Runtime forward, parity on the checkpoint's data).
+The commands are in :mod:`torchreid_sdtps.cli` (extract, search, index, export).
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["FeatureExtractor"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FeatureExtractor":
+        return importlib.import_module(f"{__name__}.extractor").FeatureExtractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

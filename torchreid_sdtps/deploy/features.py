@@ -2,9 +2,11 @@
 
 A feature file (``torch.save``, readable with ``weights_only=True``) holds ``features (N, D)``,
 ``pids``, ``camids``, ``cam_labels`` (``-1`` = unknown), ``paths`` (one tuple of M paths per
-sample) and ``info`` (checkpoint, model, whether the features are L2-normalised). It is
-written atomically. :func:`search` ranks queries against a gallery with torchreid's distance
-functions and returns the top-k with an optional "no match" distance threshold.
+sample) and ``info``: the data set / folder and ``provenance``, how the features were made
+(model, checkpoint and its content hash, normalisation, camera term, input size, feature
+dimension, test feature; see :mod:`.provenance`). It is written atomically. :func:`search`
+ranks queries against a gallery with torchreid's distance functions and returns the top-k with
+an optional "no match" distance threshold.
 """
 from __future__ import annotations
 
@@ -16,14 +18,25 @@ from typing import Any
 import torch
 
 from .. import compat
+from ..errors import ConfigError, SDTPSError, UnknownNameError
 from ..io import atomic_path
+from .provenance import check as check_provenance
 
-__all__ = ["FeatureSet", "train_config", "synthetic_spec_of", "save_features", "load_features",
+__all__ = ["FeatureSet", "FeatureFileError", "FeatureFileNotFoundError", "provenance_of",
+           "check_comparable", "synthetic_spec_of", "save_features", "load_features",
            "extract_samples", "dataset_samples", "folder_samples", "search", "format_search",
            "METRICS"]
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
 _KEYS = ("features", "pids", "camids", "cam_labels", "paths", "info")
+
+
+class FeatureFileError(SDTPSError, ValueError):
+    """A feature file that cannot be read, or features of inconsistent shapes."""
+
+
+class FeatureFileNotFoundError(FeatureFileError, FileNotFoundError):
+    """A feature file, or a folder of images to extract, that does not exist."""
 
 
 @dataclasses.dataclass
@@ -41,7 +54,7 @@ class FeatureSet:
         n = self.features.shape[0] if self.features.dim() == 2 else -1
         lengths = {k: len(getattr(self, k)) for k in ("pids", "camids", "cam_labels", "paths")}
         if n < 0 or any(v != n for v in lengths.values()):
-            raise ValueError(f"FeatureSet: features of shape {tuple(self.features.shape)} "
+            raise FeatureFileError(f"FeatureSet: features of shape {tuple(self.features.shape)} "
                              f"(expected (N, D)) with lengths {lengths}; all must be N")
 
     def __len__(self) -> int:
@@ -61,15 +74,15 @@ def save_features(fs: FeatureSet, path: str) -> str:
 def load_features(path: str) -> FeatureSet:
     """Read a feature file written by :func:`save_features`; errors name the file."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f"feature file not found: '{path}'")
+        raise FeatureFileNotFoundError(f"feature file not found: '{path}'")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read feature file '{path}' ({type(exc).__name__}: {exc})") \
+        raise FeatureFileError(f"cannot read feature file '{path}' ({type(exc).__name__}: {exc})") \
             from exc
     missing = [k for k in _KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f"'{path}' is not a feature file of tools/extract.py: missing keys "
+        raise FeatureFileError(f"'{path}' is not a feature file of tools/extract.py: missing keys "
                          f"{missing}")
     return FeatureSet(state["features"], state["pids"], state["camids"], state["cam_labels"],
                       [tuple(p) for p in state["paths"]], state["info"])
@@ -77,21 +90,10 @@ def load_features(path: str) -> FeatureSet:
 
 # ----------------------------------------------------------------------------- extraction
 
-def train_config(meta: dict[str, Any]) -> Any:
-    """The training config stored in a checkpoint's meta (None without one)."""
-    if "config" not in meta:
-        return None
-    import yaml
-
-    from .. import config
-
-    return config.merge_from_dict(config.get_default_config(), yaml.safe_load(meta["config"]),
-                                  source="the checkpoint's stored config")
-
-
 def synthetic_spec_of(meta: dict[str, Any]) -> Any:
     """The synthetic spec the checkpoint was trained with (None: the package default)."""
     from .. import config
+    from .extractor import train_config
 
     cfg = train_config(meta)
     return config.synthetic_spec(cfg) if cfg is not None else None
@@ -106,9 +108,9 @@ def dataset_samples(name: str, split: str, root: str, spec: Any = None
     torchreid_sdtps.load_plugins()
     registry = compat.image_dataset_registry()
     if name not in registry:
-        raise KeyError(f"unknown dataset '{name}'; registered datasets: {sorted(registry)}")
+        raise UnknownNameError(f"unknown dataset '{name}'; registered datasets: {sorted(registry)}")
     if split not in ("train", "query", "gallery"):
-        raise ValueError(f"split must be train, query or gallery, got '{split}'")
+        raise ConfigError(f"split must be train, query or gallery, got '{split}'")
     kwargs: dict[str, Any] = {"root": root, "verbose": False}
     if spec is not None and name == "synthetic_msreid":
         kwargs["spec"] = spec
@@ -126,10 +128,10 @@ def folder_samples(folder: str, modality_dirs: Sequence[str],
     from ..data.multimodal import scan_modality_folders
 
     if not osp.isdir(folder):
-        raise FileNotFoundError(f"folder not found: '{folder}'")
+        raise FeatureFileNotFoundError(f"folder not found: '{folder}'")
     samples = scan_modality_folders(folder, list(modality_dirs), list(modalities))
     if not samples:
-        raise ValueError(f"no image in '{folder}/{modality_dirs[0]}/' (expected one folder per "
+        raise FeatureFileError(f"no image in '{folder}/{modality_dirs[0]}/' (expected one folder per "
                          f"modality {tuple(modality_dirs)} holding images of the same names)")
     return samples
 
@@ -146,6 +148,21 @@ def extract_samples(extractor: Any, paths: list[tuple[str, ...]], pids: Sequence
                       cams or [-1] * n, list(paths), dict(info or {}))
 
 
+# ----------------------------------------------------------------------------- provenance
+
+def provenance_of(fs: FeatureSet) -> dict[str, Any] | None:
+    """The provenance record of ``fs`` (None for files written before it was recorded)."""
+    rec = fs.info.get("provenance")
+    return rec if isinstance(rec, dict) else None
+
+
+def check_comparable(query: FeatureSet, gallery: FeatureSet, allow_mismatch: bool = False,
+                     names: tuple[str, str] = ("query", "gallery")) -> list[str]:
+    """Refuse to compare features made differently (see :mod:`.provenance`); returns the
+    warnings given instead."""
+    return check_provenance(provenance_of(query), provenance_of(gallery), names, allow_mismatch)
+
+
 # ----------------------------------------------------------------------------- search
 
 def search(query: FeatureSet, gallery: FeatureSet, topk: int = 10, metric: str = "euclidean",
@@ -157,13 +174,13 @@ def search(query: FeatureSet, gallery: FeatureSet, topk: int = 10, metric: str =
     set and no gallery entry is within it; only entries within the threshold are listed then).
     """
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
+        raise ConfigError(f"metric must be one of {METRICS}, got '{metric}'")
     if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+        raise ConfigError(f"topk must be >= 1, got {topk}")
     if len(gallery) == 0 or len(query) == 0:
-        raise ValueError(f"empty feature set: {len(query)} queries, {len(gallery)} gallery")
+        raise FeatureFileError(f"empty feature set: {len(query)} queries, {len(gallery)} gallery")
     if query.features.shape[1] != gallery.features.shape[1]:
-        raise ValueError(f"feature sizes differ: queries D={query.features.shape[1]}, gallery "
+        raise FeatureFileError(f"feature sizes differ: queries D={query.features.shape[1]}, gallery "
                          f"D={gallery.features.shape[1]} (extracted with different models?)")
     dist = compat.metrics().compute_distance_matrix(query.features.float(),
                                                     gallery.features.float(), metric)

@@ -188,11 +188,11 @@ def _maybe_fail(epoch: int, batch: int) -> None:
     try:
         rank, at_epoch, at_batch = (int(x) for x in spec.split(":"))
     except ValueError:
-        raise ValueError(f"{FAIL_AT_ENV}='{spec}': expected '<rank>:<epoch>:<batch>'") from None
+        raise ConfigError(f"{FAIL_AT_ENV}='{spec}': expected '<rank>:<epoch>:<batch>'") from None
     marker = os.environ.get(FAIL_MARKER_ENV)
     if not marker:
-        raise ValueError(f"{FAIL_AT_ENV} needs {FAIL_MARKER_ENV} (a file path that makes the "
-                         "failure happen once)")
+        raise ConfigError(f"{FAIL_AT_ENV} needs {FAIL_MARKER_ENV} (a file path that makes the "
+                          "failure happen once)")
     if (rank, at_epoch, at_batch) == (dist.rank(), epoch, batch) and not osp.exists(marker):
         with open(marker, "w", encoding="utf-8") as fh:
             fh.write(f"rank {rank} exited at epoch {epoch} batch {batch}\n")

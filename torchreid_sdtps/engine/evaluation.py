@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import compat
 from ..choices import MISSING_SETTINGS
+from ..errors import ConfigError
 from .ddp import gather_shards, shard_loader
 from .state import rng_fork
 
@@ -47,12 +48,12 @@ def parse_setting(setting: str, modalities: Sequence[str]) -> tuple[int, ...]:
     for part in setting.split("+"):
         name = part.strip().lower()
         if name not in lower:
-            raise ValueError(f"missing-modality setting '{setting}': unknown modality "
-                             f"'{part.strip()}'; the data set has {tuple(modalities)}")
+            raise ConfigError(f"missing-modality setting '{setting}': unknown modality "
+                              f"'{part.strip()}'; the data set has {tuple(modalities)}")
         out.append(lower.index(name))
     if len(set(out)) == len(modalities):
-        raise ValueError(f"missing-modality setting '{setting}' zeroes every modality "
-                         f"{tuple(modalities)}; at least one must remain")
+        raise ConfigError(f"missing-modality setting '{setting}' zeroes every modality "
+                          f"{tuple(modalities)}; at least one must remain")
     return tuple(sorted(set(out)))
 
 

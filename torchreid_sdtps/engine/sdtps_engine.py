@@ -10,7 +10,13 @@ What it adds to ``ImageTripletEngine`` (everything else, ``run()`` included, is 
   + ``weight_align``·:class:`CrossModalAlignmentLoss`, each reported in the loss summary
   (``loss_x``, ``loss_t``, ``loss_ratio``, ``loss_align``), so torchreid's printed lines and
   tensorboard scalars show them;
-- ``use_amp``: ``torch.autocast`` (float16) + ``GradScaler`` on CUDA; float32 on the CPU;
+- ``modality_dropout`` / ``dropout_subsets``: training for missing modalities
+  (:class:`~torchreid_sdtps.engine.modality_dropout.ModalityDropout`): random samples lose a
+  random allowed subset of their modalities, removed by ``zero_modalities`` exactly as the
+  missing-modality evaluation removes them; the alignment loss then leaves the pairs with an
+  absent modality out (the model, built with ``mask_missing=True``, sees the absence itself);
+- ``use_amp``: ``torch.autocast`` (float16) + ``GradScaler`` for training on CUDA; float32 on
+  the CPU. Evaluation runs in float32 (as DeMo's) unless ``eval_amp`` asks for autocast;
 - ``test()`` returns rank-1 like torchreid and fills ``last_results`` (mAP, CMC, R1/R5/R10
   per target); :meth:`evaluate` returns that dict; :meth:`evaluate_missing` zeroes the named
   modalities' input images in query and gallery (as DeMo does) and ranks each setting;
@@ -31,7 +37,8 @@ from typing import Any
 import torch
 
 from .. import compat
-from ..choices import HEAD_REDUCTIONS
+from ..checkpoint import meta_of
+from ..choices import DROPOUT_TRIPLET, HEAD_REDUCTIONS, MODALITIES
 from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
 from ..metrics.selection import evaluate_selection, format_selection
 from ..utils.modalities import zero_modalities
@@ -44,6 +51,7 @@ from .evaluation import (
     rank_split,
     results_summary,
 )
+from .modality_dropout import ModalityDropout
 from .state import (
     get_rng_state,
     resume_from_checkpoint,
@@ -80,13 +88,21 @@ class ImageSDTPSEngine(_TripletBase):
         weight_align: weight of the cross-modal alignment loss.
         align_margin: margin of the alignment ranking loss.
         align_center: centre the tokens in the alignment loss (see its module doc).
-        use_amp: mixed precision on CUDA (ignored, with a log note, without CUDA).
+        use_amp: mixed precision for training on CUDA (ignored, with a log note, without CUDA).
+        eval_amp: float16 autocast for the evaluation features too (CUDA only, ignored with a
+            log note without it); default float32, DeMo's evaluation precision.
         soft_margin: DeMo's soft-margin batch-hard triplet (:class:`SoftMarginTripletLoss`)
             instead of torchreid's hard-margin one (``margin`` must then be 0).
         head_reduction: with several heads (lists of logits/features), ``"mean"`` averages
             their terms (torchreid's ``DeepSupervision``), ``"sum"`` adds them (DeMo).
         best_on_test: also keep the checkpoint with the best *test-set* mAP of the first target
             as ``model-best.pth.tar`` (DeMo's selection; optimistic, off by default).
+        modality_dropout: probability that a training sample loses modalities (0 = off).
+        dropout_subsets: the removals drawn from (missing-table names such as ``"RGB"`` or
+            ``"NI+TI"``; None: every row of the table but "none").
+        dropout_triplet: which samples the triplet term ranks under modality dropout:
+            ``"all"`` or ``"complete"`` (only those that kept every modality; the others still
+            count in the ID and alignment terms).
     """
 
     def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
@@ -95,7 +111,10 @@ class ImageSDTPSEngine(_TripletBase):
                  weight_ratio: float = 1.0, weight_align: float = 0.5,
                  align_margin: float = 0.2, align_center: bool = True,
                  use_amp: bool = False, soft_margin: bool = False,
-                 head_reduction: str = "mean", best_on_test: bool = False) -> None:
+                 head_reduction: str = "mean", best_on_test: bool = False,
+                 eval_amp: bool = False, modality_dropout: float = 0.0,
+                 dropout_subsets: Sequence[str] | None = None,
+                 dropout_triplet: str = "all") -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
                          weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
@@ -105,6 +124,10 @@ class ImageSDTPSEngine(_TripletBase):
         if soft_margin and margin != 0:
             raise ValueError(f"ImageSDTPSEngine: soft_margin=True uses no margin; got "
                              f"margin={margin} (pass margin=0)")
+        if dropout_triplet not in DROPOUT_TRIPLET:
+            raise ValueError(f"ImageSDTPSEngine: dropout_triplet must be one of "
+                             f"{list(DROPOUT_TRIPLET)}, got {dropout_triplet!r}")
+        self.dropout_triplet = dropout_triplet
         if head_reduction not in HEAD_REDUCTIONS:
             raise ValueError(f"ImageSDTPSEngine: head_reduction must be one of "
                              f"{list(HEAD_REDUCTIONS)}, got {head_reduction!r}")
@@ -124,13 +147,17 @@ class ImageSDTPSEngine(_TripletBase):
         if use_amp and not self.use_gpu:
             logger.info("use_amp=True ignored: CUDA is not in use, training in float32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.eval_amp = bool(eval_amp) and self.use_gpu
+        if eval_amp and not self.use_gpu:
+            logger.info("eval_amp=True ignored: CUDA is not in use, evaluating in float32")
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_checkpoint: str | None = None
         self._zeroed: tuple[int, ...] = ()
+        train_set = getattr(getattr(datamanager, "train_loader", None), "dataset", None)
+        self.modality_dropout = ModalityDropout(
+            modality_dropout, dropout_subsets,
+            getattr(train_set, "modalities", MODALITIES))
         self._eval_cam: torch.Tensor | None = None
-        #: what rebuilds the model from a checkpoint (model name, kwargs, image size,
-        #: normalisation, config); saved as the checkpoint's "meta" entry when set
-        self.checkpoint_meta: dict[str, Any] | None = None
         # parameters the model froze itself (e.g. BNNeck biases); torchreid's
         # open_all_layers() would unfreeze them every epoch
         self._frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -154,8 +181,8 @@ class ImageSDTPSEngine(_TripletBase):
             imgs = zero_modalities(imgs, self._zeroed)
         return imgs, pids, camids
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.use_amp:
+    def _autocast(self, enabled: bool | None = None) -> contextlib.AbstractContextManager:
+        if self.use_amp if enabled is None else enabled:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -164,7 +191,7 @@ class ImageSDTPSEngine(_TripletBase):
         cam, self._eval_cam = self._eval_cam, None
         if cam is not None:
             cam = cam.to(input.device)
-        with self._autocast():
+        with self._autocast(self.eval_amp):
             feats = self.model(input, cam_label=cam)
         return feats.float()
 
@@ -186,6 +213,10 @@ class ImageSDTPSEngine(_TripletBase):
     def forward_backward(self, data: dict) -> dict[str, float]:
         """One optimisation step; returns the loss summary torchreid prints and logs."""
         imgs, pids, cams = self.parse_data_for_train(data)
+        present = None
+        if self.modality_dropout.active:  # prob 0 draws nothing: the plain step, bit for bit
+            removed = self.modality_dropout.sample(imgs.shape[0])
+            imgs, present = zero_modalities(imgs, removed), ~removed
         if self.use_gpu:
             imgs, pids = imgs.cuda(), pids.cuda()
             cams = cams.cuda() if cams is not None else None
@@ -199,7 +230,7 @@ class ImageSDTPSEngine(_TripletBase):
         loss = torch.zeros((), device=pids.device)
         summary: dict[str, float] = {}
         if self.weight_t > 0:
-            loss_t = self.compute_loss(self.criterion_t, features, pids)
+            loss_t = self._triplet(features, pids, present)
             loss = loss + self.weight_t * loss_t
             summary["loss_t"] = loss_t.item()
         if self.weight_x > 0:
@@ -212,7 +243,7 @@ class ImageSDTPSEngine(_TripletBase):
             loss = loss + self.weight_ratio * loss_r.to(loss.device)
             summary["loss_ratio"] = loss_r.item()
         if self.weight_align > 0:
-            loss_a = self.criterion_align(aux["tokens"], pids)
+            loss_a = self.criterion_align(aux["tokens"], pids, present)
             loss = loss + self.weight_align * loss_a
             summary["loss_align"] = loss_a.item()
         if not torch.isfinite(loss):
@@ -224,6 +255,20 @@ class ImageSDTPSEngine(_TripletBase):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return summary
+
+    def _triplet(self, features: Any, pids: torch.Tensor,
+                 present: torch.Tensor | None) -> torch.Tensor:
+        """The triplet term; with ``dropout_triplet="complete"`` over the complete samples."""
+        if present is None or self.dropout_triplet == "all":
+            return self.compute_loss(self.criterion_t, features, pids)
+        full = present.all(dim=1).to(pids.device)
+        if int(full.sum()) < 2:  # nothing to rank in this batch
+            return pids.new_zeros((), dtype=torch.float32)
+        if isinstance(features, (list, tuple)):
+            features = type(features)(f[full] for f in features)
+        else:
+            features = features[full]
+        return self.compute_loss(self.criterion_t, features, pids[full])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -279,7 +324,7 @@ class ImageSDTPSEngine(_TripletBase):
         """Modality names of a test data set (class attribute ``modalities``)."""
         name = dataset_name or next(iter(self.test_loader))
         return tuple(getattr(self.test_loader[name]["query"].dataset, "modalities",
-                             ("RGB", "NI", "TI")))
+                             MODALITIES))
 
     @torch.no_grad()
     def evaluate_missing(self, settings: Sequence[str] = DEFAULT_MISSING_SETTINGS,
@@ -314,8 +359,8 @@ class ImageSDTPSEngine(_TripletBase):
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and
-        :attr:`checkpoint_meta`), atomic write; with
+        """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and the model's
+        meta, :func:`~torchreid_sdtps.checkpoint.meta_of`), atomic write; with
         ``best_on_test`` also ``model-best.pth.tar`` when the first target's mAP improved."""
         if self.best_on_test and self.last_results and not is_best:
             first = next(iter(self.last_results.values()))
@@ -336,14 +381,13 @@ class ImageSDTPSEngine(_TripletBase):
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
-            if self.checkpoint_meta is not None:
-                state["meta"] = self.checkpoint_meta
-            self.last_checkpoint = save_checkpoint_atomic(state, osp.join(save_dir, name),
-                                                          is_best=is_best)
+            self.last_checkpoint = save_checkpoint_atomic(
+                state, osp.join(save_dir, name), is_best=is_best,
+                meta=meta_of(self._models[name]))
 
     def resume(self, fpath: str) -> int:
-        """Load weights, optimizer and scheduler (torchreid's ``resume_from_checkpoint``),
-        then the RNG states and AMP scaler; returns the epoch to start from."""
+        """Load weights (strictly), optimizer and scheduler, then the RNG states and AMP
+        scaler; returns the epoch to start from."""
         start_epoch, ckpt = resume_from_checkpoint(fpath, self.model, self.optimizer,
                                                    self.scheduler)
         if "rng_state" in ckpt:

@@ -1,19 +1,13 @@
-"""Models: ViT backbone, SDTPS block and ``SDTPSNet`` with its torchreid factories.
-
-Names are resolved lazily (PEP 562) so that importing one submodule, e.g.
-``torchreid_sdtps.models.backbone``, does not import the others.
-"""
+"""Models: ViT backbone, SDTPS block, ``SDTPSOptions`` and ``SDTPSNet`` with its torchreid
+factories (importing the package registers them all anyway, so nothing here is lazy)."""
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .backbone import ViTBackbone
+from .factory import build_backbone
+from .net import BNNeck, SDTPSNet, sdtps_clip_vit_b16, sdtps_vit_b16, sdtps_vit_tiny
+from .options import SDTPSOptions
+from .sdtps import SDTPS, GlobalLocalGuide, TokenAggregation
 
-_EXPORTS = {
-    "SDTPSNet": "net", "BNNeck": "net", "sdtps_clip_vit_b16": "net", "sdtps_vit_b16": "net",
-    "sdtps_vit_tiny": "net", "SDTPS": "sdtps", "GlobalLocalGuide": "sdtps",
-    "TokenAggregation": "sdtps", "build_backbone": "factory", "ViTBackbone": "backbone",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["BNNeck", "GlobalLocalGuide", "SDTPS", "SDTPSNet", "SDTPSOptions", "TokenAggregation",
+           "ViTBackbone", "build_backbone", "sdtps_clip_vit_b16", "sdtps_vit_b16",
+           "sdtps_vit_tiny"]

@@ -5,8 +5,11 @@ variant); this module only adds what re-id needs on top of it:
 
 * a non-square input size (256x128 person crops) with the patch grid read back from timm's
   patch embedding, so downstream token counts never come from a stride formula;
-* the optional TransReID-style SIE camera embedding, added to the tokens together with the
-  position embedding;
+* the optional SIE camera embedding, in DeMo's two forms: the ImageNet ViTs add it to every
+  token together with the position embedding (TransReID), the CLIP tower to the class token
+  only (DeMo's CLIP ``VisionTransformer``: ``x[:, 0] + cv_emb`` before the position embedding);
+* DeMo's stochastic depth: the ImageNet ViTs take ``drop_path_rate`` (DeMo's
+  ``MODEL.DROP_PATH``, 0.1), the CLIP tower has none (DeMo never passes it there);
 * for CLIP, OpenAI's visual projection (768 -> 512) applied to *every* token after the final
   LayerNorm, so the class token and the patches live in the same C=512 space;
 * a forward that returns ``(cls (B', C), patches (B', N, C))``.
@@ -46,6 +49,11 @@ class VariantSpec:
     tests) and may be overridden per build (tests build narrow models that way).
     ``proj_dim`` is the CLIP visual projection width, or None for no projection.
     ``mean``/``std`` are the pixel statistics the pretrained weights expect.
+    ``drop_path_rate`` is the stochastic depth used when the caller gives none (DeMo: 0 for
+    CLIP, ``MODEL.DROP_PATH`` = 0.1 for the ImageNet ViT); ``sie_tokens`` where the SIE camera
+    term goes (``"cls"``: the class token only, DeMo's CLIP form; ``"all"``: every token,
+    TransReID's); ``pos_interpolation`` how pretrained position embeddings are resampled to
+    another patch grid (DeMo's CLIP loader: ``"bilinear"``; timm's default: ``"bicubic"``).
     """
 
     timm_name: str
@@ -54,6 +62,9 @@ class VariantSpec:
     proj_dim: int | None = None
     mean: tuple[float, float, float] = INCEPTION_MEAN
     std: tuple[float, float, float] = INCEPTION_STD
+    drop_path_rate: float = 0.1
+    sie_tokens: str = "all"
+    pos_interpolation: str = "bicubic"
     notes: str = field(default="", compare=False)
 
 
@@ -70,6 +81,9 @@ VARIANTS: dict[str, VariantSpec] = {
         proj_dim=512,
         mean=OPENAI_CLIP_MEAN,
         std=OPENAI_CLIP_STD,
+        drop_path_rate=0.0,  # DeMo's CLIP tower has no DropPath (MODEL.DROP_PATH is not passed)
+        sie_tokens="cls",  # DeMo modeling/clip/model.py: x[:, 0] = x[:, 0] + cv_emb
+        pos_interpolation="bilinear",  # DeMo modeling/clip/model.py resize_pos_embed
         notes="OpenAI CLIP ViT-B/16 visual tower + 768->512 projection on every token",
     ),
     # ImageNet ViT-B/16 (augreg in21k -> in1k); reference: timm `vit_base_patch16_224`.
@@ -92,6 +106,7 @@ VARIANTS: dict[str, VariantSpec] = {
 _RESERVED = frozenset({"img_size", "num_classes", "global_pool", "class_token", "dynamic_img_size",
                        "no_embed_class", "reg_tokens", "fc_norm", "final_norm", "in_chans", "pretrained"})
 _TIMM_ARGS = frozenset(inspect.signature(VisionTransformer.__init__).parameters) - {"self"} - _RESERVED
+SIE_TOKENS = ("cls", "all")
 
 
 def variant_names() -> tuple[str, ...]:
@@ -126,12 +141,16 @@ class ViTBackbone(nn.Module):
             H and W must be multiples of the patch size.
         num_cameras: number of SIE camera embeddings; 0 disables SIE.
         sie_coe: weight of the camera embedding (TransReID uses 3.0).
-        drop_path_rate: stochastic depth of the timm blocks.
+        drop_path_rate: stochastic depth of the timm blocks; None: the variant's (DeMo's) value,
+            0 for ``clip_vit_b16``, 0.1 for the ImageNet ViTs. An explicit value is used as given.
+        sie_tokens: ``"cls"`` adds the camera term to the class token only, ``"all"`` to every
+            token; None: the variant's (``"cls"`` for CLIP, ``"all"`` otherwise, as in DeMo).
         **overrides: timm ``VisionTransformer`` arguments replacing the variant's
             (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``...) plus ``proj_dim``
             (CLIP projection width; only meaningful for ``clip_vit_b16``).
 
-    SIE: ``tokens = [cls, patches] + pos_embed + sie_coe * sie_embed[cam_label]``. When
+    SIE (``"all"``): ``tokens = [cls, patches] + pos_embed + sie_coe * sie_embed[cam_label]``;
+    (``"cls"``): the same term on ``cls`` alone, the patches carry no camera term. When
     ``cam_label`` is None no camera term is added (also when ``num_cameras > 0``), and with
     ``num_cameras == 0`` a given ``cam_label`` is ignored.
     """
@@ -142,7 +161,8 @@ class ViTBackbone(nn.Module):
         img_size: int | tuple[int, int] | None = None,
         num_cameras: int = 0,
         sie_coe: float = 3.0,
-        drop_path_rate: float = 0.1,
+        drop_path_rate: float | None = None,
+        sie_tokens: str | None = None,
         **overrides: Any,
     ) -> None:
         super().__init__()
@@ -161,7 +181,17 @@ class ViTBackbone(nn.Module):
             raise ValueError(f"img_size {self.img_size} must be a multiple of the patch size {patch}")
         if int(num_cameras) < 0:
             raise ValueError(f"num_cameras must be >= 0, got {num_cameras}")
-        kwargs.update(img_size=self.img_size, num_classes=0, drop_path_rate=drop_path_rate)
+        self.sie_tokens = spec.sie_tokens if sie_tokens is None else sie_tokens
+        if self.sie_tokens not in SIE_TOKENS:
+            raise ValueError(f"sie_tokens must be one of {SIE_TOKENS}, got {sie_tokens!r}")
+        #: how weights.py resamples a pretrained position embedding to this grid
+        self.pos_interpolation = spec.pos_interpolation
+        if drop_path_rate is None:
+            drop_path_rate = spec.drop_path_rate
+        if not 0.0 <= float(drop_path_rate) < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.drop_path_rate = float(drop_path_rate)
+        kwargs.update(img_size=self.img_size, num_classes=0, drop_path_rate=self.drop_path_rate)
         # timm builds the ViT; `pretrained` weights are loaded by weights.py, not by timm.
         self.vit: VisionTransformer = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
 
@@ -190,7 +220,14 @@ class ViTBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant!r}, img_size={self.img_size}, grid_size={self.grid_size}, "
-                f"width={self.width}, out_dim={self.out_dim}, num_cameras={self.num_cameras}")
+                f"width={self.width}, out_dim={self.out_dim}, num_cameras={self.num_cameras}, "
+                f"sie_tokens={self.sie_tokens!r}, drop_path_rate={self.drop_path_rate}")
+
+    def pretrained_param_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes of the parameters the pretrained weights provide (the ViT and the CLIP
+        projection): DeMo's ``base`` parameters, trained at the backbone lr. The SIE embedding
+        is new (DeMo's ``cv_embed`` sits outside ``base``) and is not among them."""
+        return ("vit", "proj") if isinstance(self.proj, nn.Linear) else ("vit",)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -229,7 +266,11 @@ class ViTBackbone(nn.Module):
         vit = self.vit
         t = vit._pos_embed(vit.patch_embed(x))  # [cls, patches] + pos_embed
         if cam_label is not None and self.sie_embed is not None:
-            t = t + self._camera_term(cam_label, t.shape[0])
+            cam = self._camera_term(cam_label, t.shape[0])  # (B', 1, C)
+            if self.sie_tokens == "all":
+                t = t + cam
+            else:  # class token only (a sum: the same before or after the position embedding)
+                t = torch.cat([t[:, :1] + cam, t[:, 1:]], dim=1)
         t = vit.norm_pre(vit.patch_drop(t))
         if vit.grad_checkpointing and not torch.jit.is_scripting():
             t = checkpoint_seq(vit.blocks, t)

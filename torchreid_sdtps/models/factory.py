@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import ConfigError
 from .backbone import ViTBackbone
 from .weights import load_pretrained
 
@@ -20,7 +21,7 @@ def build_backbone(
     num_cameras: int = 0,
     pretrained: bool | str | os.PathLike = False,
     sie_coe: float = 3.0,
-    drop_path_rate: float = 0.1,
+    drop_path_rate: float | None = None,
     allow_unsafe_pickle: bool | None = None,
     **kw: Any,
 ) -> ViTBackbone:
@@ -29,11 +30,12 @@ def build_backbone(
     ``pretrained``: False (random init), True (the variant's published file, downloaded once
     to ``torch.hub.get_dir()/checkpoints``) or a path to a local checkpoint (OpenAI CLIP JIT
     archive or state dict, timm ``.pth``/``.npz``). ``allow_unsafe_pickle`` opts in to
-    ``torch.load(weights_only=False)`` for files that pickle Python objects. See
+    ``torch.load(weights_only=False)`` for files that pickle Python objects.
+    ``drop_path_rate`` None: the variant's (DeMo's) value, 0 for CLIP, 0.1 for the ImageNet ViTs. See
     :func:`~torchreid_sdtps.models.weights.load_pretrained`.
     """
     if allow_unsafe_pickle and not pretrained:
-        raise ValueError("allow_unsafe_pickle only applies when loading pretrained weights; "
+        raise ConfigError("allow_unsafe_pickle only applies when loading pretrained weights; "
                          f"got pretrained={pretrained!r}")
     model = ViTBackbone(variant, img_size=img_size, num_cameras=num_cameras, sie_coe=sie_coe,
                         drop_path_rate=drop_path_rate, **kw)

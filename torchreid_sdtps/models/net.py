@@ -21,10 +21,14 @@ import torch.nn as nn
 
 from .. import dist as _dist
 from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
+from ..errors import ConfigError, InputShapeError
+from ..utils.modalities import present_modalities
+from .backbone import _TIMM_ARGS
 from .factory import build_backbone
+from .options import SDTPSOptions, as_options
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
-__all__ = ["SDTPSNet", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS",
+__all__ = ["SDTPSNet", "SDTPSOptions", "BNNeck", "LOSSES", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS",
            "reject_moe_options",
            "sdtps_clip_vit_b16", "sdtps_vit_b16", "sdtps_vit_tiny"]
 
@@ -87,66 +91,70 @@ class SDTPSNet(nn.Module):
         num_classes: training identities (classifier width).
         loss: ``"softmax"`` or ``"triplet"`` (what the training forward returns).
         num_modalities: M, stacked along dim 1 of the input.
-        test_feature: eval feature: ``"concat"`` ([ori, sdtps], 2*M*C), ``"sdtps"`` or ``"ori"`` (M*C).
-        neck_feat: ``"after"`` (default) takes eval features after the BNNeck BatchNorm,
-            ``"before"`` the raw pooled features (TransReID's ``TEST.NECK_FEAT``).
-        ori_head: ``"concat"`` (default, DeMo ``DIRECT=1``): one BNNeck + classifier on the
-            concatenated ``ori`` feature (M*C); ``"per_modality"`` (DeMo ``DIRECT=0``): one per
-            modality, each with its own ID + triplet term (training returns M ``ori`` heads).
-        sdtps_ratio, aggr_ratio, num_aggr, beta, selection, gumbel_noise, gumbel_tau, score_grad:
-            see :class:`~torchreid_sdtps.models.sdtps.SDTPS`; ``N_c = num_aggr`` or
-            ``round(N * sdtps_ratio * aggr_ratio)`` with N the backbone's real patch count.
-        use_sdtps: ``False`` builds the ablation baseline without SDTPS: backbone, guide and the
-            ``ori`` head only. Training returns ``[logits_ori]`` (or ``([logits_ori], [feat_ori])``),
-            the eval feature is ``ori`` (``test_feature="concat"`` then means ``ori`` alone) and
-            the aux/extract entries of SDTPS (``tokens``, ``masks``, ``scores``, ``ratio``) are ``None``.
+        options: the design options, :class:`~torchreid_sdtps.models.options.SDTPSOptions`
+            (config node ``sdtps``), each used under its own name: ``test_feature`` (eval
+            feature: ``"concat"`` = [ori, sdtps], 2*M*C, ``"sdtps"`` or ``"ori"``, M*C),
+            ``neck_feat`` (after/before the BNNeck BatchNorm), ``ori_head`` (``"concat"``: one
+            BNNeck + classifier on the concatenated ``ori`` feature, DeMo ``DIRECT=1``;
+            ``"per_modality"``: one per modality, DIRECT=0), ``ratio``, ``beta``,
+            ``selection``, ``gumbel_noise``, ``gumbel_tau``, ``score_grad`` (the
+            :class:`~torchreid_sdtps.models.sdtps.SDTPS` arguments of the same names),
+            ``N_c = num_aggr`` or ``round(N * ratio * aggr_ratio)`` with N the backbone's real
+            patch count, and ``use_sdtps=False``: the ablation baseline without SDTPS
+            (backbone, guide and the ``ori`` head; the eval feature is ``ori`` and the aux
+            entries ``tokens``, ``masks``, ``scores``, ``ratio`` are ``None``). The backbone
+            options (``drop_path``, ``sie_coe``...) were used by the factory that built it.
+            ``mask_missing``: treat a modality whose input image is all zero (what
+            :func:`~torchreid_sdtps.utils.modalities.zero_modalities` makes of a missing one,
+            the extractor's ``None``) as *absent*: its guide is left out of the other
+            modalities' cross-modal scores (:func:`~torchreid_sdtps.models.sdtps.combine_scores`)
+            and its ``ori`` and ``sdtps`` features are 0 instead of a blank image's; detected
+            in the forward pass, so evaluation, the extractor and the ONNX export agree.
+        **changes: option fields overriding ``options`` (unknown names raise ``ConfigError``).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax",
-                 num_modalities: int = 3, test_feature: str = "concat", neck_feat: str = "after",
-                 sdtps_ratio: float = 0.5, aggr_ratio: float = 0.4, num_aggr: int | None = None,
-                 beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
-                 gumbel_tau: float = 0.1, score_grad: bool = False, use_sdtps: bool = True,
-                 ori_head: str = "concat", **options: Any) -> None:
+                 num_modalities: int = 3, options: SDTPSOptions | None = None,
+                 **changes: Any) -> None:
         super().__init__()
-        reject_moe_options(options)
-        if options:
-            raise TypeError(f"SDTPSNet got unexpected option(s) {sorted(options)}")
-        for name, value, allowed in (("loss", loss, LOSSES), ("test_feature", test_feature, TEST_FEATURES),
-                                     ("neck_feat", neck_feat, NECK_FEATS),
-                                     ("ori_head", ori_head, ORI_HEADS)):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
-        if aggr_ratio <= 0:
-            raise ValueError(f"aggr_ratio (alpha) must be > 0; got {aggr_ratio}")
-        if not use_sdtps:
-            if test_feature == "sdtps":
-                raise ValueError("test_feature='sdtps' needs use_sdtps=True; the model without "
-                                 "SDTPS has only the 'ori' feature")
-            test_feature = "ori"
-        self.loss, self.test_feature, self.neck_feat = loss, test_feature, neck_feat
+        reject_moe_options(changes)
+        opts = as_options(options, **changes)
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        test_feature = opts.test_feature if opts.use_sdtps else "ori"
+        self.options = opts
+        self.loss, self.test_feature, self.neck_feat = loss, test_feature, opts.neck_feat
         self.num_modalities = num_modalities
+        self.mask_missing = bool(opts.mask_missing)
         self.backbone = backbone
         self.img_size: tuple[int, int] | None = getattr(backbone, "img_size", None)
         dim, n = int(backbone.out_dim), int(backbone.num_patches)
-        n_c = int(num_aggr) if num_aggr is not None else num_aggregated(n, sdtps_ratio, aggr_ratio)
+        n_c = (int(opts.num_aggr) if opts.num_aggr is not None
+               else num_aggregated(n, opts.ratio, opts.aggr_ratio))
         self.guide = GlobalLocalGuide(dim, num_modalities)
-        self.use_sdtps = bool(use_sdtps)
+        self.use_sdtps = bool(opts.use_sdtps)
         self.sdtps: SDTPS | None = None
         self.neck_sdtps: BNNeck | None = None
         if self.use_sdtps:
-            self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=sdtps_ratio, beta=beta, selection=selection,
-                               gumbel_noise=gumbel_noise, gumbel_tau=gumbel_tau, score_grad=score_grad)
+            self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=opts.ratio, beta=opts.beta,
+                               selection=opts.selection, gumbel_noise=opts.gumbel_noise,
+                               gumbel_tau=opts.gumbel_tau, score_grad=opts.score_grad)
             self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
-        self.ori_head = ori_head
+        self.ori_head = opts.ori_head
         self.neck_ori = BNNeck(num_modalities * dim, num_classes,
-                               groups=num_modalities if ori_head == "per_modality" else 1)
+                               groups=num_modalities if opts.ori_head == "per_modality" else 1)
         self.feature_dim = (2 if test_feature == "concat" else 1) * num_modalities * dim
         if _dist.is_main_process():  # R10: one line per model build, rank 0 only
             logger.info("SDTPSNet: %.2fM params (guide %.3fM, SDTPS %.3fM), M=%d, C=%d, N=%d, K=%d, "
                         "N_c=%d, selection=%s", _count(self) / 1e6, _count(self.guide) / 1e6,
-                        _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, sdtps_ratio),
-                        n_c, selection if self.use_sdtps else "none (use_sdtps=False)")
+                        _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, opts.ratio),
+                        n_c, opts.selection if self.use_sdtps else "none (use_sdtps=False)")
+
+    def backbone_param_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes (of ``named_parameters()``) of the pretrained backbone's parameters: what
+        ``train.backbone_params`` means when the config leaves it empty (DeMo's ``base``)."""
+        own = getattr(self.backbone, "pretrained_param_prefixes", None)
+        return tuple(f"backbone.{p}" for p in own()) if callable(own) else ("backbone",)
 
     def as_multimodal(self, x: torch.Tensor) -> torch.Tensor:
         """The probe convention: a single-image batch ``(B, 3, H, W)`` is shown to every
@@ -168,31 +176,36 @@ class SDTPSNet(nn.Module):
               and (self.img_size is None or tuple(x.shape[-2:]) == tuple(self.img_size)))
         if not ok:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"SDTPSNet expects input of shape (B, M, 3, H, W) = (B, {m}, 3, {h}, {w}) "
-                             f"with M={m} modalities stacked in dim 1 (or one image per sample, "
-                             f"(B, 3, {h}, {w}), shown to every modality); got {got}")
+            raise InputShapeError(
+                f"SDTPSNet expects input of shape (B, M, 3, H, W) = (B, {m}, 3, {h}, {w}) with "
+                f"M={m} modalities stacked in dim 1 (or one image per sample, (B, 3, {h}, {w}), "
+                f"shown to every modality); got {got}")
 
     def forward_features(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> dict:
         """Everything before the heads, as a dict of tensors (see :meth:`extract`)."""
         x = self.as_multimodal(x)
         self._check_input(x)
         b, m = x.shape[:2]
+        present = present_modalities(x) if self.mask_missing else None  # (B, M) or None
         if cam_label is not None:
             cam_label = torch.as_tensor(cam_label, device=x.device).reshape(-1)
             if cam_label.shape[0] != b:
-                raise ValueError(f"cam_label must have shape ({b},) for a batch of {b}; "
-                                 f"got {tuple(cam_label.shape)}")
+                raise InputShapeError(f"cam_label must have shape ({b},) for a batch of {b}; "
+                                      f"got {tuple(cam_label.shape)}")
             cam_label = cam_label.repeat_interleave(m)  # (B*M,), matches x.flatten(0, 1)
         cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
         cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)
         guide = self.guide(cls, patches)  # g' (B, M, C)
+        keep = None if present is None else present.unsqueeze(-1).to(guide.dtype)  # (B, M, 1)
+        g_out = guide if keep is None else guide * keep  # an absent modality's features are 0
         if self.sdtps is None:  # ablation baseline: guide + ori head only
-            return {"cls": cls, "global": guide, "tokens": None, "masks": None, "soft_masks": None,
-                    "scores": None, "sdtps": None, "ori": guide.flatten(1)}
-        out = self.sdtps(patches, guide)
-        return {"cls": cls, "global": guide, "tokens": out.tokens, "masks": out.mask,
-                "soft_masks": out.soft_mask, "scores": out.score,
-                "sdtps": out.feature.flatten(1), "ori": guide.flatten(1)}  # (B, M*C) each
+            return {"cls": cls, "global": g_out, "tokens": None, "masks": None, "soft_masks": None,
+                    "scores": None, "sdtps": None, "ori": g_out.flatten(1), "present": present}
+        out = self.sdtps(patches, guide, present)
+        feature = out.feature if keep is None else out.feature * keep
+        return {"cls": cls, "global": g_out, "tokens": out.tokens, "masks": out.mask,
+                "soft_masks": out.soft_mask, "scores": out.score, "present": present,
+                "sdtps": feature.flatten(1), "ori": g_out.flatten(1)}  # (B, M*C) each
 
     def _test_output(self, feats: dict) -> torch.Tensor:
         if self.sdtps is None:
@@ -248,37 +261,51 @@ def _count(module: nn.Module | None) -> int:
 # Factories (torchreid's signature; registered through the plugin's entry points)
 # --------------------------------------------------------------------------------------------
 def _build(variant: str, img_size: int | tuple[int, int], num_classes: int, loss: str,
-           pretrained: bool | str, num_cameras: int = 0, **kwargs: Any) -> SDTPSNet:
-    """Build the backbone (extra kwargs are backbone overrides) and wrap it in :class:`SDTPSNet`."""
+           pretrained: bool | str, num_cameras: int = 0, options: SDTPSOptions | None = None,
+           num_modalities: int = 3, **kwargs: Any) -> SDTPSNet:
+    """Build the backbone and wrap it in :class:`SDTPSNet`.
+
+    ``kwargs`` are :class:`SDTPSOptions` fields (applied to ``options``), ``build_backbone``
+    arguments (``allow_unsafe_pickle``) or backbone architecture overrides (``depth``,
+    ``embed_dim``...); any other name raises :class:`ConfigError` naming it.
+    """
     reject_moe_options(kwargs)
+    fields = set(SDTPSOptions.field_names())
+    opts = as_options(options, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+    unknown = sorted(set(kwargs) - _BACKBONE_ARGS)
+    if unknown:
+        raise ConfigError(f"sdtps_{variant}: unknown option(s) {unknown}; SDTPS options: "
+                          f"{sorted(fields)}; backbone overrides: {sorted(_BACKBONE_ARGS)}")
     if loss not in LOSSES:  # before the (possibly downloading) backbone build
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-    net_keys = ("num_modalities", "test_feature", "neck_feat", "sdtps_ratio", "aggr_ratio", "num_aggr",
-                "beta", "selection", "gumbel_noise", "gumbel_tau", "score_grad", "use_sdtps",
-                "ori_head")
-    net_kwargs = {k: kwargs.pop(k) for k in net_keys if k in kwargs}
-    backbone = build_backbone(variant, img_size=img_size, num_cameras=num_cameras,
-                              pretrained=pretrained, **kwargs)
-    return SDTPSNet(backbone, num_classes, loss=loss, **net_kwargs)
+        raise ConfigError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    backbone = build_backbone(variant, img_size=img_size,
+                              num_cameras=num_cameras if opts.sie_camera else 0,
+                              pretrained=opts.backbone_weights or pretrained,
+                              sie_coe=opts.sie_coe, drop_path_rate=opts.drop_path, **kwargs)
+    return SDTPSNet(backbone, num_classes, loss=loss, num_modalities=num_modalities, options=opts)
+
+
+#: what ``_build`` passes on to the backbone besides the options
+_BACKBONE_ARGS = frozenset(_TIMM_ARGS - {"drop_path_rate"} | {"proj_dim", "allow_unsafe_pickle"})
 
 
 def sdtps_clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: bool | str = True,
                        use_gpu: bool = True, img_size: int | tuple[int, int] = (256, 128),
-                       **kwargs: Any) -> SDTPSNet:
+                       options: SDTPSOptions | None = None, **kwargs: Any) -> SDTPSNet:
     """SDTPS on CLIP ViT-B/16 (C=512 after the visual projection), 256x128 by default.
     ``use_gpu`` is accepted for torchreid's signature; the engine moves the model."""
-    return _build("clip_vit_b16", img_size, num_classes, loss, pretrained, **kwargs)
+    return _build("clip_vit_b16", img_size, num_classes, loss, pretrained, options=options, **kwargs)
 
 
 def sdtps_vit_b16(num_classes: int, loss: str = "softmax", pretrained: bool | str = True,
                   use_gpu: bool = True, img_size: int | tuple[int, int] = (256, 128),
-                  **kwargs: Any) -> SDTPSNet:
+                  options: SDTPSOptions | None = None, **kwargs: Any) -> SDTPSNet:
     """SDTPS on ImageNet ViT-B/16 (C=768), 256x128 by default."""
-    return _build("vit_b16", img_size, num_classes, loss, pretrained, **kwargs)
+    return _build("vit_b16", img_size, num_classes, loss, pretrained, options=options, **kwargs)
 
 
 def sdtps_vit_tiny(num_classes: int, loss: str = "softmax", pretrained: bool | str = True,
                    use_gpu: bool = True, img_size: int | tuple[int, int] = (128, 64),
-                   **kwargs: Any) -> SDTPSNet:
+                   options: SDTPSOptions | None = None, **kwargs: Any) -> SDTPSNet:
     """SDTPS on a 4-block ViT-Ti/16 (C=192), 128x64 by default: for CPUs and tests."""
-    return _build("vit_tiny", img_size, num_classes, loss, pretrained, **kwargs)
+    return _build("vit_tiny", img_size, num_classes, loss, pretrained, options=options, **kwargs)

@@ -200,17 +200,31 @@ def guide_similarity(patches: torch.Tensor, guide: torch.Tensor) -> torch.Tensor
     return (dots / norms).permute(1, 0, 3, 2)
 
 
-def combine_scores(s_pred: torch.Tensor, sim: torch.Tensor, beta: float) -> torch.Tensor:
+def combine_scores(s_pred: torch.Tensor, sim: torch.Tensor, beta: float,
+                   present: torch.Tensor | None = None) -> torch.Tensor:
     """``(1-2β) s_p + β ((2/(M-1)) Σ_{k≠m} s_x(k) + 2 s_im)``; ``(B,M,N), (B,M,M,N) -> (B,M,N)``.
 
     For M=3 this is the seed's ``(1-2β) s_pred + β (s_m2 + s_m3 + 2 s_im)``.
+
+    ``present (B, M)`` bool (absent modalities, see ``SDTPSNet(mask_missing=True)``): the guide
+    of an absent modality k is no evidence, so ``s_x(k)`` is left out and the cross term
+    becomes ``(2/n) Σ_{k≠m, k present} s_x(k)`` with n the number of present k≠m (all present:
+    the formula above). With no other modality present it falls back to ``2 s_im`` (the
+    modality guides itself), so the score keeps its weights and range; never a division by 0.
     """
     m = sim.shape[1]
     if m < 2:
         raise ValueError(f"SDTPS scores need at least 2 modalities; got sim of shape {tuple(sim.shape)}")
     s_self = sim.diagonal(dim1=1, dim2=2).transpose(1, 2)  # (B, M, N)
-    s_cross = sim.sum(dim=2) - s_self  # Σ_{k≠m} s_x(k), (B, M, N)
-    return (1 - 2 * beta) * s_pred + beta * ((2.0 / (m - 1)) * s_cross + 2 * s_self)
+    if present is None:
+        s_cross = sim.sum(dim=2) - s_self  # Σ_{k≠m} s_x(k), (B, M, N)
+        return (1 - 2 * beta) * s_pred + beta * ((2.0 / (m - 1)) * s_cross + 2 * s_self)
+    eye = torch.eye(m, dtype=torch.bool, device=sim.device)
+    other = present[:, None, :] & ~eye  # (B, M_m, M_k): k present and k != m
+    count = other.sum(dim=-1, keepdim=True).to(sim.dtype)  # (B, M, 1)
+    s_cross = (sim * other.unsqueeze(-1).to(sim.dtype)).sum(dim=2)  # (B, M, N)
+    cross = torch.where(count > 0, 2.0 * s_cross / count.clamp_min(1.0), 2.0 * s_self)
+    return (1 - 2 * beta) * s_pred + beta * (cross + 2 * s_self)
 
 
 class Selection(NamedTuple):
@@ -332,18 +346,22 @@ class SDTPS(nn.Module):
         self.score_mlp = StackedMlp(num_modalities, dim, max(1, int(dim * mlp_ratio)), 1)
         self.aggregate = TokenAggregation(dim, num_aggr, num_modalities, aggr_hidden_ratio)
 
-    def scores(self, patches: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        """Combined score ``(B, M, N)`` of every patch (R1)."""
+    def scores(self, patches: torch.Tensor, guide: torch.Tensor,
+               present: torch.Tensor | None = None) -> torch.Tensor:
+        """Combined score ``(B, M, N)`` of every patch (R1); ``present (B, M)``: see
+        :func:`combine_scores`."""
         no_grad = contextlib.nullcontext() if self.score_grad else torch.no_grad()
         with no_grad:
             sim = minmax_normalize(guide_similarity(patches, guide))  # (B, M, M, N)
         s_pred = torch.sigmoid(self.score_mlp(patches)).squeeze(-1)  # (B, M, N)
-        return combine_scores(s_pred, sim, self.beta)
+        return combine_scores(s_pred, sim, self.beta, present)
 
-    def forward(self, patches: torch.Tensor, guide: torch.Tensor) -> SDTPSOutput:
-        """``patches (B, M, N, C)``, ``guide (B, M, C)`` -> :class:`SDTPSOutput`."""
+    def forward(self, patches: torch.Tensor, guide: torch.Tensor,
+                present: torch.Tensor | None = None) -> SDTPSOutput:
+        """``patches (B, M, N, C)``, ``guide (B, M, C)`` -> :class:`SDTPSOutput`;
+        ``present (B, M)`` bool or None (all present) leaves absent guides out of the scores."""
         patches = _modality_major(patches)  # every stacked op below reshapes without copying
-        score = self.scores(patches, guide)  # (B, M, N)
+        score = self.scores(patches, guide, present)  # (B, M, N)
         k = num_keep(patches.shape[2], self.ratio)
         sel = select_tokens(score, k, gumbel=self.training and self.selection == "gumbel",
                             noise=self.gumbel_noise, tau=self.gumbel_tau)

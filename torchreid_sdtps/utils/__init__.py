@@ -1,16 +1,9 @@
-"""Utilities in torchreid's ``torchreid.utils`` style: ``FeatureExtractor``, rank-list pictures
-(``visrank``), token heat maps (``token_maps``, ``visualize``).
-
-Names resolve lazily (PEP 562), so importing this package imports neither torch models nor
-the engine.
-"""
+"""Low-level helpers in torchreid's ``torchreid.utils`` style: ``zero_modalities``
+(:mod:`.modalities`), the one definition of a missing modality that the engine, the evaluation
+and the extractor share. The inference API is :class:`torchreid_sdtps.deploy.FeatureExtractor`;
+pictures live in :mod:`torchreid_sdtps.viz`."""
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .modalities import zero_modalities
 
-_EXPORTS = {"FeatureExtractor": "feature_extractor", "zero_modalities": "modalities"}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["zero_modalities"]

@@ -25,13 +25,11 @@ torchreid's ``ImageDataManager`` cannot pass a spec to the dataset: set the defa
 
 Modules: ``spec`` (the spec and the default spec; pure Python), ``render`` (one sample's
 pixels), ``localized`` (one sample of the ``cue="localized"`` design), ``generate`` (the tree
-on disk), ``dataset`` (the torchreid data set). The data set class is imported lazily on first
-access, so ``from torchreid_sdtps.data.synthetic.spec import SyntheticSpec`` never imports
-torchreid's data set machinery through this package.
+on disk), ``dataset`` (the torchreid data set).
 """
 from __future__ import annotations
 
-from ..._lazy import lazy_exports
+from .dataset import SyntheticMSReID
 from .generate import (
     CUE_FILE,
     GENERATOR_VERSION,
@@ -60,7 +58,3 @@ __all__ = [
     "set_default_spec", "using_spec", "ensure_generated", "is_complete", "identity_attributes",
     "expected_files", "read_cues",
 ]
-
-
-# the data set class (the ``torchreid.datasets`` entry point's target) is imported on first use
-__getattr__, __dir__ = lazy_exports(__name__, {"SyntheticMSReID": "dataset"})

@@ -11,11 +11,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...choices import MODALITIES
+from ...errors import ConfigError
+
 __all__ = ["DATASET_DIR", "MODALITIES", "CUES", "SyntheticSpec", "default_spec", "set_default_spec",
            "using_spec", "as_spec"]
 
 DATASET_DIR = "synthetic_msreid"
-MODALITIES = ("RGB", "NI", "TI")
 CUES = ("spread", "localized")
 
 
@@ -105,10 +107,10 @@ class SyntheticSpec:
             ]
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(
+                raise ConfigError(
                     f"SyntheticSpec.{name}={getattr(self, name)!r}: expected {expected}")
         if self.num_ids > self.values_per_modality ** len(MODALITIES):
-            raise ValueError(
+            raise ConfigError(
                 f"SyntheticSpec: {self.num_ids} identities need unique attribute triples but "
                 f"values_per_modality={self.values_per_modality} gives only "
                 f"{self.values_per_modality ** len(MODALITIES)}; raise values_per_modality"
@@ -137,7 +139,7 @@ class SyntheticSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"SyntheticSpec: unknown field(s) {unknown}; "
+            raise ConfigError(f"SyntheticSpec: unknown field(s) {unknown}; "
                              f"expected a subset of {sorted(names)}")
         return cls(**dict(d))
 

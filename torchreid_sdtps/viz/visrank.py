@@ -8,28 +8,29 @@ camid. The plugin's data sets put the protocol in ``camid``, so this is "same ca
 RGBNT201 / RGBNT100 and "same scene" for MSVR310 (its query/gallery camid is the scene).
 
 :func:`visualize_ranked_results` has torchreid's signature; ``compat`` binds a dispatcher in
-torchreid's engine module (see :func:`torchreid_sdtps.compat.patch_visrank`), so the stock
-engines' ``test(visrank=True)`` draw these for multi-modal data and torchreid's original
-pictures for single-image data.
+torchreid's engine module (:func:`install`, through :func:`torchreid_sdtps.compat.patch_visrank`),
+so the stock engines' ``test(visrank=True)`` draw these for multi-modal data and torchreid's
+original pictures for single-image data.
 """
 from __future__ import annotations
 
 import logging
 import os.path as osp
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .. import compat
+from ..choices import MODALITIES
 from ..data.multimodal import load_modalities
 from ..io import atomic_path
 
-__all__ = ["visualize_ranked_results", "ranked_gallery", "is_multimodal", "MODALITIES"]
+__all__ = ["visualize_ranked_results", "ranked_gallery", "is_multimodal", "install", "MODALITIES"]
 
 logger = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
 GREEN, RED, BLACK, WHITE = (0, 200, 0), (220, 0, 0), (0, 0, 0), (255, 255, 255)
 BORDER = 4       # frame width (px)
 SPACING = 6      # between gallery columns
@@ -124,3 +125,24 @@ def visualize_ranked_results(distmat: np.ndarray, dataset: tuple, data_type: str
         written.append(path)
     logger.info("Rank lists saved to '%s'", save_dir)
     return written
+
+
+def _dispatch(original: Callable) -> Callable:
+    def visualize_ranked_results_dispatch(distmat: Any, dataset: Any, data_type: str,
+                                          width: int = 128, height: int = 256,
+                                          save_dir: str = "", topk: int = 10) -> Any:
+        """Multi-modal samples (a tuple of paths): the plugin's rank lists; single images:
+        torchreid's original."""
+        if data_type == "image" and is_multimodal(dataset):
+            return visualize_ranked_results(distmat, dataset, data_type, width=width,
+                                            height=height, save_dir=save_dir, topk=topk)
+        return original(distmat, dataset, data_type, width=width, height=height,
+                        save_dir=save_dir, topk=topk)
+
+    return visualize_ranked_results_dispatch
+
+
+def install() -> bool:
+    """Make torchreid's ``visualize_ranked_results`` draw multi-modal rank lists in every
+    engine (idempotent; done on ``import torchreid_sdtps``)."""
+    return compat.patch_visrank(_dispatch)

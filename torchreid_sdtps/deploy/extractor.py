@@ -18,7 +18,6 @@ import contextlib
 import copy
 import io
 import logging
-import os.path as osp
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,63 +27,33 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import compat, config
-from .modalities import zero_modalities
+from ..checkpoint import (
+    CheckpointError,
+    load_into_model,
+    make_meta,
+    read_checkpoint,
+    state_dict_of,
+)
+from ..checkpoint import checkpoint_meta as checkpoint_meta_of
+from ..choices import MODALITIES
+from ..errors import SDTPSError, UnknownNameError
+from ..utils.modalities import zero_modalities
 
-__all__ = ["FeatureExtractor", "checkpoint_meta", "load_model", "load_meta", "Preprocessor",
-           "MODALITIES"]
+__all__ = ["FeatureExtractor", "ExtractionError", "model_meta", "train_config", "load_model", "load_meta",
+           "Preprocessor", "MODALITIES"]
 
 logger = logging.getLogger(__name__)
 
-#: modality order of the shipped data sets (RGB, near infrared, thermal infrared)
-MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
-META_FORMAT = 1
-_NOT_MODEL_KWARGS = ("pretrained", "use_gpu", "loss")
+
+
+class ExtractionError(SDTPSError, ValueError):
+    """A sample, camera id or option the extractor cannot use (names what and why)."""
 
 
 # ----------------------------------------------------------------------------- checkpoint meta
 
-def checkpoint_meta(cfg: Any, num_classes: int, num_cameras: int,
-                    modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its model without the config (plain types only, so
-    ``torch.load(weights_only=True)`` reads it)."""
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v)
-              for k, v in config.model_kwargs(cfg, num_cameras=num_cameras).items()
-              if k not in _NOT_MODEL_KWARGS}
-    return {
-        "format": META_FORMAT,
-        "model_name": str(cfg.model.name),
-        "num_classes": int(num_classes),
-        "model_kwargs": kwargs,
-        "height": int(cfg.data.height),
-        "width": int(cfg.data.width),
-        "norm_mean": [float(x) for x in cfg.data.norm_mean],
-        "norm_std": [float(x) for x in cfg.data.norm_std],
-        "modalities": list(modalities),
-        "sources": list(cfg.data.sources),
-        "config": cfg.dump(),
-    }
-
-
-def _read_checkpoint(path: str) -> dict[str, Any]:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
-    with compat.checkpoint_loading():
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle / zip errors of a corrupt or foreign file
-            raise ValueError(f"cannot read checkpoint '{path}' ({type(exc).__name__}: {exc})") \
-                from exc
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint '{path}' holds a {type(ckpt).__name__}; expected a dict "
-                         "with 'state_dict' (torchreid's format) or a state dict")
-    return ckpt
-
-
-def _state_dict(ckpt: dict[str, Any], path: str) -> dict[str, torch.Tensor]:
-    state = ckpt.get("state_dict", ckpt)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint '{path}' has no 'state_dict' of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+#: the meta a checkpoint carries (:func:`torchreid_sdtps.checkpoint.make_meta`); old names
+model_meta = checkpoint_meta = make_meta
 
 
 def _shape_of(state: dict[str, torch.Tensor], suffix: str) -> torch.Size | None:
@@ -92,60 +61,87 @@ def _shape_of(state: dict[str, torch.Tensor], suffix: str) -> torch.Size | None:
     return state[keys[0]].shape if keys else None
 
 
+def _config_of(meta: dict[str, Any] | None, config_file: str, opts: Sequence[str]) -> Any:
+    """The training config stored in ``meta`` (else the defaults), then ``config_file`` and
+    ``opts`` on top: overrides change the checkpoint's config, they do not replace it."""
+    stored = train_config(meta) if meta else None
+    if stored is None:
+        return config.load_config(config_file, list(opts))
+    cfg = stored.clone()
+    cfg.defrost()
+    if config_file:
+        config.merge_from_file(cfg, config_file)
+    if opts:
+        config.merge_from_list(cfg, list(opts))
+    return cfg
+
+
+def train_config(meta: dict[str, Any] | None) -> Any:
+    """The training config stored in a checkpoint's meta (None without one)."""
+    if not meta or "config" not in meta:
+        return None
+    import yaml
+
+    return config.merge_from_dict(config.get_default_config(), yaml.safe_load(meta["config"]),
+                                  source="the checkpoint's meta")
+
+
 def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()
-              ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """``(meta, state_dict)`` of ``checkpoint``: its ``"meta"`` entry, or (when a config is
-    given, or the checkpoint has no meta) one built from ``config_file`` + ``opts`` with
-    classes and SIE cameras read off the weights' shapes.
-    Without a checkpoint (random weights, e.g. for a benchmark), ``meta`` comes from the config
-    and ``state_dict`` is None."""
-    ckpt = _read_checkpoint(checkpoint) if checkpoint else None
-    state = _state_dict(ckpt, checkpoint) if ckpt is not None else None
-    if ckpt is not None and isinstance(ckpt.get("meta"), dict) and not config_file and not opts:
-        meta = ckpt["meta"]
-        if meta.get("format") != META_FORMAT:
-            raise ValueError(f"checkpoint '{checkpoint}': meta format {meta.get('format')!r} is "
-                             f"not the supported {META_FORMAT}")
-        return meta, state
-    if not config_file and not opts:
-        raise ValueError(
+              ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(meta, checkpoint dict)`` of ``checkpoint`` (read with
+    :func:`torchreid_sdtps.checkpoint.read_checkpoint`): its ``"meta"`` entry, or, when a
+    config or overrides are given, a meta rebuilt from the checkpoint's training config with
+    ``config_file`` + ``opts`` on top (classes and SIE cameras read off the weights' shapes
+    when the checkpoint has no meta). Without a checkpoint (random weights, e.g. for a
+    benchmark), ``meta`` comes from the config and the dict is None."""
+    ckpt = read_checkpoint(checkpoint) if checkpoint else None
+    stored = checkpoint_meta_of(ckpt) if ckpt is not None else None
+    if stored is not None and not config_file and not opts:
+        return stored, ckpt
+    if stored is None and ckpt is not None and not config_file and not opts:
+        raise CheckpointError(
             f"checkpoint '{checkpoint}' carries no 'meta' entry (model name, image size, "
             "normalisation), e.g. one written by torchreid's stock engines; pass the training "
             "config (config_file=/--config-file and its overrides) so the model can be rebuilt")
-    cfg = config.load_config(config_file, list(opts))
-    num_classes, num_cameras = 1, 0
-    if state is not None:
-        cls_shape = _shape_of(state, "classifier.weight")
-        if cls_shape is None:
-            raise ValueError(f"checkpoint '{checkpoint}': no '*classifier.weight' in its state "
-                             "dict, cannot tell the number of training identities")
-        num_classes = int(cls_shape[0])
-        sie = _shape_of(state, "sie_embed")
-        num_cameras = int(sie[0]) if sie is not None else 0
-    return checkpoint_meta(cfg, num_classes, num_cameras), state
+    cfg = _config_of(stored, config_file, opts)
+    if stored is not None:
+        num_classes = int(stored["num_classes"])
+        num_cameras = int(stored.get("num_cameras",
+                                     stored["model_kwargs"].get("num_cameras", 0)) or 0)
+    else:
+        num_classes, num_cameras = 1, 0
+        if ckpt is not None:
+            state = state_dict_of(ckpt, f"checkpoint '{checkpoint}'")
+            cls_shape = _shape_of(state, "classifier.weight")
+            if cls_shape is None:
+                raise CheckpointError(f"checkpoint '{checkpoint}': no '*classifier.weight' in "
+                                      "its state dict, cannot tell the number of training "
+                                      "identities")
+            num_classes = int(cls_shape[0])
+            sie = _shape_of(state, "sie_embed")
+            num_cameras = int(sie[0]) if sie is not None else 0
+    return make_meta(cfg, num_classes, num_cameras), ckpt
 
 
 def load_model(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()
                ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The registered model of ``checkpoint`` (see :func:`load_meta`) with its weights loaded
-    strictly, in eval mode on the CPU; returns ``(model, meta)``."""
+    strictly (:func:`torchreid_sdtps.checkpoint.load_into_model`), in eval mode on the CPU;
+    returns ``(model, meta)``."""
     import torchreid_sdtps
 
     torchreid_sdtps.load_plugins()
-    meta, state = load_meta(checkpoint, config_file, opts)
+    meta, ckpt = load_meta(checkpoint, config_file, opts)
     factory = compat.model_factory().get(meta["model_name"])
     if factory is None:
-        raise KeyError(f"model '{meta['model_name']}' of '{checkpoint or config_file}' is not "
-                       f"registered; registered models: {sorted(compat.model_factory())}")
+        raise UnknownNameError(f"model '{meta['model_name']}' of '{checkpoint or config_file}' "
+                               f"is not registered; registered models: "
+                               f"{sorted(compat.model_factory())}")
     kwargs = dict(meta["model_kwargs"], pretrained=False, loss="softmax")
     kwargs["img_size"] = tuple(kwargs.get("img_size", (meta["height"], meta["width"])))
     model = factory(num_classes=meta["num_classes"], **kwargs)
-    if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint '{checkpoint}' does not fit model "
-                             f"'{meta['model_name']}': missing keys {missing[:5]}, unexpected "
-                             f"keys {unexpected[:5]}")
+    if checkpoint:  # every parameter and buffer, same shapes; the error names the file
+        load_into_model(model, checkpoint, strict=True, model_name=meta["model_name"])
     return model.eval(), meta
 
 
@@ -180,10 +176,10 @@ class Preprocessor:
             if arr.ndim == 3 and arr.shape[-1] == 1:
                 arr = arr[..., 0]
             if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
-                raise ValueError(f"{where} {modality}: array of shape {arr.shape}; expected an "
+                raise ExtractionError(f"{where} {modality}: array of shape {arr.shape}; expected an "
                                  "image H x W x 3 (RGB) or H x W, dtype uint8")
             if arr.dtype != np.uint8:
-                raise ValueError(f"{where} {modality}: array dtype {arr.dtype}; expected uint8 "
+                raise ExtractionError(f"{where} {modality}: array dtype {arr.dtype}; expected uint8 "
                                  "(0..255), as PIL and cv2 load images")
             return Image.fromarray(arr).convert("RGB")
         raise TypeError(f"{where} {modality}: got {type(item).__name__}; expected a path, a PIL "
@@ -193,11 +189,11 @@ class Preprocessor:
         num = len(self.modalities)
         if isinstance(sample, (str, bytes, Image.Image, np.ndarray)) or len(sample) != num:
             got = 1 if isinstance(sample, (str, bytes, Image.Image, np.ndarray)) else len(sample)
-            raise ValueError(f"{where} has {got} image(s); expected {num}, one per modality "
+            raise ExtractionError(f"{where} has {got} image(s); expected {num}, one per modality "
                              f"{self.modalities} (pass None for a missing modality)")
         missing = tuple(i for i, x in enumerate(sample) if x is None)
         if len(missing) == num:
-            raise ValueError(f"{where}: every modality is None; at least one image is needed")
+            raise ExtractionError(f"{where}: every modality is None; at least one image is needed")
         imgs = {i: self.image(x, m, where) for i, (x, m) in enumerate(zip(sample, self.modalities))
                 if x is not None}
         size = imgs[min(imgs)].size  # as load_modalities: modalities take the first one's size
@@ -242,10 +238,10 @@ class FeatureExtractor:
                  forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
                  verbose: bool = False) -> None:
         if not model_path and not config_file and not opts:
-            raise ValueError("FeatureExtractor needs model_path (a checkpoint) or a config "
+            raise ExtractionError("FeatureExtractor needs model_path (a checkpoint) or a config "
                              "(config_file / opts) to build the model from")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.meta = load_model(model_path, config_file, opts)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
@@ -274,7 +270,7 @@ class FeatureExtractor:
         if x.dim() == 4:
             x = x[None]
         if x.dim() != 5 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input tensor of shape {tuple(x.shape)}; expected (B, "
+            raise ExtractionError(f"input tensor of shape {tuple(x.shape)}; expected (B, "
                              f"{', '.join(map(str, self.input_shape))}) = (B, M, 3, H, W), "
                              "normalised like the training data")
         return x.float()
@@ -283,13 +279,13 @@ class FeatureExtractor:
         if cam_ids is None:
             return None
         if not self.num_cameras:
-            raise ValueError(f"cam_ids given, but model '{self.meta['model_name']}' has no SIE "
+            raise ExtractionError(f"cam_ids given, but model '{self.meta['model_name']}' has no SIE "
                              "camera embedding (num_cameras=0): camera ids would be ignored")
         cams = torch.as_tensor(cam_ids, dtype=torch.long).reshape(-1)
         if cams.numel() != batch:
-            raise ValueError(f"cam_ids has {cams.numel()} entries for {batch} sample(s)")
+            raise ExtractionError(f"cam_ids has {cams.numel()} entries for {batch} sample(s)")
         if cams.min() < 0 or cams.max() >= self.num_cameras:
-            raise ValueError(f"cam_ids must be in [0, {self.num_cameras - 1}] (the model's "
+            raise ExtractionError(f"cam_ids must be in [0, {self.num_cameras - 1}] (the model's "
                              f"{self.num_cameras} SIE cameras), got {cams.tolist()}")
         return cams
 
@@ -321,7 +317,7 @@ class FeatureExtractor:
         elif isinstance(input, (list, tuple)):
             samples = list(input)
             if not samples:
-                raise ValueError("no sample given (empty list)")
+                raise ExtractionError("no sample given (empty list)")
         else:
             raise TypeError(f"FeatureExtractor input: got {type(input).__name__}; expected a "
                             "sample (sequence of M images), a list of samples or a tensor")

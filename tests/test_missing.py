@@ -1,0 +1,271 @@
+"""Training for missing modalities: modality dropout, absent modalities in the model, the
+alignment loss and the ONNX export (issue 20)."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from torchreid_sdtps import compat
+from torchreid_sdtps.engine import ImageSDTPSEngine
+from torchreid_sdtps.engine import sdtps_engine as engine_module
+from torchreid_sdtps.engine.modality_dropout import DEFAULT_DROPOUT_SUBSETS, ModalityDropout
+from torchreid_sdtps.errors import ConfigError, SDTPSError
+from torchreid_sdtps.losses import CrossModalAlignmentLoss
+from torchreid_sdtps.models.sdtps import combine_scores
+from torchreid_sdtps.utils import modalities as modalities_module
+from torchreid_sdtps.utils.modalities import present_modalities, zero_modalities
+
+MODS = ("RGB", "NI", "TI")
+
+
+# ----------------------------------------------------------------------------- dropout draws
+
+@pytest.mark.parametrize("subsets", [None, ["RGB", "NI", "TI"], ["RGB+NI", "NI+TI", "RGB+TI"],
+                                     ["TI"]])
+def test_dropout_never_removes_every_modality(subsets):
+    torch.manual_seed(0)
+    drop = ModalityDropout(0.95, subsets, MODS)
+    removed = torch.cat([drop.sample(64) for _ in range(200)])  # 12800 draws
+    assert removed.shape == (12800, 3) and removed.dtype == torch.bool
+    assert not removed.all(dim=1).any()
+    # every allowed subset occurs, nothing else does, and about prob of the samples lose one
+    allowed = {tuple(row.tolist()) for row in drop.table}
+    seen = {tuple(row.tolist()) for row in removed if row.any()}
+    assert seen == allowed
+    assert abs(removed.any(dim=1).float().mean().item() - 0.95) < 0.02
+    assert drop.subsets == tuple(subsets or DEFAULT_DROPOUT_SUBSETS)
+
+
+def test_dropout_refuses_bad_settings():
+    for prob in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+            ModalityDropout(prob, None, MODS)
+    with pytest.raises(ConfigError, match="zeroes every modality"):
+        ModalityDropout(0.5, ["RGB", "RGB+NI+TI"], MODS)
+    with pytest.raises(ConfigError, match="unknown modality 'IR'"):
+        ModalityDropout(0.5, ["IR"], MODS)
+    with pytest.raises(ConfigError, match="removes nothing"):
+        ModalityDropout(0.5, ["none"], MODS)
+    with pytest.raises(ConfigError, match="empty"):
+        ModalityDropout(0.5, [], MODS)
+    assert issubclass(ConfigError, SDTPSError) and issubclass(ConfigError, ValueError)
+
+
+def test_zero_modalities_per_sample_mask_and_present():
+    x = torch.randn(3, 3, 3, 4, 2)
+    mask = torch.tensor([[True, False, False], [False, False, False], [False, True, True]])
+    out = zero_modalities(x, mask)
+    assert torch.equal(present_modalities(out), ~mask) and torch.equal(out[~mask], x[~mask])
+    assert present_modalities(x).all()
+    # the per-sample form and the per-setting form remove the same way
+    assert torch.equal(zero_modalities(x, torch.tensor([[False, True, False]] * 3)),
+                       zero_modalities(x, (1,)))
+    with pytest.raises(ValueError, match=r"\(B, M\)"):
+        zero_modalities(x, mask[:2])
+
+
+# ----------------------------------------------------------------------------- engine
+
+def _engine(dm, model, **kwargs):
+    return ImageSDTPSEngine(dm, model, torch.optim.Adam(model.parameters(), lr=1e-3),
+                            use_gpu=False, **kwargs)
+
+
+def _train(engine, batches, seed=0):
+    engine.set_model_mode("train")
+    torch.manual_seed(seed)
+    return [engine.forward_backward(b) for b in batches]
+
+
+def test_probability_zero_is_bit_identical_to_no_option(make_cfg, builders):
+    cfg = make_cfg("sdtps.selection", "gumbel")  # Gumbel noise + drop path: RNG-sensitive
+    dm, model, _, _, _ = builders.build_all(cfg)
+    batches = list(itertools.islice(iter(dm.train_loader), 3))
+    models = [copy.deepcopy(model) for _ in range(3)]
+    plain = _engine(dm, models[0])
+    zero = _engine(dm, models[1], modality_dropout=0.0, dropout_subsets=["RGB", "NI+TI"])
+    on = _engine(dm, models[2], modality_dropout=0.5)
+    assert not zero.modality_dropout.active and on.modality_dropout.active
+    losses = [_train(e, batches) for e in (plain, zero, on)]
+    assert losses[0] == losses[1]
+    for (n, p), (_, q) in zip(models[0].state_dict().items(), models[1].state_dict().items()):
+        assert torch.equal(p, q), n
+    assert losses[2] != losses[0]  # and the option does something when on
+    assert all(torch.isfinite(torch.tensor(list(s.values()))).all() for s in losses[2])
+
+
+def test_training_and_evaluation_remove_through_the_same_function(built, monkeypatch):
+    _, dm, model, _ = built
+    calls = []
+    original = modalities_module.zero_modalities
+
+    def spy(imgs, zeroed):
+        calls.append(zeroed)
+        return original(imgs, zeroed)
+
+    monkeypatch.setattr(engine_module, "zero_modalities", spy)
+    engine = _engine(dm, model, modality_dropout=0.9, dropout_subsets=["NI"])
+    _train(engine, [next(iter(dm.train_loader))])
+    assert len(calls) == 1 and isinstance(calls[0], torch.Tensor)
+    assert calls[0].any() and not calls[0][:, [0, 2]].any()  # only NI, per sample
+    calls.clear()
+    engine.evaluate_missing(["none", "NI"])
+    assert calls and all(c == (1,) for c in calls)  # every NI batch, query and gallery
+    assert engine_module.zero_modalities is spy and original is zero_modalities
+
+
+@pytest.mark.parametrize("selection", ["topk", "gumbel"])
+def test_absent_modalities_train_without_nan(make_cfg, builders, selection):
+    cfg = make_cfg("sdtps.selection", selection, "sdtps.mask_missing", "True",
+                   "train.modality_dropout.prob", "0.9")
+    dm, model, _, _, engine = builders.build_all(cfg)
+    assert model.mask_missing and engine.modality_dropout.prob == 0.9
+    engine.set_model_mode("train")
+    torch.manual_seed(0)
+    for batch in itertools.islice(iter(dm.train_loader), 3):
+        summary = engine.forward_backward(batch)
+        assert all(torch.isfinite(torch.tensor(v)) for v in summary.values()), summary
+        for name, p in model.named_parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
+def test_complete_only_triplet_ranks_the_complete_samples(built):
+    _, dm, model, _ = built
+    engine = _engine(dm, model, modality_dropout=0.5, dropout_subsets=["RGB"],
+                     dropout_triplet="complete")
+    seen, original = [], engine.criterion_t
+
+    def spy(features, pids):
+        seen.append(len(pids))
+        return original(features, pids)
+
+    engine.criterion_t = spy
+    batch = next(iter(dm.train_loader))
+    torch.manual_seed(0)
+    removed = engine.modality_dropout.sample(len(batch["pid"]))
+    _train(engine, [batch])  # the same draw (seed 0) inside the step
+    assert seen and all(n == int((~removed.any(1)).sum()) for n in seen)
+    assert 0 < seen[0] < len(batch["pid"])
+    with pytest.raises(ValueError, match="dropout_triplet"):
+        _engine(dm, model, dropout_triplet="some")
+
+
+def test_stock_engine_refuses_modality_dropout(make_cfg, builders):
+    cfg = make_cfg("sdtps.engine", "triplet", "train.modality_dropout.prob", "0.3")
+    with pytest.raises(ConfigError, match="train.modality_dropout.prob"):
+        builders.build_all(cfg)
+
+
+# ----------------------------------------------------------------------------- model, loss
+
+def _tiny(mask_missing: bool = True, **kwargs):
+    torch.manual_seed(0)
+    return compat.model_factory()["sdtps_vit_tiny"](
+        num_classes=4, loss="triplet", pretrained=False, img_size=(64, 32),
+        mask_missing=mask_missing, **kwargs)
+
+
+def test_cross_scores_leave_absent_guides_out():
+    g = torch.Generator().manual_seed(0)
+    s_pred, sim = torch.rand(2, 3, 5, generator=g), torch.rand(2, 3, 3, 5, generator=g)
+    everyone = torch.ones(2, 3, dtype=torch.bool)
+    assert torch.allclose(combine_scores(s_pred, sim, 0.25, everyone),
+                          combine_scores(s_pred, sim, 0.25))
+    present = torch.tensor([[True, False, True], [True, False, False]])
+    out = combine_scores(s_pred, sim, 0.25, present)
+    assert torch.isfinite(out).all()
+    # sample 0, RGB: only TI's guide counts, with the full cross weight 2
+    assert torch.allclose(out[0, 0], 0.5 * s_pred[0, 0] + 0.25 * (2 * sim[0, 0, 2] + 2 * sim[0, 0, 0]))
+    # sample 1, RGB alone: no other guide, the modality guides itself
+    assert torch.allclose(out[1, 0], 0.5 * s_pred[1, 0] + 0.25 * 4 * sim[1, 0, 0])
+    # an absent guide changes nothing for the others
+    sim2 = sim.clone()
+    sim2[:, :, 1] = 7.0
+    assert torch.equal(combine_scores(s_pred, sim2, 0.25, present)[:, [0, 2]], out[:, [0, 2]])
+
+
+def test_model_masks_absent_modality_features():
+    model = _tiny().eval()
+    x = torch.randn(4, 3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    cams = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        feats = model.forward_features(zero_modalities(x, (1,)), cams)
+        full = model.forward_features(x, cams)
+    c = model.guide.proj.out_features
+    assert torch.equal(feats["present"], torch.tensor([[True, False, True]] * 4))
+    assert (feats["ori"][:, c:2 * c] == 0).all() and (feats["sdtps"][:, c:2 * c] == 0).all()
+    assert torch.equal(feats["ori"][:, :c], full["ori"][:, :c])  # the guide is per modality
+    assert full["present"].all()
+    plain = _tiny(mask_missing=False).eval()
+    with torch.no_grad():
+        assert plain.forward_features(zero_modalities(x, (1,)))["present"] is None
+
+
+def test_alignment_loss_with_absent_modalities():
+    g = torch.Generator().manual_seed(0)
+    pids = torch.arange(4).repeat_interleave(2)
+    tok = torch.randn(8, 3, 5, 16, generator=g, requires_grad=True)
+    loss = CrossModalAlignmentLoss()
+    everyone = torch.ones(8, 3, dtype=torch.bool)
+    assert torch.allclose(loss(tok, pids, everyone), loss(tok, pids))
+    present = everyone.clone()
+    present[::3, 1] = False
+    present[1, [0, 2]] = False
+    value = loss(tok, pids, present)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(tok.grad).all()
+    # the absent tokens take no part: changing them changes neither the loss nor their gradient
+    assert (tok.grad[~present] == 0).all()
+    other = tok.detach().clone()
+    other[~present] = 100.0
+    assert torch.allclose(loss(other, pids, present), value)
+    # only one modality anywhere: no pair left, loss 0 with a zero gradient
+    single = torch.zeros(8, 3, dtype=torch.bool)
+    single[:, 0] = True
+    tok.grad = None
+    zero = loss(tok, pids, single)
+    zero.backward()
+    assert zero.item() == 0 and (tok.grad == 0).all()
+    with pytest.raises(ValueError, match="present must be"):
+        loss(tok, pids, present[:, :2])
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+def test_onnx_export_takes_an_absent_modality_the_same_way(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from torchreid_sdtps.deploy.onnx import PARITY_RTOL, OrtForward, export_onnx
+
+    model = _tiny().eval()
+    meta = {"modalities": list(MODS), "height": 64, "width": 32}
+    ort = OrtForward(export_onnx(model, str(tmp_path / "m.onnx"), meta, cameras=False))
+    x = torch.randn(5, 3, 3, 64, 32, generator=torch.Generator().manual_seed(2))
+    removed = torch.tensor([[False, True, False], [True, False, False], [False, False, False],
+                            [True, False, True], [False, True, False]])
+    xs = zero_modalities(x, removed)  # per sample: NI, RGB, nothing, RGB+TI, NI
+    with torch.no_grad():
+        ref = model(xs)
+    got = ort(xs)
+    # the parity measure of deploy.onnx: max abs difference / largest feature norm
+    assert (got - ref).abs().max() / ref.norm(dim=1).max() <= PARITY_RTOL
+    # absent = the masked feature in the graph too: the slices of an absent modality are the
+    # same for every sample that lacks it (the BNNeck of a zero feature)
+    c, m = model.guide.proj.out_features, 3
+    ori = got[:, :m * c].view(5, m, c)
+    assert torch.allclose(ori[0, 1], ori[4, 1], atol=1e-5)
+    assert torch.allclose(ori[1, 0], ori[3, 0], atol=1e-5)
+    assert not torch.allclose(ori[2, 1], ori[0, 1], atol=1e-3)
+
+
+def test_missing_study_table_mean_and_std(benchmark_module):
+    study = benchmark_module("missing_study")
+    row = dict.fromkeys(("none", "RGB", "NI", "TI", "RGB+NI", "RGB+TI", "NI+TI"), 0.5)
+    runs = {"with": {1: {**row, "RGB": 0.2}, 2: {**row, "RGB": 0.4}}}
+    md, summary = study.table(runs)
+    assert summary["with"]["RGB"] == pytest.approx({"mean": 30.0, "std": 14.142135}, rel=1e-6)
+    assert summary["with"]["single_missing_avg"]["mean"] == pytest.approx(100 * (0.3 + 1.0) / 3)
+    assert "| with | 2 | 50.0 ± 0.0 | 30.0 ± 14.1 |" in md

@@ -1,0 +1,139 @@
+"""``torchreid-sdtps-search`` (``tools/search.py``): queries (a feature store or file, or one
+sample's images) against a gallery feature store or file, or a FAISS index of one
+(``--index``); top-k table and JSON.
+
+Without ``--index`` the search is exact and runs in bounded memory (chunks of the gallery
+against chunks of the queries, :func:`torchreid_sdtps.deploy.exact.topk_exact`).
+
+Query and gallery must have been made the same way (model, checkpoint, normalisation, camera
+term...; :mod:`torchreid_sdtps.deploy.provenance`): a difference is refused, or with
+``--allow-mismatch`` reported as a warning. An ``--images`` query on a model with an SIE camera
+embedding needs ``--cam``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os.path as osp
+from typing import Any
+
+from ..errors import ConfigError
+from .extract import make_extractor
+from .runner import Command, add_model_arguments
+
+__all__ = ["main", "COMMAND", "console"]
+
+logger = logging.getLogger(__name__)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..deploy.features import METRICS
+
+    parser.add_argument("--gallery", default="", help="gallery feature store (or .pt file); "
+                        "optional with --index")
+    parser.add_argument("--index", default="", help="search this FAISS index "
+                        "(torchreid-sdtps-index build) instead of the exact search")
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="IVF cells searched (--index of kind ivf_*; default: the index's)")
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="HNSW search breadth (--index of kind hnsw; default: the index's)")
+    q = parser.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="query feature store (or .pt file)")
+    q.add_argument("--images", nargs="+", help="one query sample: one image per modality "
+                   "('none' for a missing one); needs --weights")
+    add_model_arguments(parser, required=False)
+    parser.add_argument("--cam", type=int, default=None,
+                        help="camera id of --images (required for SIE models)")
+    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--metric", default="euclidean", choices=METRICS)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="distance above which a gallery entry is no match")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="search even when query and gallery were made differently "
+                        "(a warning instead of an error)")
+    parser.add_argument("--json", default="", help="write the results here (JSON)")
+
+
+def _image_query(args: argparse.Namespace, gallery: Any) -> Any:
+    from ..deploy import provenance
+    from ..deploy.features import extract_samples, provenance_of
+
+    if not args.weights:
+        raise ConfigError("--images needs --weights (the checkpoint that extracted the gallery)")
+    grec = provenance_of(gallery)
+    normalized = bool(grec["normalized"] if grec else gallery.info.get("normalized", False))
+    fx = make_extractor(args, normalize=normalized)
+    if fx.num_cameras and args.cam is None and (grec is None or grec["camera_term"] != "off"):
+        raise ConfigError(
+            f"model '{fx.meta['model_name']}' adds an SIE camera embedding to its features: "
+            f"pass --cam ID, the camera the query images come from (0..{fx.num_cameras - 1}, "
+            "as in the gallery's data set); without it the query's features lack the camera "
+            "term and are not comparable to the gallery's")
+    sample = tuple(None if p.lower() == "none" else p for p in args.images)
+    cams = [args.cam] if args.cam is not None else []
+    query = extract_samples(fx, [sample], camids=cams, cam_labels=cams)
+    query.paths = [tuple(str(p) for p in args.images)]
+    query.info["provenance"] = provenance.record(
+        fx, args.weights, int(query.features.shape[1]), cameras_given=bool(cams),
+        camera_source=f"--cam {args.cam}")
+    return query
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..deploy.exact import rank_results, topk_exact
+    from ..deploy.features import check_comparable, format_search
+    from ..deploy.store import load_features
+    from ..io import write_json
+
+    if args.query:
+        unused = [name for name, v in (("--weights", args.weights), ("--cam", args.cam),
+                                       ("--config-file", args.config_file),
+                                       ("config overrides", args.opts)) if v not in ("", None, [])]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} only apply to an --images query (the "
+                              "features of a --query file are already extracted)")
+    index = None
+    if args.index:
+        from ..deploy.index import GalleryIndex
+
+        index = GalleryIndex.open(args.index)
+        if args.gallery and osp.realpath(args.gallery) != osp.realpath(index.store.path):
+            raise ConfigError(f"--gallery '{args.gallery}' is not the store of --index "
+                              f"'{args.index}' ('{index.store.path}'); give one of them")
+        gallery = index.store
+    elif not args.gallery:
+        raise ConfigError("give --gallery (a feature store or .pt file) or --index")
+    else:
+        if args.nprobe is not None or args.ef_search is not None:
+            raise ConfigError("--nprobe and --ef-search apply to an --index search")
+        gallery = load_features(args.gallery)
+    gname = args.gallery or args.index
+    query = load_features(args.query) if args.query else _image_query(args, gallery)
+    check_comparable(query, gallery, allow_mismatch=args.allow_mismatch,
+                     names=(args.query or "the --images query", gname))
+    if index is not None:
+        values, found = index.search(query, args.topk, args.metric, nprobe=args.nprobe,
+                                     ef_search=args.ef_search, check=False)
+    else:
+        values, found = topk_exact(query, gallery, args.topk, args.metric)
+    results = rank_results(query, gallery, values, found, args.threshold)
+    print(format_search(results, args.metric))
+    if args.json:
+        write_json({"gallery": gallery.path if index is not None else args.gallery,
+                    "index": args.index or None, "metric": args.metric, "topk": args.topk,
+                    "threshold": args.threshold, "results": results}, args.json)
+    return {"results": results, "json": args.json}
+
+
+COMMAND = Command("search", "Search queries in a gallery feature file; top-k table and JSON",
+                  _add_arguments, _run)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` and search; returns the results (errors propagate)."""
+    from .runner import main as run_main
+
+    return run_main(COMMAND, argv)
+
+
+console = COMMAND.console
