@@ -96,11 +96,6 @@ COMMAND = Command("export", "Export a checkpoint to ONNX and check it against Py
                   _add_arguments, _run)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv``, export and check; returns the summary (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv``, export and check; returns the summary (errors propagate)
+main = COMMAND.main
 console = COMMAND.console

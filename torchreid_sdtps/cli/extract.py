@@ -127,11 +127,6 @@ COMMAND = Command("extract", "Extract multi-modal features to a file (features, 
                   "paths, provenance)", _add_arguments, _run)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and extract; returns a summary (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv`` and extract; returns a summary (errors propagate)
+main = COMMAND.main
 console = COMMAND.console

@@ -82,11 +82,6 @@ COMMAND = Command("index", "Build, extend and inspect FAISS indexes over a galle
                   "store", _add_arguments, _run)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and run the action; returns the index summary (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv`` and run the action; returns the index summary (errors propagate)
+main = COMMAND.main
 console = COMMAND.console

@@ -73,6 +73,10 @@ class Command:
         """The console-script entry point: ``sys.argv[1:]``, exit status."""
         return run(self)
 
+    def main(self, argv: Sequence[str] | None = None) -> Any:
+        """Parse ``argv`` and run in-process; returns the command's summary (errors propagate)."""
+        return main(self, argv)
+
 
 def prog_name(name: str) -> str:
     """The console-script name of command ``name``."""

@@ -129,11 +129,6 @@ COMMAND = Command("search", "Search queries in a gallery feature file; top-k tab
                   _add_arguments, _run)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and search; returns the results (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv`` and search; returns the results (errors propagate)
+main = COMMAND.main
 console = COMMAND.console

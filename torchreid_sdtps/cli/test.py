@@ -87,11 +87,6 @@ COMMAND = Command("test", "Evaluate a checkpoint (no arguments: the demo's lates
                   _add_arguments, _run, console_logging=False)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and rank; returns the summary (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv`` and rank; returns the summary (errors propagate)
+main = COMMAND.main
 console = COMMAND.console

@@ -134,11 +134,6 @@ COMMAND = Command("train", "Train an SDTPS model (no arguments: the synthetic de
                   _add_arguments, _run, console_logging=False)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and train; returns the summary (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv`` and train; returns the summary (errors propagate)
+main = COMMAND.main
 console = COMMAND.console

@@ -92,11 +92,6 @@ COMMAND = Command("visualize", "Pictures of a trained model (token heat maps)", 
                   _run, log_level=logging.INFO)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Parse ``argv`` and run the subcommand; returns its result (errors propagate)."""
-    from .runner import main as run_main
-
-    return run_main(COMMAND, argv)
-
-
+#: ``main(argv)``: Parse ``argv`` and run the subcommand; returns its result (errors propagate)
+main = COMMAND.main
 console = COMMAND.console
