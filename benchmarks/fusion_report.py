@@ -9,19 +9,48 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import fusion_study as fs
 import synthetic_study as st
+from scipy import stats as _stats
 
-__all__ = ["render", "verdict", "TARGET_HALF_WIDTH"]
+__all__ = ["render", "verdict", "t_interval", "main_values", "paired", "TARGET_HALF_WIDTH"]
 
 #: the issue's power criterion: every setting's mAP 95 % CI half-width at most this (points)
 TARGET_HALF_WIDTH = 2.5
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the two-sided t-interval (nan half-width for one value)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, float("nan")
+    return mean, float(_stats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / n ** 0.5
+
+
+def main_values(runs: Sequence[dict[str, Any]], catalog: dict[str, Any], name: str,
+                metric: str = "mAP", feature: str | None = None) -> dict[int, float]:
+    """``{seed: metric in %}`` of setting ``name`` (``feature``: default its main one, the
+    first of ``catalog[name].evals``)."""
+    feature = feature or catalog[name].evals[0]
+    return {r["seed"]: 100 * r["results"][feature][metric] for r in runs
+            if r["setting"] == name and feature in r["results"]
+            and metric in r["results"][feature]}
+
+
+def paired(runs: Sequence[dict[str, Any]], catalog: dict[str, Any], name: str, base: str,
+           metric: str = "mAP") -> tuple[float, float, int]:
+    """Mean and t-interval half-width of ``name - base`` over the seeds both have, and n."""
+    a, b = main_values(runs, catalog, name, metric), main_values(runs, catalog, base, metric)
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    if not diffs:
+        return float("nan"), float("nan"), 0
+    return (*t_interval(diffs), len(diffs))
+
+
 def _fmt(values: Sequence[float], digits: int = 1) -> str:
     if not values:
         return "—"
-    mean, half = fs.t_interval(values)
+    mean, half = t_interval(values)
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if not math.isnan(half) else f"{mean:.{digits}f}"
 
 
@@ -36,8 +65,8 @@ def verdict(mean: float, half: float) -> str:
     return "no difference detected (interval contains 0)"
 
 
-def _main_table(runs: Sequence[dict[str, Any]], names: Sequence[str],
-                times: dict[str, float]) -> tuple[list[str], float]:
+def _main_table(runs: Sequence[dict[str, Any]], names: Sequence[str], times: dict[str, float],
+                catalog: dict[str, Any]) -> tuple[list[str], float]:
     lines = ["| setting | main feature | seeds | mAP (%) | Rank-1 (%) | mAP, `ori` feature (%) "
              "| selection recall (%) | fusion-part params | model params | train step (ms, min) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -46,61 +75,63 @@ def _main_table(runs: Sequence[dict[str, Any]], names: Sequence[str],
         rs = [r for r in runs if r["setting"] == name]
         if not rs:
             continue
-        feature = fs.SETTINGS[name].evals[0]
-        maps = list(fs._main_values(runs, name).values())
-        worst = max(worst, fs.t_interval(maps)[1]) if len(maps) > 1 else math.inf
-        r1 = list(fs._main_values(runs, name, "R1").values())
-        ori = list(fs._main_values(runs, name, feature="ori").values()) if feature != "ori" else []
-        recall = list(fs._main_values(runs, name, "recall").values())
+        feature = catalog[name].evals[0]
+        maps = list(main_values(runs, catalog, name).values())
+        worst = max(worst, t_interval(maps)[1]) if len(maps) > 1 else math.inf
+        r1 = list(main_values(runs, catalog, name, "R1").values())
+        ori = list(main_values(runs, catalog, name, feature="ori").values()) if feature != "ori" else []
+        recall = list(main_values(runs, catalog, name, "recall").values())
         step = f"{1000 * times[name]:.0f}" if name in times else "—"
-        lines.append(f"| {fs.SETTINGS[name].label} (`{name}`) | `{feature}` | {len(maps)} | "
+        lines.append(f"| {catalog[name].label} (`{name}`) | `{feature}` | {len(maps)} | "
                      f"{_fmt(maps)} | {_fmt(r1)} | {_fmt(ori) if ori else '—'} | "
                      f"{_fmt(recall) if recall else '—'} | {rs[0]['fusion_params']:,} | "
                      f"{rs[0]['params']:,} | {step} |")
     return lines, worst
 
 
-def _paired_table(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
-    lines = [f"| setting − `{fs.BASELINE}` (same seed) | seeds | Δ mAP (points) | Δ Rank-1 "
+def _paired_table(runs: Sequence[dict[str, Any]], names: Sequence[str], catalog: dict[str, Any],
+                  baseline: str) -> list[str]:
+    lines = [f"| setting − `{baseline}` (same seed) | seeds | Δ mAP (points) | Δ Rank-1 "
              "(points) | reading (mAP) |", "| --- | --- | --- | --- | --- |"]
     for name in names:
-        if name == fs.BASELINE:
+        if name == baseline:
             continue
-        mean, half, n = fs.paired(runs, name)
+        mean, half, n = paired(runs, catalog, name, baseline)
         if not n:
             continue
-        r_mean, r_half, _ = fs.paired(runs, name, metric="R1")
+        r_mean, r_half, _ = paired(runs, catalog, name, baseline, metric="R1")
         lines.append(f"| `{name}` | {n} | {mean:+.1f} ± {half:.1f} | {r_mean:+.1f} ± {r_half:.1f} "
                      f"| {verdict(mean, half)} |")
-    base = fs._main_values(runs, fs.BASELINE)
+    base = main_values(runs, catalog, baseline)
     for name in names:  # the fusion models' shared `ori` feature alone, same seeds
-        if name == fs.BASELINE or "ori" not in fs.SETTINGS[name].evals[1:]:
+        if name == baseline or "ori" not in catalog[name].evals[1:]:
             continue
-        ori = fs._main_values(runs, name, feature="ori")
+        ori = main_values(runs, catalog, name, feature="ori")
         diffs = [ori[s] - base[s] for s in sorted(set(ori) & set(base))]
         if diffs:
-            mean, half = fs.t_interval(diffs)
+            mean, half = t_interval(diffs)
             lines.append(f"| `{name}`, `ori` feature alone | {len(diffs)} | {mean:+.1f} ± "
                          f"{half:.1f} | | {verdict(mean, half)} |")
     for a, b in (("sdtps", "moe_reference"), ("sdtps_block", "moe_reference"),
                  ("sdtps", "sdtps_block")):
         if a in names and b in names:
-            mean, half, n = fs.paired(runs, a, base=b)
+            mean, half, n = paired(runs, catalog, a, b)
             if n:
-                r_mean, r_half, _ = fs.paired(runs, a, base=b, metric="R1")
+                r_mean, r_half, _ = paired(runs, catalog, a, b, metric="R1")
                 lines.append(f"| `{a}` − `{b}` | {n} | {mean:+.1f} ± {half:.1f} | "
                              f"{r_mean:+.1f} ± {r_half:.1f} | {verdict(mean, half)} |")
     return lines
 
 
-def _recall_lines(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+def _recall_lines(runs: Sequence[dict[str, Any]], names: Sequence[str],
+                  catalog: dict[str, Any]) -> list[str]:
     """Per selection setting: recall of each seed and its correlation with the main mAP."""
     lines = []
     for name in names:
-        recall = fs._main_values(runs, name, "recall")
+        recall = main_values(runs, catalog, name, "recall")
         if len(recall) < 3:
             continue
-        maps = fs._main_values(runs, name)
+        maps = main_values(runs, catalog, name)
         seeds = sorted(set(recall) & set(maps))
         r = statistics.correlation([recall[s] for s in seeds], [maps[s] for s in seeds])
         lines.append(f"- `{name}`: selection recall per seed (%) "
@@ -133,13 +164,14 @@ def _curves(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
 def render(args: argparse.Namespace, runs: Sequence[dict[str, Any]], times: dict[str, float],
            wall_s: float, command: str) -> str:
     """The whole section."""
-    spec, names = args.spec, [n for n in fs.SETTINGS if n in args.settings]
+    catalog, baseline = args.catalog, args.baseline
+    spec, names = args.spec, [n for n in catalog if n in args.settings]
     grid = spec.grid
     n_cells, n_cue = grid[0] * grid[1], spec.cue_size[0] * spec.cue_size[1]
     clutter = min(spec.clutter, n_cells - n_cue * (1 + spec.distractors))
     seeds = sorted({r["seed"] for r in runs})
     train_s = [r["train_s"] for r in runs]
-    table, worst = _main_table(runs, names, times)
+    table, worst = _main_table(runs, names, times, catalog)
     met = "met" if worst <= TARGET_HALF_WIDTH else "NOT met"
     lines = [
         "### SDTPS vs no selection vs HDM+ATM, with power (`benchmarks/fusion_study.py`)",
@@ -173,9 +205,9 @@ def render(args: argparse.Namespace, runs: Sequence[dict[str, Any]], times: dict
         f"Power criterion (every setting's mAP half-width <= {TARGET_HALF_WIDTH}): largest "
         f"half-width {worst:.2f} -> **{met}**.",
         "",
-        *_paired_table(runs, names),
+        *_paired_table(runs, names, catalog, baseline),
         "",
-        *_recall_lines(runs, names),
+        *_recall_lines(runs, names, catalog),
         "",
         *_curves(runs, names),
         "",

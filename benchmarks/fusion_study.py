@@ -44,10 +44,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import fusion_report
 import synthetic_study as st
 import torch
+from fusion_report import t_interval
 from moe_reference import MoEReferenceNet, fusion_parameters
-from scipy import stats as _stats
 from synthetic_study import Setting
 from torch import nn
 
@@ -224,46 +225,16 @@ def step_times(args: argparse.Namespace, repeats: int = 12) -> dict[str, float]:
     return {name: min(v) for name, v in times.items()}
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the two-sided t-interval (nan half-width for one value)."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, float("nan")
-    return mean, float(_stats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / n ** 0.5
-
-
-def _main_values(runs: Sequence[dict[str, Any]], name: str, metric: str = "mAP",
-                 feature: str | None = None) -> dict[int, float]:
-    feature = feature or SETTINGS[name].evals[0]
-    return {r["seed"]: 100 * r["results"][feature][metric] for r in runs
-            if r["setting"] == name and feature in r["results"]
-            and metric in r["results"][feature]}
-
-
 def paired(runs: Sequence[dict[str, Any]], name: str, base: str = BASELINE,
            metric: str = "mAP") -> tuple[float, float, int]:
-    """Mean and t-interval half-width of ``name - base`` over the seeds both have, and n."""
-    a, b = _main_values(runs, name, metric), _main_values(runs, base, metric)
-    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-    if not diffs:
-        return float("nan"), float("nan"), 0
-    return (*t_interval(diffs), len(diffs))
-
-
-def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "—"
-    mean, half = t_interval(values)
-    return f"{mean:5.1f} ± {half:4.1f}"
+    """:func:`fusion_report.paired` over this study's settings (default base: no selection)."""
+    return fusion_report.paired(runs, SETTINGS, name, base, metric)
 
 
 def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], times: dict[str, float],
            wall_s: float, command: str) -> str:
     """The markdown section: command, machine, data, budget, table, paired differences."""
-    from fusion_report import render  # the long text, kept apart (module size; no cycle at import)
-
-    return render(args, runs, times, wall_s, command)
+    return fusion_report.render(args, runs, times, wall_s, command)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -275,7 +246,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="round-robin repeats of the training-step timing (0: skip it)")
     args = st.parse_study_args(parser, argv, SETTINGS)
     args.spec = SMOKE_SPEC if args.smoke else FUSION_SPEC
-    args.catalog = SETTINGS
+    args.catalog, args.baseline = SETTINGS, BASELINE
     if args.smoke:
         args.time_repeats = min(args.time_repeats, 2)
     return args
