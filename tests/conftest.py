@@ -105,3 +105,19 @@ def load_benchmark(name: str) -> Any:
 def benchmark_module() -> Callable[[str], Any]:
     """:func:`load_benchmark`, as a fixture."""
     return load_benchmark
+
+
+@pytest.fixture(scope="module")
+def openai_src() -> Any:
+    """A tiny checkpoint in OpenAI CLIP's format (tests/_weights.py), once per test module."""
+    from _weights import make_openai_src
+
+    return make_openai_src()
+
+
+@pytest.fixture(scope="module")
+def timm_src() -> Any:
+    """A tiny checkpoint in timm's ViT format (tests/_weights.py), once per test module."""
+    from _weights import make_timm_src
+
+    return make_timm_src()

@@ -16,8 +16,6 @@ from _weights import (
     _timm_tokens,
     _tokens,
     _vit_backbone,
-    make_openai_src,
-    make_timm_src,
 )
 
 from torchreid_sdtps.models import weights as W
@@ -27,15 +25,6 @@ torch.set_num_threads(1)
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
 
-
-@pytest.fixture(scope="module")
-def openai_src():
-    return make_openai_src()
-
-
-@pytest.fixture(scope="module")
-def timm_src():
-    return make_timm_src()
 
 
 # ----------------------------------------------------------------------------- download / cache
