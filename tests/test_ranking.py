@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _rank import reference_map
 
 from torchreid_sdtps import config
 from torchreid_sdtps.engine import ImageSDTPSEngine
@@ -18,9 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class _NormVaries(torch.nn.Module):
-    """The pooled colours of each modality's two image halves as the direction, scaled by a pseudo-random factor in [1, 21) drawn from the image (the
-    fractional part of 1000 x its mean pixel): raw euclidean ranking is mostly by norm, the
-    normalised one by direction."""
+    """The pooled colours of each modality's two image halves as the direction, scaled by a
+    pseudo-random factor in [1, 21) drawn from the image (the fractional part of 1000 x its
+    mean pixel): raw euclidean ranking is mostly by norm, the normalised one by direction."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,27 +33,6 @@ class _NormVaries(torch.nn.Module):
         f = halves.flatten(1) - halves.flatten(1).mean(1, keepdim=True)
         f = f / f.norm(dim=1, keepdim=True)
         return f * (1 + self.scale * torch.frac(1000 * x.mean(dim=(1, 2, 3, 4)).abs()))[:, None]
-
-
-def _reference(qf, gf, q_pids, g_pids, q_cams, g_cams, normalize: bool) -> tuple[float, float]:
-    """mAP and rank-1 written out: squared euclidean distances, gallery entries of the same id
-    and camera dropped (market1501 protocol), AP = mean precision at each true match."""
-    qf, gf = np.asarray(qf, np.float64), np.asarray(gf, np.float64)
-    if normalize:
-        qf = qf / np.linalg.norm(qf, axis=1, keepdims=True)
-        gf = gf / np.linalg.norm(gf, axis=1, keepdims=True)
-    dist = ((qf[:, None] - gf[None]) ** 2).sum(-1)
-    aps, r1 = [], []
-    for i in range(len(qf)):
-        keep = ~((g_pids == q_pids[i]) & (g_cams == q_cams[i]))
-        order = np.argsort(dist[i][keep], kind="stable")
-        match = (g_pids[keep][order] == q_pids[i]).astype(float)
-        if not match.any():
-            continue
-        hits = np.cumsum(match)
-        aps.append(float((hits / np.arange(1, len(match) + 1))[match == 1].mean()))
-        r1.append(match[0])
-    return float(np.mean(aps)), float(np.mean(r1))
 
 
 def _features(engine, loader):
@@ -82,7 +62,7 @@ def test_the_recipe_ranks_normalised_features(recipe, make_cfg, builders, tmp_pa
     with torch.no_grad():
         q = _features(engine, loaders["query"])
         g = _features(engine, loaders["gallery"])
-    ref = {n: _reference(q[0], g[0], q[1], g[1], q[2], g[2], n) for n in (True, False)}
+    ref = {n: reference_map(q[0], g[0], q[1], g[1], q[2], g[2], n) for n in (True, False)}
     # the two rankings differ on these features (mAP 0.23 vs 0.26 on the tiny set), far
     # beyond the 1e-6 the engine is held to below
     assert abs(ref[True][0] - ref[False][0]) > 0.02, ref
