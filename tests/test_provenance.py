@@ -134,3 +134,16 @@ def test_another_checkpoint_is_refused_a_copied_one_is_not(tiny, tmp_path, capsy
                   "--root", str(tiny["root"]), "-o", query])
     assert cli.run("search", ["--gallery", tiny["gallery"], "--query", query]) == 2
     assert f"checkpoint_sha256: {query} " in capsys.readouterr().err
+
+
+def test_normalisation_is_recorded_as_done(tiny, tmp_path, capsys):
+    """--normalize gives unit-norm features and records it; the raw gallery then refuses them."""
+    query = str(tmp_path / "q_norm.pt")
+    main_extract(["--weights", tiny["ckpt"], "--dataset", "synthetic_msreid", "--split", "query",
+                  "--root", str(tiny["root"]), "--normalize", "-o", query])
+    fs = load_features(query)
+    assert fs.info["provenance"]["normalized"] is True
+    torch.testing.assert_close(fs.features.norm(dim=1), torch.ones(len(fs)))
+    assert load_features(tiny["gallery"]).info["provenance"]["normalized"] is False
+    assert cli.run("search", ["--gallery", tiny["gallery"], "--query", query]) == 2
+    assert f"normalized: {query} True vs {tiny['gallery']} False" in capsys.readouterr().err
