@@ -165,7 +165,7 @@ def test_a_finished_run_resumed_completes(synthetic_root, tmp_path):
     common = ["data.root", str(synthetic_root), "data.save_dir", str(save), *TINY_OPTS,
               "test.compare_untrained", "False", "train.max_epoch", "1", "train.auto_resume",
               "True"]
-    first = cli.main_train(common)
+    first = cli.main("train", common)
     assert first["attempts"] == 1 and not first["finished_before"]
     model_dir = save / "model"
     stale = model_dir / ".model.pth.tar-2.k3j4h5g6.partial"  # a killed checkpoint write

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torchreid_sdtps import build, compat
+from torchreid_sdtps import build, compat, patches
 from torchreid_sdtps.cli.test import test as run_test
 from torchreid_sdtps.data.checks import SamplerConfigError, check_train_sampler
 from torchreid_sdtps.viz import visrank
@@ -119,12 +119,12 @@ def test_stock_checkpoints_load_in_torchreids_own_loaders(built, tmp_path):
              "optimizer": engine.optimizer.state_dict()}
     utils.save_checkpoint(state, str(tmp_path), remove_module_from_keys=True)
     path = str(tmp_path / "model.pth.tar-3")
-    with compat.checkpoint_loading():  # the plugin's own loads leave the global list in place
+    with patches.checkpoint_loading():  # the plugin's own loads leave the global list in place
         utils.load_checkpoint(path)
     utils.load_pretrained_weights(model, path)  # no context manager: the global allow-list
     assert utils.resume_from_checkpoint(path, model, optimizer=engine.optimizer) == 3
     added = set(torch.serialization.get_safe_globals())
-    assert set(compat.checkpoint_safe_globals()) <= added
+    assert set(patches.checkpoint_safe_globals()) <= added
 
 
 # ----------------------------------------------------------------------------- visrank

@@ -70,9 +70,9 @@ def _config_of(meta: dict[str, Any] | None, config_file: str, opts: Sequence[str
     cfg = stored.clone()
     cfg.defrost()
     if config_file:
-        config.merge_from_file(cfg, config_file)
+        cfg.merge_from_file(config_file)
     if opts:
-        config.merge_from_list(cfg, list(opts))
+        cfg.merge_from_list(list(opts))
     return cfg
 
 
@@ -82,8 +82,8 @@ def train_config(meta: dict[str, Any] | None) -> Any:
         return None
     import yaml
 
-    return config.merge_from_dict(config.get_default_config(), yaml.safe_load(meta["config"]),
-                                  source="the checkpoint's meta")
+    return config.get_default_config().merge_from_dict(yaml.safe_load(meta["config"]),
+                                                      source="the checkpoint's meta")
 
 
 def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()
