@@ -18,8 +18,9 @@ from conftest import TINY_OPTS
 
 from torchreid_sdtps import cli, compat
 from torchreid_sdtps.cli.extract import main as main_extract
-from torchreid_sdtps.deploy.features import load_features, save_features
+from torchreid_sdtps.deploy.features import save_features
 from torchreid_sdtps.deploy.provenance import COMPARED, file_digest
+from torchreid_sdtps.deploy.store import load_features
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
