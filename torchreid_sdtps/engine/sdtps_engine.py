@@ -283,8 +283,7 @@ class ImageSDTPSEngine(_TripletBase):
         ranked = rank_split(self, query_loader, gallery_loader, dist_metric, normalize_feature,
                             rerank, ranks, use_metric_cuhk03)
         res = ranked.result
-        # does the selection keep the patches that hold the identity evidence? (recall and
-        # precision against the data set's cue masks; None without them, metrics/selection.py)
+        # recall/precision of the kept tokens against the data set's cue masks (None: no masks)
         selection = evaluate_selection(self.model, query_loader)
         if selection is not None:
             res["selection"] = selection
