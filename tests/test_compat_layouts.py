@@ -58,6 +58,28 @@ def test_layout_is_detected_from_the_installed_package():
             sys.modules[compat.engine().Engine.__module__]
 
 
+def test_every_accessor_reaches_torchreid_and_a_missing_name_says_which():
+    tr = compat.torchreid()
+    base = tr.reid if hasattr(tr, "reid") else tr
+    for name in ("data", "models", "engine", "losses", "metrics", "optim", "utils"):
+        assert getattr(compat, name)() is getattr(base, name)
+    assert compat.datasets() is base.data.datasets
+    assert compat.image_dataset_base() is base.data.ImageDataset
+    assert compat.model_factory() is getattr(base.models, "__model_factory")
+    with pytest.raises(ImportError, match=r"no attribute 'data.nope' \('nope' missing\)"):
+        compat._accessor("data.nope", "")()
+
+
+def test_compat_imports_nothing_of_the_plugin_above_the_ground_floor():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(compat))
+    relative = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level}
+    assert relative == {"registry"}
+
+
 def test_importing_the_plugin_registers_everything():
     names = set(compat.image_dataset_registry())
     assert {"rgbnt201", "rgbnt100", "msvr310", "synthetic_msreid"} <= names
