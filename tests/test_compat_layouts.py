@@ -77,7 +77,7 @@ def test_compat_imports_nothing_of_the_plugin_above_the_ground_floor():
     tree = ast.parse(inspect.getsource(compat))
     relative = {node.module for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.level}
-    assert relative == {"registry"}
+    assert relative <= {"registry", "errors"}  # ground-floor modules only
 
 
 def test_importing_the_plugin_registers_everything():
