@@ -1,4 +1,5 @@
-"""The text logs of a run: stdout and log records teed into a file in the run dir on rank 0
+"""Where a run's text goes: log records on the console while a command runs
+(:func:`console_logging`), stdout and log records teed into a file in the run dir on rank 0
 (:func:`run_logging`), stdout and records below ERROR silenced on the other ranks
 (:func:`silenced`). One home, so the commands and the benchmarks log runs the same way.
 """
@@ -16,7 +17,32 @@ from typing import Any
 
 from .errors import SDTPSError
 
-__all__ = ["run_logging", "RunLog", "silenced"]
+__all__ = ["console_logging", "ConsoleFormatter", "run_logging", "RunLog", "silenced"]
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The record's message; warnings and errors prefixed with their level (``warning: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
+
+
+@contextlib.contextmanager
+def console_logging(level: int) -> Iterator[None]:
+    """Log records of ``level`` and above to stderr while the command runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ConsoleFormatter("%(message)s"))
+    handler.setLevel(level)
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, old) if old else level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
 
 
 class _Tee:

@@ -24,10 +24,11 @@ import dataclasses
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError, SDTPSError
+from ..logs import console_logging
 from .names import COMMAND_NAMES
 
 __all__ = ["Command", "COMMANDS", "InputNotFoundError", "get_command", "prog_name", "parse",
@@ -122,29 +123,6 @@ def parse(cmd: Command, argv: Sequence[str] | None = None, prog: str | None = No
     return args
 
 
-class _ConsoleFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        msg = super().format(record)
-        return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
-
-
-@contextlib.contextmanager
-def _console_logging(level: int) -> Iterator[None]:
-    """Log records of ``level`` and above to stderr while the command runs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ConsoleFormatter("%(message)s"))
-    handler.setLevel(level)
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(min(level, old) if old else level)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
-
-
 def main(command: str | Command, argv: Sequence[str] | None = None, prog: str | None = None
          ) -> Any:
     """Parse ``argv`` and run the command; returns its summary. Errors propagate."""
@@ -154,7 +132,7 @@ def main(command: str | Command, argv: Sequence[str] | None = None, prog: str | 
     args = parse(cmd, argv, prog)
     args.prog = prog or cmd.prog
     torchreid_sdtps.load_plugins()
-    logs = _console_logging(cmd.log_level) if cmd.console_logging else contextlib.nullcontext()
+    logs = console_logging(cmd.log_level) if cmd.console_logging else contextlib.nullcontext()
     with logs:
         return cmd.run(args)
 
