@@ -146,7 +146,7 @@ def train_one(args: argparse.Namespace, opts: Sequence[str], variant: str, seed:
     (``--resume``: those of a finished identical run in the same folder)."""
     from torchreid_sdtps import config
     from torchreid_sdtps.cli import train as train_command
-    from torchreid_sdtps.cli.runner import run_logging
+    from torchreid_sdtps.logs import run_logging
 
     overrides = run_overrides(args, opts, variant, seed)
     cfg = config.load_config(args.config, overrides, root=args.root)
