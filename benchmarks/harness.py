@@ -49,12 +49,7 @@ from _common import command_line, machine, now, write_section
 
 import torchreid_sdtps
 from torchreid_sdtps import build, compat, config
-
-try:  # TEMPORARY until core's hooks land (git tag hooks-ready)
-    from torchreid_sdtps.engine.hooks import EngineHook
-except ImportError:  # pragma: no cover
-    class EngineHook:  # type: ignore[no-redef]
-        pass
+from torchreid_sdtps.engine.hooks import EngineHook
 
 __all__ = ["Setting", "spec_overrides", "register_model", "RecordHook", "Trained",
            "train_and_rank", "metrics", "quiet", "run_key", "plan", "RunsFile", "pool_map",
@@ -104,7 +99,8 @@ def register_model(name: str, factory: Callable[..., torch.nn.Module]) -> None:
 # ----------------------------------------------------------------------------- training
 class RecordHook(EngineHook):
     """Records what a study reads from training: the mean of ``loss_keys`` per epoch (the
-    step summaries) and every evaluation's metrics of the first target (the curve)."""
+    step summaries) and every evaluation's metrics of the first target with its epoch
+    (1-based: the epochs trained so far), the curve."""
 
     def __init__(self, loss_keys: Sequence[str] = ("loss_x", "loss_t")) -> None:
         self.loss_keys = tuple(loss_keys)
@@ -119,7 +115,7 @@ class RecordHook(EngineHook):
     def after_eval(self, engine: Any, epoch: int, results: dict) -> None:
         res = next(iter(results.values())) if results else None
         if res is not None and "mAP" in res:
-            self.curve.append({"epoch": int(epoch), **metrics(res)})
+            self.curve.append({"epoch": int(epoch) + 1, **metrics(res)})
 
     def epoch_losses(self) -> list[float]:
         """Mean loss of each epoch, in epoch order (rounded to 4 digits)."""
@@ -171,7 +167,7 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
     the model trained with). ``after(model, engine)`` runs last, before the engine is closed.
     """
     start = time.time()
-    _, model, _, _, engine = build.build_all(cfg, **({"hooks": list(hooks)} if hooks else {}))
+    _, model, _, _, engine = build.build_all(cfg, hooks=list(hooks))
     try:
         if train:
             run_kwargs = config.engine_run_kwargs(cfg)
@@ -181,6 +177,8 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
         final = dict(engine.last_results) if train else {}
         trained_with = model.test_feature
         results = {}
+        hooks_of_training = list(engine.hooks)
+        engine.hooks[:] = []  # the hooks saw training and its tests, not these rankings
         for feature in evals:
             if feature == trained_with and final:
                 results[feature] = metrics(next(iter(final.values())))
@@ -188,6 +186,7 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
             model.test_feature = feature
             results[feature] = metrics(engine.evaluate(**_test_kwargs(cfg)))
         model.test_feature = trained_with
+        engine.hooks[:] = hooks_of_training
         if after is not None:
             after(model, engine)
     finally:
