@@ -164,7 +164,7 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
     """Build ``cfg`` with ``build_all`` (checkpoint meta, option checks, hooks), train it with
     the engine's ``run`` (``train=False``: build only) and rank it with each feature of
     ``evals`` (set as ``model.test_feature``; the final test of ``run`` is reused for the one
-    the model trained with). ``after(model, engine)`` runs last, before the engine is closed.
+    the model trained with; empty: that one only). ``after(model, engine)`` runs last, before the engine is closed.
     """
     start = time.time()
     _, model, _, _, engine = build.build_all(cfg, hooks=list(hooks))
@@ -176,6 +176,7 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
         train_s = time.time() - start
         final = dict(engine.last_results) if train else {}
         trained_with = model.test_feature
+        evals = tuple(evals) or (trained_with,)
         results = {}
         hooks_of_training = list(engine.hooks)
         engine.hooks[:] = []  # the hooks saw training and its tests, not these rankings

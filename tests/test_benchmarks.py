@@ -237,12 +237,10 @@ def test_ablation_smoke_trains_three_variants_and_writes_the_table(benchmark_mod
     assert (out / "ablation.md").read_text().strip() == report["table"].strip()
     assert json.loads((out / "ablation.json").read_text())["summary"] == report["summary"]
     # --resume reuses the finished identical runs: nothing is trained again
-    from torchreid_sdtps.cli import train as train_command
-
-    def no_training(cfg, log=None):
+    def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train_command, "train", no_training)
+    monkeypatch.setattr(ablation.harness, "train_and_rank", no_training)
     again = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out),
                            "--resume"])
     assert again["runs"] == runs
