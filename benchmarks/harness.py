@@ -20,8 +20,9 @@ and ranks one ``(setting, seed)`` through the package's own build path
 
 Per-epoch curves, losses and the best epoch come from an engine hook (:class:`RecordHook`),
 never from replacing engine methods. Study-only models (the MoE reference, the zero-modality
-wrapper) are registered as torchreid model names (:func:`register_model`) so that ``build_all``
-builds them by name.
+wrapper) are registered as torchreid model names (``torchreid_sdtps.compat.register_model``, the
+package's registration path; idempotent) so that ``build_all`` builds them by name; a study
+passes its registration function as ``setup`` so that every worker registers them too.
 """
 from __future__ import annotations
 
@@ -48,13 +49,14 @@ import torch
 from _common import command_line, machine, now, write_section
 
 import torchreid_sdtps
-from torchreid_sdtps import build, compat, config
+from torchreid_sdtps import build, config
 from torchreid_sdtps.engine.hooks import EngineHook
 
-__all__ = ["Setting", "spec_overrides", "register_model", "RecordHook", "Trained",
+__all__ = ["Setting", "spec_overrides", "RecordHook", "Trained",
            "train_and_rank", "metrics", "quiet", "run_key", "plan", "RunsFile", "pool_map",
            "Runs", "run_study", "mean_std", "t_interval", "values", "paired", "verdict",
-           "json_summary", "footer", "study_parser", "parse_study_args", "publish",
+           "json_summary", "footer", "study_parser", "parse_study_args", "start", "save_dir",
+           "publish",
            "command_line", "machine", "now", "write_section"]
 
 logger = logging.getLogger("harness")
@@ -88,12 +90,6 @@ def spec_overrides(spec: Any) -> list[str]:
     for key, value in spec.to_dict().items():
         out += [f"synthetic.{key}", str(value)]
     return out + ["data.height", str(spec.height), "data.width", str(spec.width)]
-
-
-def register_model(name: str, factory: Callable[..., torch.nn.Module]) -> None:
-    """Register a study-only model under ``name`` through the package's registration path
-    (torchreid's model registry; idempotent), so ``build_all`` builds it by name."""
-    compat.register_model(name, factory)
 
 
 # ----------------------------------------------------------------------------- training
@@ -293,9 +289,6 @@ class Runs:
     now: int
     read_back: int
     wall_s: float
-
-    def __iter__(self) -> Iterator[Any]:  # ``runs, wall_s = run_study(...)`` reads naturally
-        return iter((self.runs, self.wall_s))
 
 
 def run_study(fn: Callable[..., dict[str, Any]], settings: Mapping[str, Setting],

@@ -54,7 +54,7 @@ from harness import command_line, machine, now  # noqa: F401  (fusion_study/repo
 from synthetic_analysis import attribute_oracle  # benchmarks/ is on sys.path (script folder)
 from torch import nn
 
-from torchreid_sdtps import config
+from torchreid_sdtps import compat, config
 from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
 from torchreid_sdtps.models import net as _net
 
@@ -135,7 +135,7 @@ ZERO_MODELS = {f"sdtps_vit_tiny_{m.lower()}_only": zero_modalities_factory(
 def register_models() -> None:
     """Register the study's models by name (idempotent; also run in every worker)."""
     for name, factory in ZERO_MODELS.items():
-        harness.register_model(name, factory)
+        compat.register_model(name, factory)
 
 
 @dataclass(frozen=True)
@@ -208,14 +208,15 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
     return {"trained": setting.train, "results": done.results, "train_s": round(done.train_s, 1)}
 
 
+def fingerprint(args: argparse.Namespace) -> dict[str, Any]:
+    """Data and budget of the runs (``fusion_study.py`` keys its runs with it too)."""
+    return {"epochs": args.epochs, "batch": args.batch, "num_instances": args.num_instances,
+            "spec": study_spec(args).to_dict()}
+
+
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """What a run's numbers depend on besides its setting and seed: resumed runs must match."""
-    return {"study": "synthetic", "epochs": args.epochs, "batch": args.batch,
-            "num_instances": args.num_instances, "spec": study_spec(args).to_dict()}
-
-
-#: the budget as the fusion study (``fusion_study.py``, moving to the harness) still reads it
-fingerprint = budget
+    return {"study": "synthetic", **fingerprint(args)}
 
 
 def _row_label(name: str, feature: str, settings: Mapping[str, Setting] = SETTINGS) -> str:
