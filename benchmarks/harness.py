@@ -160,7 +160,8 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
     """Build ``cfg`` with ``build_all`` (checkpoint meta, option checks, hooks), train it with
     the engine's ``run`` (``train=False``: build only) and rank it with each feature of
     ``evals`` (set as ``model.test_feature``; the final test of ``run`` is reused for the one
-    the model trained with; empty: that one only). ``after(model, engine)`` runs last, before the engine is closed.
+    the model trained with; empty: that one only). ``after(model, engine)`` runs last, before
+    the engine is closed. The hooks see training and its tests, not the extra rankings.
     """
     start = time.time()
     _, model, _, _, engine = build.build_all(cfg, hooks=list(hooks))
@@ -175,7 +176,7 @@ def train_and_rank(cfg: Any, evals: Sequence[str] = ("concat",), hooks: Sequence
         evals = tuple(evals) or (trained_with,)
         results = {}
         hooks_of_training = list(engine.hooks)
-        engine.hooks[:] = []  # the hooks saw training and its tests, not these rankings
+        engine.hooks[:] = []
         for feature in evals:
             if feature == trained_with and final:
                 results[feature] = metrics(next(iter(final.values())))

@@ -126,6 +126,7 @@ def table(runs: dict[str, dict[int, dict[str, float]]]) -> tuple[str, dict[str, 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags of the study (``--smoke``: the first seed only, a tiny data set, 1 epoch)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["without", "with", "without+mask"],
@@ -147,6 +148,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train (or read back) every variant and seed, print the table, write the JSON report."""
     args = parse_args(argv)
     harness.start(args)
     args.work = args.work if osp.isabs(args.work) else osp.join(ROOT, args.work)
