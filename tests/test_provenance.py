@@ -15,8 +15,9 @@ from _deploy import EPOCHS, tiny_checkpoint
 from torchreid_sdtps import cli
 from torchreid_sdtps.cli.extract import main as main_extract
 from torchreid_sdtps.deploy import FeatureExtractor
-from torchreid_sdtps.deploy.features import load_features, save_features
+from torchreid_sdtps.deploy.features import save_features
 from torchreid_sdtps.deploy.provenance import COMPARED, ProvenanceError, check, record
+from torchreid_sdtps.deploy.store import load_features
 
 #: for each compared field, the value a differently made feature file would record
 OTHER = {"model": "sdtps_vit_b16", "checkpoint_sha256": "0123456789abcdef", "normalized": True,
