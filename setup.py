@@ -66,6 +66,7 @@ setup(
         "yacs",
         "tqdm",
         "pyyaml",
+        "filelock",  # per-spec lock of the synthetic data generation
     ] + TORCHREID_RUNTIME,
     extras_require={
         "test": ["pytest>=7", "ruff>=0.5"],
