@@ -13,6 +13,9 @@ the runner's, so they are the same in every command:
 * **Errors**: a user error (:class:`~torchreid_sdtps.errors.SDTPSError` and subclasses) prints
   one line ``<prog>: error: <message>`` on stderr and exits 2 (a failed ONNX parity check: 1);
   anything else is a bug and keeps its traceback.
+* **Interrupts**: Ctrl-C (SIGINT) or SIGTERM prints one line ``<prog>: interrupted; nothing
+  written`` (or what was kept, e.g. a training run's checkpoints) and exits 130 / 143, without
+  a traceback.
 * **Names**: ``--help`` and the error lines show the console-script name,
   ``torchreid-sdtps-<command>`` (also for ``tools/<command>.py``).
 """
@@ -25,7 +28,9 @@ import importlib
 import logging
 import os
 import os.path as osp
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -33,9 +38,9 @@ from typing import Any
 from ..errors import ConfigError, SDTPSError
 from .names import COMMAND_NAMES
 
-__all__ = ["Command", "COMMANDS", "InputNotFoundError", "get_command", "prog_name", "parse",
-           "main", "run", "run_logging", "RunLog", "add_model_arguments", "add_opts_argument",
-           "build_parser"]
+__all__ = ["Command", "COMMANDS", "InputNotFoundError", "Terminated", "get_command", "prog_name",
+           "parse", "main", "run", "run_logging", "RunLog", "SHOW", "add_model_arguments",
+           "add_opts_argument", "build_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,18 +173,50 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(msg).split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (so its cleanup runs) like Ctrl-C's
+    KeyboardInterrupt. A command may set ``kept`` on either to say what it kept."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run(command: str | Command, argv: Sequence[str] | None = None, prog: str | None = None
         ) -> int:
     """:func:`main` under the error policy: a user error (:class:`SDTPSError`) prints one line
     ``<prog>: error: ...`` and returns its ``exit_code`` (2 unless the class says otherwise);
-    anything else propagates with its traceback."""
+    Ctrl-C or SIGTERM prints one line ``<prog>: interrupted; <what was kept, or nothing
+    written>`` and returns 130 / 143; anything else propagates with its traceback."""
     cmd = get_command(command)
     prog = prog or cmd.prog
     try:
-        main(cmd, argv, prog)
+        with _sigterm_interrupts():
+            main(cmd, argv, prog)
     except SDTPSError as exc:
         sys.stderr.write(f"{prog}: error: {_one_line(exc)}\n")
         return int(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback either
+        kept = getattr(exc, "kept", "") or "nothing written"
+        sys.stderr.write(f"{prog}: interrupted; {kept}\n")
+        sys.stderr.flush()
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     return 0
 
 
@@ -197,16 +234,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 # ----------------------------------------------------------------------------- run logs
 
 class _Tee:
-    """stdout tee into a log file (like torchreid's ``Logger``, which however closes the
-    console on ``close()``/garbage collection: fatal for in-process callers)."""
+    """stdout into a log file, and to the console when ``echo`` (like torchreid's ``Logger``,
+    which however closes the console on ``close()``/garbage collection: fatal for in-process
+    callers)."""
 
-    def __init__(self, console: Any, path: str) -> None:
+    def __init__(self, console: Any, path: str, echo: bool = True) -> None:
         os.makedirs(osp.dirname(path) or ".", exist_ok=True)
         self.console = console
+        self.echo = echo
         self.file = open(path, "w", encoding="utf-8")
 
     def write(self, msg: str) -> int:
-        self.console.write(msg)
+        if self.echo:
+            self.console.write(msg)
         if not self.file.closed:
             self.file.write(msg)
         return len(msg)
@@ -226,40 +266,86 @@ class _Tee:
 @dataclasses.dataclass
 class RunLog:
     """The text log of a run: ``path``; :meth:`keep` once the inputs are validated (a run
-    refused before that leaves no log behind, its one-line error says it all)."""
+    refused or interrupted before that leaves no log and no folder behind, its one line says
+    it all); :meth:`note` writes to the file alone (the config, not worth a screen)."""
 
     path: str
     kept: bool = False
+    file: Any = None
 
     def keep(self) -> None:
         self.kept = True
 
+    def note(self, text: str) -> None:
+        """Write ``text`` (one or more lines) to the log file only, not to the console."""
+        if self.file is not None and not self.file.closed:
+            self.file.write(text.rstrip("\n") + "\n")
+
+
+def _absent_dirs(path: str) -> list[str]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    out: list[str] = []
+    path = osp.abspath(path)
+    while not osp.exists(path) and osp.dirname(path) != path:
+        out.append(path)
+        path = osp.dirname(path)
+    return out
+
+
+#: ``logger.info(..., extra=SHOW)``: a result (a table, the checkpoint path) shown on stdout by
+#: :func:`run_logging` besides the log file (the rest of a run's chatter goes to the file only)
+SHOW = {"show": True}
+
+
+class _Shown(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return bool(getattr(record, "show", False)) and record.levelno < logging.WARNING
+
 
 @contextlib.contextmanager
-def run_logging(save_dir: str, name: str) -> Iterator[RunLog]:
-    """Tee stdout (torchreid's progress prints) into ``<save_dir>/<name>.log-<time>`` and send
-    log records to it as well; undone on exit. Yields the :class:`RunLog`; the file is removed
-    when the block fails with a user error before :meth:`RunLog.keep`."""
+def run_logging(save_dir: str, name: str, echo: bool = False) -> Iterator[RunLog]:
+    """Send stdout (torchreid's progress prints) and the log records to
+    ``<save_dir>/<name>.log-<time>``; undone on exit. The console shows the records logged
+    with ``extra=SHOW`` (results) on stdout and warnings on stderr; everything else only with
+    ``echo``. Yields the :class:`RunLog`; when the block fails with a user error or an
+    interrupt before :meth:`RunLog.keep`, the file and the folders made for it are removed."""
     log = RunLog(osp.join(save_dir, f"{name}.log-" + time.strftime("%Y-%m-%d-%H-%M-%S")))
+    created = _absent_dirs(save_dir)
     old_stdout = sys.stdout
-    tee = _Tee(old_stdout, log.path)
+    tee = _Tee(old_stdout, log.path, echo=echo)
+    log.file = tee.file
     sys.stdout = tee
     handler = logging.StreamHandler(tee)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    if not echo:
+        shown = logging.StreamHandler(old_stdout)
+        shown.setFormatter(logging.Formatter("%(message)s"))
+        shown.addFilter(_Shown())
+        warned = logging.StreamHandler(sys.stderr)
+        warned.setFormatter(_ConsoleFormatter("%(message)s"))
+        warned.setLevel(logging.WARNING)
+        handlers += [shown, warned]
     root = logging.getLogger()
     old_level = root.level
-    root.addHandler(handler)
+    for h in handlers:
+        root.addHandler(h)
     root.setLevel(logging.INFO)
     failed = False
     try:
         yield log
-    except SDTPSError:
+    except (SDTPSError, KeyboardInterrupt):
         failed = True
         raise
     finally:
-        root.removeHandler(handler)
+        for h in handlers:
+            root.removeHandler(h)
         root.setLevel(old_level)
         sys.stdout = old_stdout
         tee.close()
-        if failed and not log.kept and osp.isfile(log.path):
-            os.remove(log.path)
+        if failed and not log.kept:  # refused (or interrupted) before the run began
+            if osp.isfile(log.path):
+                os.remove(log.path)
+            for folder in created:  # the run folders this call made, if nothing else is there
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)

@@ -26,7 +26,7 @@ from .common import (
     test_kwargs,
     write_results,
 )
-from .runner import Command
+from .runner import SHOW, Command
 
 __all__ = ["test", "main", "COMMAND", "console"]
 
@@ -54,7 +54,7 @@ def test(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
     label = f"{cfg.model.name} ({osp.basename(weights)})"
     for target, res in summary["results"].items():
         title = f"{target}: {res['num_query']} queries, {res['num_gallery']} gallery images"
-        logger.info("\n%s", results_table({label: res}, title=title))
+        logger.info("\n%s", results_table({label: res}, title=title), extra=SHOW)
     if cfg.test.missing_modalities:
         if not hasattr(engine, "evaluate_missing"):
             raise ConfigError(f"test.missing_modalities: engine '{cfg.sdtps.engine}' has no "

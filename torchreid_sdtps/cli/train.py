@@ -33,7 +33,7 @@ from .common import (
     write_results,
 )
 from .runclock import RunClock, remove_stale_partials
-from .runner import Command, InputNotFoundError
+from .runner import SHOW, Command, InputNotFoundError
 from .test import test
 
 __all__ = ["train", "main", "COMMAND", "console"]
@@ -109,7 +109,7 @@ def train(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
         title = (f"{target}: {res['num_query']} queries, {res['num_gallery']} gallery images "
                  f"({clock.describe()} on {'CUDA' if use_gpu(cfg) else 'CPU'})")
         summary["table"] = results_table(rows, title)
-        logger.info("\n%s\ncheckpoint: %s", summary["table"], checkpoint)
+        logger.info("\n%s\ncheckpoint: %s", summary["table"], checkpoint, extra=SHOW)
     write_results(osp.join(save_dir, RESULTS_FILE), summary)
     return summary
 
