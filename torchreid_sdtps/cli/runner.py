@@ -40,7 +40,7 @@ from .names import COMMAND_NAMES
 
 __all__ = ["Command", "COMMANDS", "InputNotFoundError", "Terminated", "get_command", "prog_name",
            "parse", "main", "run", "run_logging", "RunLog", "SHOW", "add_model_arguments",
-           "add_opts_argument", "build_parser"]
+           "add_opts_argument", "build_parser", "HelpFormatter"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,21 @@ def get_command(command: str | Command) -> Command:
     return importlib.import_module(COMMANDS[command]).COMMAND
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after an option's help only when there is an X to show and the help
+    does not say its default itself (no ``(default: )``, no second default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser(cmd: Command, prog: str | None = None) -> argparse.ArgumentParser:
     """The command's parser (its options, ``--opts``, the overrides epilog)."""
     parser = argparse.ArgumentParser(prog=prog or cmd.prog, description=cmd.description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     epilog=OVERRIDES_HELP)
+                                     formatter_class=HelpFormatter, epilog=OVERRIDES_HELP)
     cmd.add_arguments(parser)
     add_opts_argument(parser)
     return parser

@@ -200,18 +200,25 @@ def search(query: FeatureSet, gallery: FeatureSet, topk: int = 10, metric: str =
     return out
 
 
+def _cam(camid: int) -> str:
+    """A camera id as file names write it (``cam1`` is camid 0); ``-`` when unknown."""
+    return str(camid + 1) if camid >= 0 else "-"
+
+
 def format_search(results: list[dict[str, Any]], metric: str = "euclidean") -> str:
-    """The search results as a plain-text table (one block per query)."""
+    """The search results as a plain-text table (one block per query); cameras 1-based as in
+    the file names (the JSON keeps torchreid's 0-based ``camid``)."""
     lines = []
     for res in results:
         q = res["query"]
-        lines.append(f"query {q['index']}: {q['paths'][0]} (pid {q['pid']}, cam {q['camid']})")
+        lines.append(f"query {q['index']}: {q['paths'][0]} (pid {q['pid']}, "
+                     f"cam {_cam(q['camid'])})")
         if res["no_match"]:
             lines.append("  no match within the distance threshold")
             continue
         lines.append(f"  {'rank':>4}  {metric + ' dist':>14}  {'pid':>6}  {'cam':>4}  gallery")
         for m in res["matches"]:
             lines.append(f"  {m['rank']:>4}  {m['distance']:>14.4f}  {m['pid']:>6}  "
-                         f"{m['camid']:>4}  {m['paths'][0]}")
+                         f"{_cam(m['camid']):>4}  {m['paths'][0]}")
     return "\n".join(lines)
 
