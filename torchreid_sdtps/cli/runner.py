@@ -224,8 +224,9 @@ def run(command: str | Command, argv: Sequence[str] | None = None, prog: str | N
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback either
         kept = getattr(exc, "kept", "") or "nothing written"
-        sys.stderr.write(f"{prog}: interrupted; {kept}\n")
-        sys.stderr.flush()
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line for the job, from rank 0
+            sys.stderr.write(f"{prog}: interrupted; {kept}\n")
+            sys.stderr.flush()
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
     return 0
 

@@ -110,6 +110,8 @@ def train(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
                  f"({clock.describe()} on {'CUDA' if use_gpu(cfg) else 'CPU'})")
         summary["table"] = results_table(rows, title)
         logger.info("\n%s\ncheckpoint: %s", summary["table"], checkpoint, extra=SHOW)
+    else:  # an engine that only prints its metrics (torchreid's stock ones): they are in the log
+        logger.info("checkpoint: %s\nlog: %s", checkpoint, getattr(log, "path", None), extra=SHOW)
     write_results(osp.join(save_dir, RESULTS_FILE), summary)
     return summary
 
