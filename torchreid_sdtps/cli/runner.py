@@ -221,6 +221,10 @@ def run(command: str | Command, argv: Sequence[str] | None = None, prog: str | N
     except SDTPSError as exc:
         sys.stderr.write(f"{prog}: error: {_one_line(exc)}\n")
         return int(getattr(exc, "exit_code", 2))
+    except BrokenPipeError:  # stdout closed early (``... | head``): stop quietly, as cat does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback either
         kept = getattr(exc, "kept", "") or "nothing written"
