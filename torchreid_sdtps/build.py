@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -160,10 +161,14 @@ def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
 
 
 def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimizer: Any,
-                 scheduler: Any) -> Any:
-    """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts."""
+                 scheduler: Any, hooks: Sequence[Any] = ()) -> Any:
+    """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts;
+    ``hooks`` (:class:`~torchreid_sdtps.engine.hooks.EngineHook`) go to an engine that takes
+    them and are refused by one that does not."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
+    if hooks:
+        kwargs["hooks"] = list(hooks)
     accepted = _supported(engine_cls.__init__, kwargs, config.ENGINE_KEYS,
                           f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__})",
                           plain=_PLAIN_ENGINE_OPTIONS)
@@ -177,8 +182,10 @@ _PLAIN_ENGINE_OPTIONS: dict[str, Any] = {"use_amp": False, "soft_margin": False,
                                          "eval_amp": False}
 
 
-def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
-    """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first)."""
+def build_all(cfg: CfgNode, hooks: Sequence[Any] = ()
+              ) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
+    """Data manager, model, optimizer, scheduler and engine of ``cfg`` (seeded first);
+    ``hooks`` are the engine's (:mod:`torchreid_sdtps.engine.hooks`)."""
     compat.utils().set_random_seed(cfg.train.seed)
     check_names(cfg)
     check_run(cfg)  # P x K batches (data-free) before any data is built
@@ -190,6 +197,6 @@ def build_all(cfg: CfgNode) -> tuple[Any, torch.nn.Module, Any, Any, Any]:
     optimizer = build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
     model = ddp.wrap_model(model)  # DistributedDataParallel (no-op in one process)
-    engine = build_engine(cfg, dm, model, optimizer, scheduler)
+    engine = build_engine(cfg, dm, model, optimizer, scheduler, hooks=hooks)
     engine = ddp.prepare_engine(engine, cfg)  # global losses, rank-0 IO, set_epoch
     return dm, model, optimizer, scheduler, engine

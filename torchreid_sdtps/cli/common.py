@@ -16,7 +16,8 @@ from ..engine.evaluation import format_table, rank_targets, results_summary
 from ..engine.state import latest_checkpoint, rng_fork
 from ..errors import ConfigError
 from ..io import write_json
-from .runner import InputNotFoundError, run_logging
+from ..logs import run_logging, silenced
+from .runner import InputNotFoundError
 
 __all__ = ["add_config_arguments", "config_from_args", "run_config_command", "evaluate",
            "untrained_results",
@@ -130,7 +131,7 @@ def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
     else:
         resolve_weights(cfg)  # the weights to rank exist and are readable
     joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
-    logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else ddp.silenced()
+    logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else silenced()
     log = None
     try:
         with logs as log:  # rank 0 alone logs

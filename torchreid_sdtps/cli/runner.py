@@ -27,20 +27,19 @@ import dataclasses
 import importlib
 import logging
 import os
-import os.path as osp
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError, SDTPSError
+from ..logs import console_logging
 from .names import COMMAND_NAMES
 
 __all__ = ["Command", "COMMANDS", "InputNotFoundError", "Terminated", "get_command", "prog_name",
-           "parse", "main", "run", "run_logging", "RunLog", "SHOW", "add_model_arguments",
-           "add_opts_argument", "build_parser", "HelpFormatter"]
+           "parse", "main", "run", "add_model_arguments", "add_opts_argument", "build_parser",
+           "HelpFormatter"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,29 +140,6 @@ def parse(cmd: Command, argv: Sequence[str] | None = None, prog: str | None = No
     return args
 
 
-class _ConsoleFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        msg = super().format(record)
-        return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
-
-
-@contextlib.contextmanager
-def _console_logging(level: int) -> Iterator[None]:
-    """Log records of ``level`` and above to stderr while the command runs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ConsoleFormatter("%(message)s"))
-    handler.setLevel(level)
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(min(level, old) if old else level)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
-
-
 def main(command: str | Command, argv: Sequence[str] | None = None, prog: str | None = None
          ) -> Any:
     """Parse ``argv`` and run the command; returns its summary. Errors propagate."""
@@ -173,7 +149,7 @@ def main(command: str | Command, argv: Sequence[str] | None = None, prog: str | 
     args = parse(cmd, argv, prog)
     args.prog = prog or cmd.prog
     torchreid_sdtps.load_plugins()
-    logs = _console_logging(cmd.log_level) if cmd.console_logging else contextlib.nullcontext()
+    logs = console_logging(cmd.log_level) if cmd.console_logging else contextlib.nullcontext()
     with logs:
         return cmd.run(args)
 
@@ -244,123 +220,3 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
                         help="training config, for checkpoints without meta (stock engines)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if present)")
     parser.add_argument("--batch-size", type=int, default=32)
-
-
-# ----------------------------------------------------------------------------- run logs
-
-class _Tee:
-    """stdout into a log file, and to the console when ``echo`` (like torchreid's ``Logger``,
-    which however closes the console on ``close()``/garbage collection: fatal for in-process
-    callers)."""
-
-    def __init__(self, console: Any, path: str, echo: bool = True) -> None:
-        os.makedirs(osp.dirname(path) or ".", exist_ok=True)
-        self.console = console
-        self.echo = echo
-        self.file = open(path, "w", encoding="utf-8")
-
-    def write(self, msg: str) -> int:
-        if self.echo:
-            self.console.write(msg)
-        if not self.file.closed:
-            self.file.write(msg)
-        return len(msg)
-
-    def flush(self) -> None:
-        self.console.flush()
-        if not self.file.closed:
-            self.file.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@dataclasses.dataclass
-class RunLog:
-    """The text log of a run: ``path``; :meth:`keep` once the inputs are validated (a run
-    refused or interrupted before that leaves no log and no folder behind, its one line says
-    it all); :meth:`note` writes to the file alone (the config, not worth a screen)."""
-
-    path: str
-    kept: bool = False
-    file: Any = None
-
-    def keep(self) -> None:
-        self.kept = True
-
-    def note(self, text: str) -> None:
-        """Write ``text`` (one or more lines) to the log file only, not to the console."""
-        if self.file is not None and not self.file.closed:
-            self.file.write(text.rstrip("\n") + "\n")
-
-
-def _absent_dirs(path: str) -> list[str]:
-    """``path`` and its parents that do not exist yet, deepest first."""
-    out: list[str] = []
-    path = osp.abspath(path)
-    while not osp.exists(path) and osp.dirname(path) != path:
-        out.append(path)
-        path = osp.dirname(path)
-    return out
-
-
-#: ``logger.info(..., extra=SHOW)``: a result (a table, the checkpoint path) shown on stdout by
-#: :func:`run_logging` besides the log file (the rest of a run's chatter goes to the file only)
-SHOW = {"show": True}
-
-
-class _Shown(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return bool(getattr(record, "show", False)) and record.levelno < logging.WARNING
-
-
-@contextlib.contextmanager
-def run_logging(save_dir: str, name: str, echo: bool = False) -> Iterator[RunLog]:
-    """Send stdout (torchreid's progress prints) and the log records to
-    ``<save_dir>/<name>.log-<time>``; undone on exit. The console shows the records logged
-    with ``extra=SHOW`` (results) on stdout and warnings on stderr; everything else only with
-    ``echo``. Yields the :class:`RunLog`; when the block fails with a user error or an
-    interrupt before :meth:`RunLog.keep`, the file and the folders made for it are removed."""
-    log = RunLog(osp.join(save_dir, f"{name}.log-" + time.strftime("%Y-%m-%d-%H-%M-%S")))
-    created = _absent_dirs(save_dir)
-    old_stdout = sys.stdout
-    tee = _Tee(old_stdout, log.path, echo=echo)
-    log.file = tee.file
-    sys.stdout = tee
-    handler = logging.StreamHandler(tee)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handlers: list[logging.Handler] = [handler]
-    if not echo:
-        shown = logging.StreamHandler(old_stdout)
-        shown.setFormatter(logging.Formatter("%(message)s"))
-        shown.addFilter(_Shown())
-        warned = logging.StreamHandler(sys.stderr)
-        warned.setFormatter(_ConsoleFormatter("%(message)s"))
-        warned.setLevel(logging.WARNING)
-        handlers += [shown, warned]
-    root = logging.getLogger()
-    old_level = root.level
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(logging.INFO)
-    failed = False
-    try:
-        yield log
-    except (SDTPSError, KeyboardInterrupt):
-        failed = True
-        raise
-    finally:
-        for h in handlers:
-            root.removeHandler(h)
-        root.setLevel(old_level)
-        sys.stdout = old_stdout
-        tee.close()
-        if failed and not log.kept:  # refused (or interrupted) before the run began
-            if osp.isfile(log.path):
-                os.remove(log.path)
-            for folder in created:  # the run folders this call made, if nothing else is there
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)

@@ -16,6 +16,7 @@ from ..build import build_all
 from ..config import CfgNode
 from ..data.checks import EVAL_TRAIN_SAMPLER
 from ..errors import ConfigError
+from ..logs import SHOW
 from .common import (
     add_config_arguments,
     evaluate,
@@ -26,7 +27,7 @@ from .common import (
     test_kwargs,
     write_results,
 )
-from .runner import SHOW, Command
+from .runner import Command
 
 __all__ = ["test", "main", "COMMAND", "console"]
 

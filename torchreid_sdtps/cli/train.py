@@ -24,6 +24,7 @@ from ..config import CfgNode
 from ..engine import ddp
 from ..engine.state import latest_checkpoint, resume_from_checkpoint
 from ..errors import ConfigError
+from ..logs import SHOW
 from .common import (
     add_config_arguments,
     evaluate,
@@ -33,7 +34,7 @@ from .common import (
     write_results,
 )
 from .runclock import RunClock, remove_stale_partials
-from .runner import SHOW, Command, InputNotFoundError
+from .runner import Command, InputNotFoundError
 from .test import test
 
 __all__ = ["train", "main", "COMMAND", "console"]

@@ -50,7 +50,7 @@ from .state import latest_checkpoint
 __all__ = [
     "DistributedEngineMixin", "prepare_engine", "convert_model", "wrap_model", "unwrap",
     "use_distributed_sampler", "resume_path", "swapped_model", "shard_loader", "gather_shards",
-    "silenced", "FAIL_AT_ENV", "FAIL_MARKER_ENV",
+    "FAIL_AT_ENV", "FAIL_MARKER_ENV",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,18 +288,3 @@ def resume_path(cfg: Any) -> str:
     if found and dist.is_main_process():
         logger.info("train.auto_resume: resuming from '%s'", found)
     return found or ""
-
-
-@contextlib.contextmanager
-def silenced() -> Iterator[None]:
-    """For ranks other than 0: stdout (torchreid's prints) to devnull, log records below
-    ERROR dropped; yields ``None`` (no log file)."""
-    old = sys.stdout
-    with open(os.devnull, "w", encoding="utf-8") as null:
-        sys.stdout = null
-        logging.disable(logging.WARNING)
-        try:
-            yield None
-        finally:
-            logging.disable(logging.NOTSET)
-            sys.stdout = old

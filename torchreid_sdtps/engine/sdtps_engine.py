@@ -51,6 +51,7 @@ from .evaluation import (
     rank_split,
     results_summary,
 )
+from .hooks import EngineHook, HookList
 from .modality_dropout import ModalityDropout
 from .state import (
     get_rng_state,
@@ -103,6 +104,8 @@ class ImageSDTPSEngine(_TripletBase):
         dropout_triplet: which samples the triplet term ranks under modality dropout:
             ``"all"`` or ``"complete"`` (only those that kept every modality; the others still
             count in the ID and alignment terms).
+        hooks: :class:`~torchreid_sdtps.engine.hooks.EngineHook` instances called after each
+            step, epoch and evaluation (kept in :attr:`hooks`).
     """
 
     def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
@@ -114,7 +117,7 @@ class ImageSDTPSEngine(_TripletBase):
                  head_reduction: str = "mean", best_on_test: bool = False,
                  eval_amp: bool = False, modality_dropout: float = 0.0,
                  dropout_subsets: Sequence[str] | None = None,
-                 dropout_triplet: str = "all") -> None:
+                 dropout_triplet: str = "all", hooks: Sequence[EngineHook] = ()) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
                          weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
@@ -128,6 +131,7 @@ class ImageSDTPSEngine(_TripletBase):
             raise ValueError(f"ImageSDTPSEngine: dropout_triplet must be one of "
                              f"{list(DROPOUT_TRIPLET)}, got {dropout_triplet!r}")
         self.dropout_triplet = dropout_triplet
+        self.hooks = HookList(hooks)
         if head_reduction not in HEAD_REDUCTIONS:
             raise ValueError(f"ImageSDTPSEngine: head_reduction must be one of "
                              f"{list(HEAD_REDUCTIONS)}, got {head_reduction!r}")
@@ -203,6 +207,12 @@ class ImageSDTPSEngine(_TripletBase):
         for p in self._frozen:
             p.requires_grad_(False)
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """torchreid's epoch of training, then the ``after_epoch`` hooks."""
+        out = super().train(*args, **kwargs)
+        self.hooks.call("after_epoch", self, self.epoch)
+        return out
+
     def compute_loss(self, criterion: Any, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """torchreid's (one term per head, averaged), or their sum with
         ``head_reduction="sum"`` (DeMo)."""
@@ -212,6 +222,8 @@ class ImageSDTPSEngine(_TripletBase):
 
     def forward_backward(self, data: dict) -> dict[str, float]:
         """One optimisation step; returns the loss summary torchreid prints and logs."""
+        step = (self.epoch, getattr(self, "batch_idx", 0))
+        self.hooks.call("before_step", self, *step)
         imgs, pids, cams = self.parse_data_for_train(data)
         present = None
         if self.modality_dropout.active:  # prob 0 draws nothing: the plain step, bit for bit
@@ -254,6 +266,7 @@ class ImageSDTPSEngine(_TripletBase):
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.hooks.call("after_step", self, *step, summary)
         return summary
 
     def _triplet(self, features: Any, pids: torch.Tensor,
@@ -283,7 +296,7 @@ class ImageSDTPSEngine(_TripletBase):
         ranked = rank_split(self, query_loader, gallery_loader, dist_metric, normalize_feature,
                             rerank, ranks, use_metric_cuhk03)
         res = ranked.result
-        # token-selection recall/precision when the data set has cue ground truth (issue 12)
+        # recall/precision of the kept tokens against the data set's cue masks (None: no masks)
         selection = evaluate_selection(self.model, query_loader)
         if selection is not None:
             res["selection"] = selection
@@ -309,7 +322,9 @@ class ImageSDTPSEngine(_TripletBase):
         :attr:`last_results` holds mAP, R1/R5/R10 and the CMC of every target."""
         self.last_results = {}
         with rng_fork():
-            return super().test(*args, **kwargs)
+            rank1 = super().test(*args, **kwargs)
+        self.hooks.call("after_eval", self, self.epoch, self.last_results)
+        return rank1
 
     def evaluate(self, dataset_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """Rank every target (or ``dataset_name``) and return ``{"mAP", "R1", "R5", "R10",
