@@ -55,9 +55,12 @@ setup(
     long_description=open(osp.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["torchreid_sdtps", "torchreid_sdtps.*"]),
+    # configs/ holds data only (no __init__.py): named here, so setuptools installs it as a
+    # package of data files without its "absent from the packages configuration" warning
+    packages=find_packages(include=["torchreid_sdtps", "torchreid_sdtps.*"])
+    + ["torchreid_sdtps.configs"],
     include_package_data=True,
-    package_data={"torchreid_sdtps": ["configs/*.yaml"]},
+    package_data={"torchreid_sdtps.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.0",
         "torchvision",
@@ -66,6 +69,7 @@ setup(
         "yacs",
         "tqdm",
         "pyyaml",
+        "filelock",  # per-spec lock of the synthetic data generation
     ] + TORCHREID_RUNTIME,
     extras_require={
         "test": ["pytest>=7", "ruff>=0.5"],

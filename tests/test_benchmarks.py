@@ -212,12 +212,29 @@ def test_fusion_study_smoke_resumes_and_writes_the_section(fusion, tmp_path, cap
 
 
 # ----------------------------------------------------------------------------- ablation
+def _tree_bytes(folder) -> dict[str, tuple[int, bytes]]:
+    """Relative path -> (mtime_ns, bytes) of every file below ``folder``."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_ablation_smoke_trains_three_variants_and_writes_the_table(benchmark_module, tmp_path,
                                                                    capsys, monkeypatch):
+    from pathlib import Path
+
+    from torchreid_sdtps import config
+    from torchreid_sdtps.data import synthetic as syn
+
     ablation = benchmark_module("ablation")
     out = tmp_path / "out"
+    # the demo's data set in the same root: the smoke run (another spec) must leave it as it is
+    demo = Path(syn.ensure_generated(tmp_path / "data",
+                                     config.synthetic_spec(config.get_demo_config()), False))
+    demo_before = _tree_bytes(demo)
     report = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out)])
     printed = capsys.readouterr().out
+    assert _tree_bytes(demo) == demo_before
+    assert len(list(demo.parent.iterdir())) >= 2   # the smoke spec got its own folder beside it
     runs = report["runs"]
     assert [(r["variant"], r["seed"]) for r in runs] == [
         (v, s) for v in ("no_sdtps", "sdtps_block", "sdtps_align") for s in (1, 2)]

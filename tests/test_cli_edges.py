@@ -131,10 +131,13 @@ def test_sie_image_search_needs_the_camera_and_shows_it(tiny, capsys):
     assert "SIE camera embedding" in err and "pass --cam ID" in err and "(0..1" in err
     res = cli.main("search", [*args, "--cam", str(cam), "--topk", "2"])["results"][0]
     out = capsys.readouterr().out
-    assert re.search(rf"^query 0: .* cam {cam}\)$", out, re.M), out
+    # the table writes cameras 1-based, as the file names do (cam1 = camid 0); the JSON 0-based
+    assert re.search(rf"^query 0: .*_cam{cam + 1}_.* cam {cam + 1}\)$", out, re.M), out
     assert res["query"]["camid"] == cam
     first = res["matches"][0]
     assert first["index"] == 5 and first["distance"] < 1e-3  # the image finds itself
+    row = next(ln for ln in out.splitlines() if re.match(r"^\s+1\s", ln))
+    assert row.split()[3] == str(first["camid"] + 1) and f"_cam{first['camid'] + 1}_" in row
 
 
 def test_search_refuses_query_and_gallery_made_differently(tiny, tmp_path, capsys):

@@ -34,8 +34,11 @@ def _snapshot(folder: str) -> dict[str, tuple[int, bytes]]:
 
 
 def _leftovers(root) -> list[str]:
-    prefix = f".{syn.DATASET_DIR}."
-    return [n for n in os.listdir(root) if n.startswith(prefix) and not n.endswith(".lock")]
+    """Temporary or moved-aside folders left under ``<root>/synthetic_msreid/``."""
+    parent = os.path.join(str(root), syn.DATASET_DIR)
+    if not os.path.isdir(parent):
+        return []
+    return [n for n in os.listdir(parent) if n.startswith(".") and not n.endswith(".lock")]
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
@@ -67,39 +70,63 @@ def test_rendering_does_not_depend_on_order():
 
 def test_second_construction_reuses_the_tree(tmp_path):
     ds = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, verbose=False)
-    folder = os.path.join(str(tmp_path), syn.DATASET_DIR)
+    folder = syn.spec_folder(tmp_path, TINY)
+    assert ds.dataset_path == folder
+    assert os.path.dirname(folder) == os.path.join(str(tmp_path), syn.DATASET_DIR)
     before = _snapshot(folder)
     inode = os.stat(folder).st_ino
     again = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, mode="query", verbose=False)
     assert _snapshot(folder) == before  # mtimes and bytes unchanged
     assert os.stat(folder).st_ino == inode
     assert [s[0] for s in again.query] == [s[0] for s in ds.query]
+    assert all(p.startswith(folder + os.sep) for s in ds.query for p in s[0])
     assert _leftovers(tmp_path) == []
 
 
-def test_spec_change_or_incomplete_tree_regenerates(tmp_path):
+def test_two_specs_coexist_and_never_rewrite_each_other(tmp_path, caplog):
+    first = syn.ensure_generated(tmp_path, TINY, progress=False)
+    before = _snapshot(first)
+    changed = syn.SyntheticSpec(**{**TINY.to_dict(), "noise": (0.1, 0.1, 0.1)})
+    assert syn.spec_key(changed) != syn.spec_key(TINY)
+    with caplog.at_level("INFO"):
+        second = syn.ensure_generated(tmp_path, changed, progress=False)
+    assert second != first and os.path.dirname(second) == os.path.dirname(first)
+    assert not any("regenerating" in r.getMessage() for r in caplog.records)
+    assert _snapshot(first) == before            # the other spec's tree: bytes and mtimes kept
+    assert syn.is_complete(first, TINY) and syn.is_complete(second, changed)
+    with open(os.path.join(second, syn.SPEC_FILE)) as f:
+        assert syn.SyntheticSpec.from_dict(json.load(f)["spec"]) == changed
+    other = _snapshot(second)
+    images = [k for k in before if k.endswith(".jpg")]
+    assert all(before[k][1] != other[k][1] for k in images)
+    # both data sets read at once, each from its own folder
+    a = syn.SyntheticMSReID(root=str(tmp_path), spec=TINY, verbose=False)
+    b = syn.SyntheticMSReID(root=str(tmp_path), spec=changed, verbose=False)
+    assert a.dataset_path == first and b.dataset_path == second
+    assert _snapshot(first) == before and _leftovers(tmp_path) == []
+
+
+def test_only_a_damaged_copy_is_regenerated_and_it_says_so(tmp_path, caplog):
     folder = syn.ensure_generated(tmp_path, TINY, progress=False)
     first = _snapshot(folder)
-    changed = syn.SyntheticSpec(**{**TINY.to_dict(), "noise": (0.1, 0.1, 0.1)})
-    assert not syn.is_complete(folder, changed)
-    syn.ensure_generated(tmp_path, changed, progress=False)
-    with open(os.path.join(folder, syn.SPEC_FILE)) as f:
-        assert syn.SyntheticSpec.from_dict(json.load(f)["spec"]) == changed
-    second = _snapshot(folder)
-    assert first.keys() == second.keys()
-    assert all(first[k][1] != second[k][1] for k in first if k.endswith(".jpg"))
-    # a missing image makes the tree incomplete -> regenerated with the file back
     victim = os.path.join(folder, "test", "TI", "000007_cam2_0001.jpg")
     os.remove(victim)
-    assert not syn.is_complete(folder, changed)
-    syn.ensure_generated(tmp_path, changed, progress=False)
+    assert syn.damage(folder, TINY) == "1 file(s) missing, e.g. test/TI/000007_cam2_0001.jpg"
+    assert not syn.is_complete(folder, TINY)
+    with caplog.at_level("INFO"):
+        assert syn.ensure_generated(tmp_path, TINY, progress=False) == folder
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "regenerating the damaged copy" in warned[0]
+    assert "test/TI/000007_cam2_0001.jpg" in warned[0]
     with open(victim, "rb") as f:
-        assert f.read() == second[os.path.relpath(victim, folder)][1]
+        assert f.read() == first[os.path.relpath(victim, folder)][1]
     # an unreadable spec.json too
     with open(os.path.join(folder, syn.SPEC_FILE), "w") as f:
         f.write("{not json")
-    syn.ensure_generated(tmp_path, changed, progress=False)
-    assert syn.is_complete(folder, changed)
+    assert "unreadable" in syn.damage(folder, TINY)
+    syn.ensure_generated(tmp_path, TINY, progress=False)
+    assert syn.is_complete(folder, TINY)
+    assert {k: v[1] for k, v in _snapshot(folder).items()} == {k: v[1] for k, v in first.items()}
     assert _leftovers(tmp_path) == []
 
 
@@ -116,19 +143,19 @@ def test_failure_mid_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "render_sample", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         syn.ensure_generated(tmp_path, TINY, progress=False)
-    assert not os.path.exists(os.path.join(tmp_path, syn.DATASET_DIR))
+    assert not os.path.exists(syn.spec_folder(tmp_path, TINY))
     assert _leftovers(tmp_path) == []
 
-    # with a valid tree in place, a failed regeneration keeps the old tree intact
+    # with a damaged tree in place, a failed regeneration keeps the old tree as it was
     monkeypatch.setattr(render, "render_sample", real)
     folder = syn.ensure_generated(tmp_path, TINY, progress=False)
+    os.remove(os.path.join(folder, "train", "NI", "000001_cam1_0000.jpg"))
     before = _snapshot(folder)
     calls["n"] = 0
     monkeypatch.setattr(render, "render_sample", failing)
-    changed = syn.SyntheticSpec(**{**TINY.to_dict(), "seed": 5})
     with pytest.raises(RuntimeError, match="disk on fire"):
-        syn.ensure_generated(tmp_path, changed, progress=False)
-    assert _snapshot(folder) == before and syn.is_complete(folder, TINY)
+        syn.ensure_generated(tmp_path, TINY, progress=False)
+    assert _snapshot(folder) == before
     assert _leftovers(tmp_path) == []
 
 
@@ -145,8 +172,10 @@ def test_concurrent_processes_share_one_tree(tmp_path):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    folder = os.path.join(str(tmp_path), syn.DATASET_DIR)
+    folder = syn.spec_folder(tmp_path, TINY)
     assert syn.is_complete(folder, TINY)
+    assert sorted(n for n in os.listdir(os.path.dirname(folder)) if not n.endswith(".lock")) \
+        == [os.path.basename(folder)]
     assert _leftovers(tmp_path) == []
 
 

@@ -317,10 +317,12 @@ def _check_rank0_only(logs, save, rank0_says: str) -> None:
     err1 = _rank_logs(logs, 1, "stderr")
     assert "Configuration" not in err1 and "epoch" not in err1
     out0 = _rank_logs(logs, 0, "stdout")
-    assert "Configuration" in out0 and rank0_says in out0  # rank 0 does log
+    assert "checkpoint: " in out0 and "Configuration" not in out0  # rank 0 shows its result
     files = sorted(osp.relpath(p, save) for p in glob.glob(str(save / "**" / "*"),
                                                             recursive=True) if osp.isfile(p))
     texts = [f for f in files if f.startswith("train.log-")]
+    log0 = (save / texts[0]).read_text() if texts else ""
+    assert "Configuration" in log0 and rank0_says in log0  # rank 0 does log, into its file
     events = [f for f in files if "tfevents" in f]
     assert len(texts) == 1 and len(events) == 1, files
     assert set(files) - set(texts) - set(events) == {

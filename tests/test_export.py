@@ -53,7 +53,8 @@ def test_export_tool_reports_parity(exported):
     # the checkpoint's own data set, where it already was: nothing generated elsewhere
     assert parity["data"] == {"dataset": "synthetic_msreid", "root": str(exported["root"]),
                               "fallback": ""}
-    with open(exported["onnx"][:-len(".onnx")] + ".parity.json", encoding="utf-8") as fh:
+    assert exported["summary"]["parity_report"] == exported["onnx"] + ".parity.json"
+    with open(exported["onnx"] + ".parity.json", encoding="utf-8") as fh:
         assert json.load(fh) == parity
 
 
@@ -139,8 +140,8 @@ def test_a_failed_parity_check_exits_1_and_writes_no_onnx(exported, tmp_path, ca
     assert run("export", ["--weights", exported["ckpt"], "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("torchreid-sdtps-export: error: ONNX Runtime differs from PyTorch")
-    assert not out.exists() and (tmp_path / "bad.parity.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parity.json"]
+    assert not out.exists() and (tmp_path / "bad.onnx.parity.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx.parity.json"]
 
 
 def test_inference_benchmark_smoke(tmp_path):

@@ -46,6 +46,23 @@ def test_sdist_ships_configs_readme_and_tools(source_copy, tmp_path):
     assert {f"configs/{c}" for c in configs} <= names
 
 
+def test_the_build_prints_no_setuptools_warning(source_copy, tmp_path):
+    """Every install builds a wheel: its log has no setuptools packaging warning (the data
+    folder torchreid_sdtps/configs is declared, MANIFEST.in names only files that exist)."""
+    out = tmp_path / "wheel"
+    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(out)!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=source_copy,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    assert "absent from the `packages` configuration" not in log, log[-3000:]
+    assert "no files found matching" not in log, log[-3000:]
+    (wheel,) = out.glob("*.whl")
+    import zipfile
+
+    assert "torchreid_sdtps/configs/synthetic_demo.yaml" in zipfile.ZipFile(wheel).namelist()
+
+
 def test_pip_install_dot_registers_from_its_own_metadata(source_copy, tmp_path):
     site = tmp_path / "site"
     proc = subprocess.run(

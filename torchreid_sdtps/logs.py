@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import SDTPSError
 
-__all__ = ["console_logging", "ConsoleFormatter", "run_logging", "RunLog", "silenced"]
+__all__ = ["console_logging", "ConsoleFormatter", "run_logging", "RunLog", "SHOW", "silenced"]
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -46,16 +46,19 @@ def console_logging(level: int) -> Iterator[None]:
 
 
 class _Tee:
-    """stdout tee into a log file (like torchreid's ``Logger``, which however closes the
-    console on ``close()``/garbage collection: fatal for in-process callers)."""
+    """stdout into a log file, and to the console when ``echo`` (like torchreid's ``Logger``,
+    which however closes the console on ``close()``/garbage collection: fatal for in-process
+    callers)."""
 
-    def __init__(self, console: Any, path: str) -> None:
+    def __init__(self, console: Any, path: str, echo: bool = True) -> None:
         os.makedirs(osp.dirname(path) or ".", exist_ok=True)
         self.console = console
+        self.echo = echo
         self.file = open(path, "w", encoding="utf-8")
 
     def write(self, msg: str) -> int:
-        self.console.write(msg)
+        if self.echo:
+            self.console.write(msg)
         if not self.file.closed:
             self.file.write(msg)
         return len(msg)
@@ -75,43 +78,89 @@ class _Tee:
 @dataclasses.dataclass
 class RunLog:
     """The text log of a run: ``path``; :meth:`keep` once the inputs are validated (a run
-    refused before that leaves no log behind, its one-line error says it all)."""
+    refused or interrupted before that leaves no log and no folder behind, its one line says
+    it all); :meth:`note` writes to the file alone (the config, not worth a screen)."""
 
     path: str
     kept: bool = False
+    file: Any = None
 
     def keep(self) -> None:
         self.kept = True
 
+    def note(self, text: str) -> None:
+        """Write ``text`` (one or more lines) to the log file only, not to the console."""
+        if self.file is not None and not self.file.closed:
+            self.file.write(text.rstrip("\n") + "\n")
+
+
+def _absent_dirs(path: str) -> list[str]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    out: list[str] = []
+    path = osp.abspath(path)
+    while not osp.exists(path) and osp.dirname(path) != path:
+        out.append(path)
+        path = osp.dirname(path)
+    return out
+
+
+#: ``logger.info(..., extra=SHOW)``: a result (a table, the checkpoint path) shown on stdout by
+#: :func:`run_logging` besides the log file (the rest of a run's chatter goes to the file only)
+SHOW = {"show": True}
+
+
+class _Shown(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return bool(getattr(record, "show", False)) and record.levelno < logging.WARNING
+
 
 @contextlib.contextmanager
-def run_logging(save_dir: str, name: str) -> Iterator[RunLog]:
-    """Tee stdout (torchreid's progress prints) into ``<save_dir>/<name>.log-<time>`` and send
-    log records to it as well; undone on exit. Yields the :class:`RunLog`; the file is removed
-    when the block fails with a user error before :meth:`RunLog.keep`."""
+def run_logging(save_dir: str, name: str, echo: bool = False) -> Iterator[RunLog]:
+    """Send stdout (torchreid's progress prints) and the log records to
+    ``<save_dir>/<name>.log-<time>``; undone on exit. The console shows the records logged
+    with ``extra=SHOW`` (results) on stdout and warnings on stderr; everything else only with
+    ``echo``. Yields the :class:`RunLog`; when the block fails with a user error or an
+    interrupt before :meth:`RunLog.keep`, the file and the folders made for it are removed."""
     log = RunLog(osp.join(save_dir, f"{name}.log-" + time.strftime("%Y-%m-%d-%H-%M-%S")))
+    created = _absent_dirs(save_dir)
     old_stdout = sys.stdout
-    tee = _Tee(old_stdout, log.path)
+    tee = _Tee(old_stdout, log.path, echo=echo)
+    log.file = tee.file
     sys.stdout = tee
     handler = logging.StreamHandler(tee)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    if not echo:
+        shown = logging.StreamHandler(old_stdout)
+        shown.setFormatter(logging.Formatter("%(message)s"))
+        shown.addFilter(_Shown())
+        warned = logging.StreamHandler(sys.stderr)
+        warned.setFormatter(ConsoleFormatter("%(message)s"))
+        warned.setLevel(logging.WARNING)
+        handlers += [shown, warned]
     root = logging.getLogger()
     old_level = root.level
-    root.addHandler(handler)
+    for h in handlers:
+        root.addHandler(h)
     root.setLevel(logging.INFO)
     failed = False
     try:
         yield log
-    except SDTPSError:
+    except (SDTPSError, KeyboardInterrupt):
         failed = True
         raise
     finally:
-        root.removeHandler(handler)
+        for h in handlers:
+            root.removeHandler(h)
         root.setLevel(old_level)
         sys.stdout = old_stdout
         tee.close()
-        if failed and not log.kept and osp.isfile(log.path):
-            os.remove(log.path)
+        if failed and not log.kept:  # refused (or interrupted) before the run began
+            if osp.isfile(log.path):
+                os.remove(log.path)
+            for folder in created:  # the run folders this call made, if nothing else is there
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
 
 
 @contextlib.contextmanager

@@ -104,6 +104,21 @@ def _starts_like_zip(path: str) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
+def _files_inside(folder: str) -> str:
+    """``"; it holds <checkpoints>"``: the checkpoint files in ``folder`` (or its ``model/``
+    sub-folder, as a run dir has them), newest first, for the error message."""
+    for sub in (folder, osp.join(folder, "model")):
+        try:
+            names = [n for n in os.listdir(sub) if ".pth" in n and osp.isfile(osp.join(sub, n))]
+        except OSError:
+            continue
+        if names:
+            names.sort(key=lambda n: os.stat(osp.join(sub, n)).st_mtime, reverse=True)
+            shown = ", ".join(f"'{osp.join(sub, n)}'" for n in names[:3])
+            return f"; give one of the files in it: {shown}" + (" ..." if len(names) > 3 else "")
+    return "; give the path of a checkpoint file (model.pth.tar-<epoch>)"
+
+
 def load_file(path: str | os.PathLike, allow_unsafe_pickle: bool | None = None) -> Any:
     """``torch.load`` of ``path`` on the CPU, safely (``weights_only=True`` + the allow-list).
 
@@ -112,6 +127,9 @@ def load_file(path: str | os.PathLike, allow_unsafe_pickle: bool | None = None) 
     naming the file.
     """
     path = os.fspath(path)
+    if osp.isdir(path):
+        raise CheckpointNotFoundError(f"'{path}' is a directory, not a checkpoint file"
+                                      + _files_inside(path))
     if not osp.isfile(path):
         raise CheckpointNotFoundError(f"checkpoint not found: '{path}'")
     try:

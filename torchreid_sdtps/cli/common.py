@@ -132,15 +132,34 @@ def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
         resolve_weights(cfg)  # the weights to rank exist and are readable
     joined = dist.init_distributed()  # torchrun's group (no-op without torchrun)
     logs = run_logging(cfg.data.save_dir, kind) if dist.is_main_process() else silenced()
+    log = None
     try:
         with logs as log:  # rank 0 alone logs
-            logger.info("Configuration (%s):\n%s", args.config_file or config.DEMO_CONFIG, cfg)
+            if log is not None:  # the config goes to the log file, not to the screen
+                log.note(f"Configuration ({args.config_file or config.DEMO_CONFIG}):\n{cfg}")
             result = fn(cfg, log)
             result["log"] = log.path if log is not None else None
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: the runner's one line says what is kept
+        exc.kept = _kept_after_interrupt(kind, cfg, log)  # type: ignore[attr-defined]
+        raise
     finally:
         if joined:
             dist.cleanup()
     return result
+
+
+def _kept_after_interrupt(kind: str, cfg: CfgNode, log: Any) -> str:
+    """What an interrupted run leaves: nothing before it began (its log is removed), else its
+    log and, for training, the latest checkpoint to resume from."""
+    if log is None or not getattr(log, "kept", False):
+        return ""
+    if kind != "train" or cfg.test.evaluate:
+        return f"kept the log {log.path}"
+    ckpt = latest_checkpoint(cfg.data.save_dir)
+    if ckpt is None:
+        return f"no checkpoint yet; kept the log {log.path}"
+    return (f"kept {ckpt} and the log {log.path}; resume with the same command and "
+            "train.auto_resume True")
 
 
 def results_table(rows: dict[str, dict[str, Any]], title: str) -> str:

@@ -2,7 +2,7 @@
 Runtime parity check on the checkpoint's own data set.
 
 The ONNX file appears under its name only when the parity check passed (or was skipped with
-``--no-check``); a failed check leaves the ``.parity.json`` report and exits 1.
+``--no-check``); a failed check leaves the report ``<output>.parity.json`` and exits 1.
 """
 from __future__ import annotations
 
@@ -84,11 +84,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                                   rtol=args.rtol, dataset=args.dataset, map_tol=args.map_tol)
             summary["parity"] = parity
             print(format_parity(parity))
-            write_json(parity, osp.splitext(output)[0] + ".parity.json")
+            report = output + ".parity.json"
+            write_json(parity, report)
+            summary["parity_report"] = report
+            print(f"parity report -> {report}")
             if not parity["ok"]:
                 raise ParityError(
                     f"ONNX Runtime differs from PyTorch beyond the tolerance (report: "
-                    f"{osp.splitext(output)[0]}.parity.json); '{output}' was not written")
+                    f"{report}); '{output}' was not written")
     return summary
 
 

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from ..errors import ConfigError
-from .runner import Command
+from .runner import Command, HelpFormatter
 
 __all__ = ["main", "COMMAND", "console"]
 
@@ -32,7 +32,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="{build,add,info}")
     build = sub.add_parser("build", help="build an index over a feature store",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     build.add_argument("store", help="gallery feature store (torchreid-sdtps-extract -o DIR)")
     build.add_argument("-o", "--output", default="",
                        help="index folder (default: STORE.index, beside the store)")

@@ -13,6 +13,9 @@ the runner's, so they are the same in every command:
 * **Errors**: a user error (:class:`~torchreid_sdtps.errors.SDTPSError` and subclasses) prints
   one line ``<prog>: error: <message>`` on stderr and exits 2 (a failed ONNX parity check: 1);
   anything else is a bug and keeps its traceback.
+* **Interrupts**: Ctrl-C (SIGINT) or SIGTERM prints one line ``<prog>: interrupted; nothing
+  written`` (or what was kept, e.g. a training run's checkpoints) and exits 130 / 143, without
+  a traceback.
 * **Names**: ``--help`` and the error lines show the console-script name,
   ``torchreid-sdtps-<command>`` (also for ``tools/<command>.py``).
 """
@@ -23,16 +26,20 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError, SDTPSError
 from ..logs import console_logging
 from .names import COMMAND_NAMES
 
-__all__ = ["Command", "COMMANDS", "InputNotFoundError", "get_command", "prog_name", "parse",
-           "main", "run", "add_model_arguments", "add_opts_argument", "build_parser"]
+__all__ = ["Command", "COMMANDS", "InputNotFoundError", "Terminated", "get_command", "prog_name",
+           "parse", "main", "run", "add_model_arguments", "add_opts_argument", "build_parser",
+           "HelpFormatter"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +96,21 @@ def get_command(command: str | Command) -> Command:
     return importlib.import_module(COMMANDS[command]).COMMAND
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after an option's help only when there is an X to show and the help
+    does not say its default itself (no ``(default: )``, no second default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser(cmd: Command, prog: str | None = None) -> argparse.ArgumentParser:
     """The command's parser (its options, ``--opts``, the overrides epilog)."""
     parser = argparse.ArgumentParser(prog=prog or cmd.prog, description=cmd.description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     epilog=OVERRIDES_HELP)
+                                     formatter_class=HelpFormatter, epilog=OVERRIDES_HELP)
     cmd.add_arguments(parser)
     add_opts_argument(parser)
     return parser
@@ -142,18 +159,55 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(msg).split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (so its cleanup runs) like Ctrl-C's
+    KeyboardInterrupt. A command may set ``kept`` on either to say what it kept."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run(command: str | Command, argv: Sequence[str] | None = None, prog: str | None = None
         ) -> int:
     """:func:`main` under the error policy: a user error (:class:`SDTPSError`) prints one line
     ``<prog>: error: ...`` and returns its ``exit_code`` (2 unless the class says otherwise);
-    anything else propagates with its traceback."""
+    Ctrl-C or SIGTERM prints one line ``<prog>: interrupted; <what was kept, or nothing
+    written>`` and returns 130 / 143; anything else propagates with its traceback."""
     cmd = get_command(command)
     prog = prog or cmd.prog
     try:
-        main(cmd, argv, prog)
+        with _sigterm_interrupts():
+            main(cmd, argv, prog)
     except SDTPSError as exc:
         sys.stderr.write(f"{prog}: error: {_one_line(exc)}\n")
         return int(getattr(exc, "exit_code", 2))
+    except BrokenPipeError:  # stdout closed early (``... | head``): stop quietly, as cat does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback either
+        kept = getattr(exc, "kept", "") or "nothing written"
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line for the job, from rank 0
+            sys.stderr.write(f"{prog}: interrupted; {kept}\n")
+            sys.stderr.flush()
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     return 0
 
 

@@ -44,7 +44,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, required=False)
     parser.add_argument("--cam", type=int, default=None,
                         help="camera id of --images (required for SIE models)")
-    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--topk", type=int, default=10,
+                        help="results per query (fewer when the gallery or an --index search "
+                        "holds fewer: said once, and recorded in the JSON)")
+    parser.add_argument("--fill-exact", action="store_true",
+                        help="complete the queries an --index search returns fewer than "
+                        "--topk results for with the exact search")
     parser.add_argument("--metric", default="euclidean", choices=METRICS)
     parser.add_argument("--threshold", type=float, default=None,
                         help="distance above which a gallery entry is no match")
@@ -79,19 +84,26 @@ def _image_query(args: argparse.Namespace, gallery: Any) -> Any:
     return query
 
 
+def _cam(camid: int) -> str:
+    """A camera id as file names write it (``cam1`` is camid 0); ``-`` when unknown."""
+    return str(camid + 1) if camid >= 0 else "-"
+
+
 def format_search(results: list[dict[str, Any]], metric: str = "euclidean") -> str:
-    """The search results as a plain-text table (one block per query)."""
+    """The search results as a plain-text table (one block per query); cameras 1-based as in
+    the file names (the JSON keeps torchreid's 0-based ``camid``)."""
     lines = []
     for res in results:
         q = res["query"]
-        lines.append(f"query {q['index']}: {q['paths'][0]} (pid {q['pid']}, cam {q['camid']})")
+        lines.append(f"query {q['index']}: {q['paths'][0]} (pid {q['pid']}, "
+                     f"cam {_cam(q['camid'])})")
         if res["no_match"]:
             lines.append("  no match within the distance threshold")
             continue
         lines.append(f"  {'rank':>4}  {metric + ' dist':>14}  {'pid':>6}  {'cam':>4}  gallery")
         for m in res["matches"]:
             lines.append(f"  {m['rank']:>4}  {m['distance']:>14.4f}  {m['pid']:>6}  "
-                         f"{m['camid']:>4}  {m['paths'][0]}")
+                         f"{_cam(m['camid']):>4}  {m['paths'][0]}")
     return "\n".join(lines)
 
 
@@ -127,18 +139,62 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     query = load_features(args.query) if args.query else _image_query(args, gallery)
     check_comparable(query, gallery, allow_mismatch=args.allow_mismatch,
                      names=(args.query or "the --images query", gname))
+    if args.fill_exact and index is None:
+        raise ConfigError("--fill-exact completes an --index search; without --index the "
+                          "search is exact already")
     if index is not None:
         values, found = index.search(query, args.topk, args.metric, nprobe=args.nprobe,
                                      ef_search=args.ef_search, check=False)
     else:
         values, found = topk_exact(query, gallery, args.topk, args.metric)
+    values, found, short = _short_of_k(args, query, gallery, values, found)
     results = rank_results(query, gallery, values, found, args.threshold)
     print(format_search(results, args.metric))
     if args.json:
         write_json({"gallery": gallery.path if index is not None else args.gallery,
                     "index": args.index or None, "metric": args.metric, "topk": args.topk,
-                    "threshold": args.threshold, "results": results}, args.json)
-    return {"results": results, "json": args.json}
+                    "threshold": args.threshold, "short_of_topk": short, "results": results},
+                   args.json)
+    return {"results": results, "json": args.json, "short_of_topk": short}
+
+
+def _short_of_k(args: argparse.Namespace, query: Any, gallery: Any, values: Any, found: Any
+                ) -> tuple[Any, Any, dict[str, Any] | None]:
+    """Say once (a warning, and the returned record for the JSON) when queries get fewer than
+    ``--topk`` results: a gallery smaller than k, or an index search that found fewer in the
+    cells it searched (with ``--fill-exact`` those rows are the exact search's instead)."""
+    from ..deploy.exact import topk_exact
+
+    k, size = int(args.topk), len(gallery)
+    per_query = (found >= 0).sum(dim=1)
+    expected = min(k, size)
+    short_rows = (per_query < expected).nonzero().flatten().tolist()
+    filled: list[int] = []
+    if short_rows and args.fill_exact:
+        exact_v, exact_i = topk_exact(query, gallery, k, args.metric)
+        values, found = values.clone(), found.clone()
+        values[short_rows], found[short_rows] = exact_v[short_rows], exact_i[short_rows]
+        filled, short_rows = short_rows, []
+        per_query = (found >= 0).sum(dim=1)
+    if size >= k and not short_rows and not filled:
+        return values, found, None
+    record: dict[str, Any] = {"topk": k, "gallery_size": size,
+                              "returned_min": int(per_query.min()),
+                              "returned_max": int(per_query.max()),
+                              "short_queries": short_rows, "filled_from_exact": filled}
+    notes = []
+    if size < k:
+        notes.append(f"the gallery holds {size} entries, so each query lists at most {size}")
+    if short_rows:
+        notes.append(f"the index search returned fewer than {expected} for {len(short_rows)} "
+                     f"of {len(found)} queries ({record['returned_min']}-"
+                     f"{int(per_query[short_rows].max())} results; --fill-exact completes them "
+                     "from the exact search, a larger --nprobe / --ef-search searches wider)")
+    if filled:
+        notes.append(f"{len(filled)} of {len(found)} queries had fewer than {expected} results "
+                     "from the index and were completed from the exact search (--fill-exact)")
+    logger.warning("--topk %d: %s", k, "; ".join(notes))
+    return values, found, record
 
 
 COMMAND = Command("search", "Search queries in a gallery feature file; top-k table and JSON",

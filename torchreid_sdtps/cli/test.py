@@ -16,6 +16,7 @@ from ..build import build_all
 from ..config import CfgNode
 from ..data.checks import EVAL_TRAIN_SAMPLER
 from ..errors import ConfigError
+from ..logs import SHOW
 from .common import (
     add_config_arguments,
     evaluate,
@@ -54,7 +55,7 @@ def test(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
     label = f"{cfg.model.name} ({osp.basename(weights)})"
     for target, res in summary["results"].items():
         title = f"{target}: {res['num_query']} queries, {res['num_gallery']} gallery images"
-        logger.info("\n%s", results_table({label: res}, title=title))
+        logger.info("\n%s", results_table({label: res}, title=title), extra=SHOW)
     if cfg.test.missing_modalities:
         if not hasattr(engine, "evaluate_missing"):
             raise ConfigError(f"test.missing_modalities: engine '{cfg.sdtps.engine}' has no "

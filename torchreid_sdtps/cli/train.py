@@ -24,6 +24,7 @@ from ..config import CfgNode
 from ..engine import ddp
 from ..engine.state import latest_checkpoint, resume_from_checkpoint
 from ..errors import ConfigError
+from ..logs import SHOW
 from .common import (
     add_config_arguments,
     evaluate,
@@ -109,7 +110,9 @@ def train(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
         title = (f"{target}: {res['num_query']} queries, {res['num_gallery']} gallery images "
                  f"({clock.describe()} on {'CUDA' if use_gpu(cfg) else 'CPU'})")
         summary["table"] = results_table(rows, title)
-        logger.info("\n%s\ncheckpoint: %s", summary["table"], checkpoint)
+        logger.info("\n%s\ncheckpoint: %s", summary["table"], checkpoint, extra=SHOW)
+    else:  # an engine that only prints its metrics (torchreid's stock ones): they are in the log
+        logger.info("checkpoint: %s\nlog: %s", checkpoint, getattr(log, "path", None), extra=SHOW)
     write_results(osp.join(save_dir, RESULTS_FILE), summary)
     return summary
 

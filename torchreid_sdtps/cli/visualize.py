@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError, UnknownNameError
 from .common import add_config_arguments, config_from_args, load_weights, resolve_weights
-from .runner import OVERRIDES_HELP, Command, add_opts_argument
+from .runner import OVERRIDES_HELP, Command, HelpFormatter, add_opts_argument
 
 __all__ = ["tokens", "main", "COMMAND", "SUBCOMMANDS", "console"]
 
@@ -30,7 +30,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     tokens_parser = sub.add_parser(
         "tokens", help="token heat maps: scores, kept/dropped patches (and cue patches)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=OVERRIDES_HELP)
+        formatter_class=HelpFormatter, epilog=OVERRIDES_HELP)
     add_config_arguments(tokens_parser)
     tokens_parser.add_argument("--weights", default="",
                                help="weights (default: the latest checkpoint in data.save_dir)")

@@ -339,7 +339,8 @@ class MultiModalFolderDataset(MultiModalImageDataset):
 
     def __init__(self, root: str = "", download: bool = False, **kwargs: Any) -> None:
         self.root = osp.abspath(osp.expanduser(root))
-        self.dataset_path = osp.join(self.root, type(self).dataset_dir)
+        # an instance may name its own folder (the synthetic set: one per spec)
+        self.dataset_path = osp.join(self.root, self.dataset_dir)
         if download:
             download_dataset(type(self).dataset_dir, self.root, type(self).has_layout)
         self.check_layout()

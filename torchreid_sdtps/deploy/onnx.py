@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import os
-import os.path as osp
 import tempfile
 from typing import Any
 
@@ -221,7 +220,7 @@ def _load_split_pair(name: str, root: str, spec: Any, scratch: str, meta: dict[s
     from .. import load_plugins
     from ..data.multimodal import DatasetNotFoundError
     from ..data.samples import dataset_samples
-    from ..data.synthetic import DATASET_DIR, default_spec, is_complete
+    from ..data.synthetic import default_spec, is_complete, spec_folder
 
     load_plugins()  # a third party's data set too
     where: dict[str, Any] = {"dataset": name, "root": root, "fallback": ""}
@@ -236,7 +235,7 @@ def _load_split_pair(name: str, root: str, spec: Any, scratch: str, meta: dict[s
                            "temporary folder) instead", where["fallback"])
             name, spec = SYNTHETIC, _fallback_spec(meta)
     spec = spec if spec is not None else default_spec()
-    if not (root and is_complete(osp.join(root, DATASET_DIR), spec)):
+    if not (root and is_complete(spec_folder(root, spec), spec)):
         where.update(generated_in_temporary_folder=True)
         root = scratch
     where.update(dataset=name, root=root)

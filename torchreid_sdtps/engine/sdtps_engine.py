@@ -369,7 +369,8 @@ class ImageSDTPSEngine(_TripletBase):
                 self._zeroed = ()
         logger.info("%s", format_table(rows, title=f"Missing modalities ({name}): zeroed "
                                                     "inputs in query and gallery",
-                                       first="missing"))
+                                       first="missing"),
+                    extra={"show": True})  # a result: on the console of the CLI's run log too
         return rows
 
     # ------------------------------------------------------------------ checkpoints

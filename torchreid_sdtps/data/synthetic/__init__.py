@@ -13,10 +13,12 @@ confuses several identities, the three together separate them. Per-camera photom
 geometric shifts (different per modality), per-image pose/scale jitter, background clutter and
 pixel noise make the task learnable yet not trivial (see ``docs/synthetic.md``).
 
-The tree ``<root>/synthetic_msreid/{train,test}/{RGB,NI,TI}/<pid:06d>_cam<c>_<k:04d>.jpg``
-(RGBNT201 style, cameras 1-based in the names) is generated on first use into a temporary
-folder beside it and moved into place with ``os.replace``; later constructions reuse it as long
-as its ``spec.json`` matches the requested :class:`SyntheticSpec` and no file is missing.
+Every :class:`SyntheticSpec` has its own folder ``<root>/synthetic_msreid/<key>/``
+(:func:`spec_folder`, ``key`` = :func:`spec_key`: readable fields and a hash of the spec)
+holding ``{train,test}/{RGB,NI,TI}/<pid:06d>_cam<c>_<k:04d>.jpg`` (RGBNT201 style, cameras
+1-based in the names). It is generated on first use into a temporary folder beside it and moved
+into place with ``os.replace``; later constructions reuse it; a command with another spec
+never rewrites it, and only a damaged copy (a file missing) is generated again, with a warning.
 Every image is rendered from its own seed ``(seed, pid, cam, k)``, so the output is independent
 of generation order.
 
@@ -36,11 +38,14 @@ from .generate import (
     IDENTITY_FILE,
     SPEC_FILE,
     SPLITS,
+    damage,
     ensure_generated,
     expected_files,
     identity_attributes,
     is_complete,
     read_cues,
+    spec_folder,
+    spec_key,
 )
 from .spec import (
     CUES,
@@ -56,5 +61,5 @@ __all__ = [
     "DATASET_DIR", "MODALITIES", "CUES", "SPLITS", "GENERATOR_VERSION", "SPEC_FILE",
     "IDENTITY_FILE", "CUE_FILE", "SyntheticSpec", "SyntheticMSReID", "default_spec",
     "set_default_spec", "using_spec", "ensure_generated", "is_complete", "identity_attributes",
-    "expected_files", "read_cues",
+    "expected_files", "read_cues", "spec_key", "spec_folder", "damage",
 ]

@@ -35,6 +35,8 @@ class SyntheticMSReID(RGBNT201):
         kwargs.pop("download", None)  # generated locally, nothing to download
         folder = ensure_generated(root, self.spec, progress=bool(kwargs.get("verbose", True)))
         self._cues = read_cues(folder)
+        # this spec's own folder, <root>/synthetic_msreid/<spec key>/
+        self.dataset_dir = osp.join(DATASET_DIR, osp.basename(folder))
         super().__init__(root=root, **kwargs)
 
     @property

@@ -1,13 +1,16 @@
 """Generation of the ``synthetic_msreid`` tree: layout, completeness check, atomic write.
 
-The tree ``<root>/synthetic_msreid/{train,test}/{RGB,NI,TI}/<pid:06d>_cam<c>_<k:04d>.jpg``
-(RGBNT201 style, cameras 1-based in the names) is generated into a temporary folder beside
-the target and moved into place with ``os.replace``; later calls reuse it as long as its
-``spec.json`` matches the requested spec and no file is missing.
+Every spec has its own folder, ``<root>/synthetic_msreid/<key>/`` with ``key`` =
+:func:`spec_key` (a readable prefix and a hash of the spec and the generator version), holding
+``{train,test}/{RGB,NI,TI}/<pid:06d>_cam<c>_<k:04d>.jpg`` (RGBNT201 style, cameras 1-based in
+the names). So no command rewrites the data another spec's command (or a feature store, or an
+index) uses. A folder is generated into a temporary folder beside it and moved into place with
+``os.replace``; later calls reuse it; only a damaged copy of the same spec (a file missing, an
+unreadable ``spec.json``) is generated again, with a warning that says so.
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -15,25 +18,21 @@ import os.path as osp
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from . import localized, render
 from .spec import DATASET_DIR, MODALITIES, SyntheticSpec, as_spec, default_spec
 
-try:  # POSIX advisory lock: concurrent processes (e.g. DDP ranks) generate only once
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX
-    fcntl = None  # type: ignore[assignment]
-
 logger = logging.getLogger(__name__)
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "SPEC_FILE", "IDENTITY_FILE", "CUE_FILE",
            "identity_attributes", "split_pids", "expected_files", "is_complete", "ensure_generated",
-           "read_cues"]
+           "read_cues", "spec_key", "spec_folder", "damage"]
 
 SPLITS = ("train", "test")
 GENERATOR_VERSION = 1  # bump when the rendering changes: old trees are then regenerated
@@ -77,28 +76,49 @@ def _spec_record(spec: SyntheticSpec) -> dict[str, Any]:
     return {"generator_version": GENERATOR_VERSION, "dataset": DATASET_DIR, "spec": spec.to_dict()}
 
 
-def is_complete(dataset_dir: str, spec: SyntheticSpec) -> bool:
-    """True when ``dataset_dir`` holds the tree ``spec`` describes (spec.json + every file)."""
+def spec_key(spec: SyntheticSpec | Mapping[str, Any]) -> str:
+    """Folder name of ``spec`` under ``<root>/synthetic_msreid/``: readable fields and a hash of
+    the whole spec and the generator version, e.g. ``spread-60+40ids-seed0-1a2b3c4d5e``."""
+    spec = as_spec(spec)
+    blob = json.dumps(_spec_record(spec), sort_keys=True).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:10]
+    return f"{spec.cue}-{spec.num_train_ids}+{spec.num_test_ids}ids-seed{spec.seed}-{digest}"
+
+
+def spec_folder(root: str | os.PathLike, spec: SyntheticSpec | Mapping[str, Any] | None = None
+                ) -> str:
+    """The folder of ``spec``'s tree under ``root`` (generated or not)."""
+    spec = default_spec() if spec is None else as_spec(spec)
+    return osp.join(osp.abspath(osp.expanduser(root)), DATASET_DIR, spec_key(spec))
+
+
+def damage(dataset_dir: str, spec: SyntheticSpec) -> str:
+    """Why ``dataset_dir`` does not hold the tree ``spec`` describes ("" when it does)."""
+    path = osp.join(dataset_dir, SPEC_FILE)
     try:
-        with open(osp.join(dataset_dir, SPEC_FILE), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             record = json.load(f)
-    except (OSError, ValueError):
-        return False
-    if record != _spec_record(spec) or not all(
-            osp.isfile(osp.join(dataset_dir, name)) for name in _record_files(spec)):
-        return False
+    except (OSError, ValueError) as exc:
+        return f"{SPEC_FILE} unreadable ({type(exc).__name__})"
+    if record != _spec_record(spec):
+        return f"{SPEC_FILE} describes another spec"
+    missing = [name for name in _record_files(spec) if not osp.isfile(osp.join(dataset_dir, name))]
     for split, files in expected_files(spec).items():
         names = {name for *_, name in files}
         for modality in MODALITIES:
             try:
                 present = set(os.listdir(osp.join(dataset_dir, split, modality)))
             except OSError:
-                return False
-            if not names <= present:
-                return False
-    return True
+                present = set()
+            missing += [f"{split}/{modality}/{n}" for n in sorted(names - present)]
+    if missing:
+        return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+    return ""
 
 
+def is_complete(dataset_dir: str, spec: SyntheticSpec) -> bool:
+    """True when ``dataset_dir`` holds the tree ``spec`` describes (spec.json + every file)."""
+    return not damage(dataset_dir, spec)
 
 
 def _record_files(spec: SyntheticSpec) -> tuple[str, ...]:
@@ -178,44 +198,37 @@ def _write_tree(out_dir: str, spec: SyntheticSpec, progress: bool) -> None:
         json.dump(_spec_record(spec), f, indent=2)
 
 
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_generated(root: str | os.PathLike = "",
                      spec: SyntheticSpec | Mapping[str, Any] | None = None,
                      progress: bool = True) -> str:
-    """Generate ``<root>/synthetic_msreid`` for ``spec`` unless an identical tree exists.
+    """Generate ``spec``'s folder :func:`spec_folder` ``(root, spec)`` unless it is complete;
+    returns the folder.
 
-    Returns the dataset folder. Generation writes into a temporary folder beside the target
-    and swaps it in with ``os.replace``; on any error the temporary folder is removed and an
-    existing tree is left untouched. A lock file ``<root>/.synthetic_msreid.lock`` serialises
-    concurrent processes; the second one reuses what the first generated.
+    Generation writes into a temporary folder beside the target and swaps it in with
+    ``os.replace``; on any error the temporary folder is removed and an existing tree is left
+    untouched. A lock file per spec (``filelock``) serialises concurrent processes generating
+    the same spec; the second one reuses what the first generated. Other specs' folders are
+    never touched.
     """
     spec = default_spec() if spec is None else as_spec(spec)
-    root = osp.abspath(osp.expanduser(root))
-    target = osp.join(root, DATASET_DIR)
+    target = spec_folder(root, spec)
     if is_complete(target, spec):
         return target
-    os.makedirs(root, exist_ok=True)
-    with _locked(osp.join(root, f".{DATASET_DIR}.lock")):
-        if is_complete(target, spec):
+    parent = osp.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    key = osp.basename(target)
+    with FileLock(osp.join(parent, f".{key}.lock")):
+        reason = damage(target, spec) if osp.lexists(target) else ""
+        if osp.lexists(target) and not reason:
             return target
-        stale = osp.lexists(target)
-        logger.info("%s %s (%d train + %d test ids, %d cameras, %d images/id/camera, %dx%d)",
-                    "regenerating stale" if stale else "generating", target, spec.num_train_ids,
-                    spec.num_test_ids, spec.num_cameras, spec.images_per_camera,
-                    spec.height, spec.width)
-        tmp = tempfile.mkdtemp(prefix=f".{DATASET_DIR}.tmp-", dir=root)
+        counts = (f"{spec.num_train_ids} train + {spec.num_test_ids} test ids, "
+                  f"{spec.num_cameras} cameras, {spec.images_per_camera} images/id/camera, "
+                  f"{spec.height}x{spec.width}")
+        if reason:
+            logger.warning("regenerating the damaged copy %s (%s): %s", target, reason, counts)
+        else:
+            logger.info("generating %s (%s)", target, counts)
+        tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=parent)
         try:
             _write_tree(tmp, spec, progress)
             _swap_in(tmp, target)
@@ -230,7 +243,7 @@ def _swap_in(tmp: str, target: str) -> None:
     if not osp.lexists(target):
         os.replace(tmp, target)
         return
-    old = f"{osp.join(osp.dirname(target), '.' + DATASET_DIR)}.old-{uuid.uuid4().hex[:8]}"
+    old = f"{osp.join(osp.dirname(target), '.' + osp.basename(target))}.old-{uuid.uuid4().hex[:8]}"
     os.replace(target, old)
     try:
         os.replace(tmp, target)
@@ -241,5 +254,3 @@ def _swap_in(tmp: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.remove(old)
-
-
