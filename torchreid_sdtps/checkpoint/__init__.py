@@ -35,12 +35,12 @@ from .files import (
     unsafe_pickle_allowed,
 )
 from .load import LoadReport, load_into_model
-from .meta import attach_meta, checkpoint_meta, describe_meta, make_meta, meta_of
+from .meta import attach_meta, checkpoint_meta, describe_meta, make_meta, meta_of, unwrap_model
 
 __all__ = [
     "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "UnsafePickleError",
     "UNSAFE_PICKLE_ENV", "META_FORMAT", "LoadReport",
     "save_checkpoint", "read_checkpoint", "load_file", "checkpoint_meta", "make_meta",
     "describe_meta", "attach_meta", "meta_of", "state_dict_of", "load_into_model", "safe_globals",
-    "safe_loading", "unsafe_pickle_allowed",
+    "safe_loading", "unsafe_pickle_allowed", "unwrap_model",
 ]

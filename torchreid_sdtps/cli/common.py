@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import compat, config, dist
 from ..build import build_model, check_names
+from ..checkpoint import unwrap_model
 from ..config import CfgNode
 from ..data.checks import check_run
 from ..engine import ddp
@@ -112,7 +113,7 @@ def load_weights(model: Any, weights: str, model_name: str = "") -> Any:
     the checkpoint holds."""
     from ..checkpoint import load_into_model
 
-    return load_into_model(ddp.unwrap(model), weights, strict=True, model_name=model_name or None)
+    return load_into_model(unwrap_model(model), weights, strict=True, model_name=model_name or None)
 
 
 def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],

@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import config
 from ..build import build_all, use_gpu
+from ..checkpoint import unwrap_model
 from ..config import CfgNode
 from ..engine import ddp
 from ..engine.state import latest_checkpoint, resume_from_checkpoint
@@ -53,7 +54,7 @@ def _resume(cfg: CfgNode, engine: Any, model: Any) -> tuple[int, str]:
     if hasattr(engine, "resume"):
         start_epoch = engine.resume(resume)
     else:  # the checkpoint holds the plain model, not its DDP wrapper
-        start_epoch, _ = resume_from_checkpoint(resume, ddp.unwrap(model), engine.optimizer,
+        start_epoch, _ = resume_from_checkpoint(resume, unwrap_model(model), engine.optimizer,
                                                 engine.scheduler)
     return start_epoch, resume
 

@@ -16,7 +16,6 @@ from typing import Any
 from ..choices import HEAD_REDUCTIONS, REMOVED_STAGES, SAMPLER_MODES, TRANSFORM_STYLES
 from ..errors import ConfigError
 from .adapters import (
-    ENGINE_KEYS,
     IMAGEDATA_KEYS,
     config_value,
     datamanager_kwargs,
@@ -41,7 +40,7 @@ __all__ = [
     "merge_from_file", "merge_from_list", "merge_from_dict", "load_config", "check_config",
     "iter_keys", "datamanager_kwargs", "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
     "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
-    "model_options", "ENGINE_KEYS", "IMAGEDATA_KEYS", "config_value",
+    "model_options", "IMAGEDATA_KEYS", "config_value",
     "REMOVED_STAGES", "SAMPLER_MODES",
 ]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .node import CfgNode
 
-__all__ = ["IMAGEDATA_KEYS", "ENGINE_KEYS", "config_value",
+__all__ = ["IMAGEDATA_KEYS", "config_value",
            "imagedata_kwargs", "datamanager_kwargs", "model_kwargs", "optimizer_kwargs",
            "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs"]
 
@@ -26,21 +26,6 @@ IMAGEDATA_KEYS: dict[str, str] = {
     "num_datasets": "sampler.num_datasets", "train_sampler": "sampler.train_sampler",
     "train_sampler_t": "sampler.train_sampler_t",
 }
-
-#: engine constructor keyword -> config key
-ENGINE_KEYS: dict[str, str] = {
-    "margin": "loss.triplet.margin", "weight_t": "loss.triplet.weight_t",
-    "weight_x": "loss.triplet.weight_x", "use_gpu": "use_gpu",
-    "label_smooth": "loss.softmax.label_smooth", "weight_ratio": "sdtps.weight_ratio",
-    "weight_align": "sdtps.weight_align", "align_margin": "sdtps.align_margin",
-    "align_center": "sdtps.align_center", "use_amp": "sdtps.use_amp",
-    "soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
-    "best_on_test": "test.best_on_test", "eval_amp": "test.amp",
-    "modality_dropout": "train.modality_dropout.prob",
-    "dropout_subsets": "train.modality_dropout.subsets",
-    "dropout_triplet": "train.modality_dropout.triplet",
-}
-
 
 def config_value(cfg: CfgNode, key: str) -> Any:
     """The value of the dotted ``key`` (lists as lists)."""
@@ -120,9 +105,13 @@ def lr_scheduler_kwargs(cfg: CfgNode) -> dict[str, Any]:
 
 
 def engine_kwargs(cfg: CfgNode) -> dict[str, Any]:
-    """Engine constructor keyword arguments (:data:`ENGINE_KEYS`; ``build.build_engine`` passes
-    those the engine takes and refuses a changed value of one it does not)."""
-    return _from_table(cfg, ENGINE_KEYS)
+    """Engine constructor keyword arguments: every
+    :class:`~torchreid_sdtps.engine.options.EngineOptions` field from its config key
+    (``build.build_engine`` passes those the engine takes and refuses a changed value of one it
+    does not)."""
+    from ..engine.options import EngineOptions
+
+    return _from_table(cfg, EngineOptions.keys())
 
 
 def engine_run_kwargs(cfg: CfgNode) -> dict[str, Any]:
