@@ -5,7 +5,7 @@ console-script entry ``console``. ``tools/<command>.py`` are three-line wrappers
 :func:`run`.
 
 The functions of the former ``cli.py`` keep their names here (resolved on first use):
-``evaluate``, ``untrained_results``, ``latest_checkpoint``, ``run_logging``,
+``evaluate``, ``untrained_results``, ``run_logging``,
 ``main_train(argv)``, ``main_test(argv)``; ``train(cfg)`` and ``test(cfg)`` are in the modules
 of the same names (``torchreid_sdtps.cli.train.train``).
 """
@@ -20,14 +20,13 @@ from .runner import COMMANDS, Command, main, run
 cli = run
 
 __all__ = ["COMMANDS", "Command", "main", "run", "cli", "evaluate",
-           "untrained_results", "latest_checkpoint", "run_logging", "main_train", "main_test"]
+           "untrained_results", "run_logging", "main_train", "main_test"]
 
 _EXPORTS = {
     "main_train": ("torchreid_sdtps.cli.train", "main"),
     "main_test": ("torchreid_sdtps.cli.test", "main"),
     "evaluate": ("torchreid_sdtps.cli.common", "evaluate"),
     "untrained_results": ("torchreid_sdtps.cli.common", "untrained_results"),
-    "latest_checkpoint": ("torchreid_sdtps.engine.state", "latest_checkpoint"),
     "run_logging": ("torchreid_sdtps.cli.runner", "run_logging"),
 }
 

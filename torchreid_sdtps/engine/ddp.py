@@ -18,8 +18,8 @@ single process unless stated):
    ``set_epoch`` on the sampler, per-(epoch, rank) reseeding, checkpoints and tensorboard on
    rank 0 only (checkpoints hold the *unwrapped* model, loadable without DDP), evaluation
    on the unwrapped model with rank 0's BatchNorm statistics;
-6. :func:`resume_path` - ``train.auto_resume``: a run restarted by ``torchrun --max-restarts``
-   continues from the latest checkpoint in ``data.save_dir``.
+6. ``train.auto_resume``: a run restarted by ``torchrun --max-restarts`` continues from the
+   latest checkpoint in ``data.save_dir`` (:meth:`Checkpointer.find_resume`).
 
 Reseeding: at the start of epoch e rank r seeds Python, NumPy and torch with
 ``train.seed + e * N + r``. The random state of an epoch is then a function of (seed, epoch,
@@ -41,19 +41,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import compat, dist
-from ..checkpoint import unwrap_model
+from ..checkpoint import Checkpointer, unwrap_model
 from ..choices import SAMPLER_MODES
 from ..data.samplers import DistributedIdentitySampler
 from ..errors import ConfigError
 from ..losses.criterion import SDTPSCriterion
 from ..losses.gather import GlobalBatchLoss
 from ..models.sync_bn import convert_sync_batchnorm
-from .state import latest_checkpoint
 
 __all__ = [
     "DistributedEngineMixin", "engine_class", "make_engine", "is_distributed_run", "convert_model",
     "wrap_model",
-    "use_distributed_sampler", "resume_path", "swapped_model", "shard_loader", "gather_shards",
+    "use_distributed_sampler", "swapped_model", "shard_loader", "gather_shards",
     "silenced", "FAIL_AT_ENV", "FAIL_MARKER_ENV",
 ]
 
@@ -255,10 +254,13 @@ class DistributedEngineMixin:
                 super().save_model(epoch, rank1, save_dir, is_best=is_best)
         dist.barrier()
 
-    def resume(self, fpath: str) -> int:
-        """The engine's ``resume`` into the unwrapped model (checkpoints hold no DDP prefix)."""
+    def resume(self, source: Any) -> int:
+        """The engine's ``resume`` (a stock engine: weights, optimizer, scheduler) into the
+        unwrapped model (checkpoints hold no DDP prefix)."""
         with swapped_model(self, self._plain_model()):
-            return super().resume(fpath)  # type: ignore[misc]
+            if hasattr(super(), "resume"):
+                return super().resume(source)  # type: ignore[misc]
+            return Checkpointer.resume(source, self.model, self.optimizer, self.scheduler)[0]
 
 
 _CLASSES: dict[type, type] = {}
@@ -291,19 +293,6 @@ def make_engine(cls: type, cfg: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- run control
-
-def resume_path(cfg: Any) -> str:
-    """The checkpoint to resume: ``model.resume``, else with ``train.auto_resume`` the latest
-    ``model.pth.tar-<epoch>`` in ``data.save_dir`` (rank 0 decides, every rank gets its
-    answer; multi-node runs need save_dir on a shared file system), else ``""``."""
-    if cfg.model.resume or not cfg.train.auto_resume:
-        return str(cfg.model.resume)
-    found = latest_checkpoint(cfg.data.save_dir) if dist.is_main_process() else None
-    found = dist.broadcast_object(found)
-    if found and dist.is_main_process():
-        logger.info("train.auto_resume: resuming from '%s'", found)
-    return found or ""
-
 
 @contextlib.contextmanager
 def silenced() -> Iterator[None]:

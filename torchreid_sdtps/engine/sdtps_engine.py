@@ -20,8 +20,8 @@ What it adds to ``ImageTripletEngine`` (everything else, ``run()`` included, is 
 - ``test()`` returns rank-1 like torchreid and fills ``last_results`` (mAP, CMC, R1/R5/R10
   per target); :meth:`evaluate` returns that dict; :meth:`evaluate_missing` zeroes the named
   modalities' input images in query and gallery (as DeMo does) and ranks each setting;
-- checkpoints in torchreid's format (``<save_dir>/model/model.pth.tar-<epoch>``, readable by
-  torchreid's ``resume_from_checkpoint`` / ``load_pretrained_weights``) that also hold the
+- checkpoints in torchreid's format (written by :class:`~torchreid_sdtps.checkpoint.Checkpointer`,
+  readable by torchreid's ``resume_from_checkpoint`` / ``load_pretrained_weights``) that also hold the
   Python/NumPy/torch RNG states and the AMP scaler; :meth:`resume` restores them all, and
   evaluation leaves the RNG untouched, so a resumed run ends where an uninterrupted one does.
 """
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .. import compat
-from ..checkpoint import meta_of
+from ..checkpoint import Checkpointer, Loaded, meta_of
 from ..choices import MODALITIES
 from ..losses.criterion import SDTPSCriterion
 from ..metrics.selection import evaluate_selection, format_selection
@@ -54,18 +54,12 @@ from .evaluation import (
 from .hooks import EngineHook, HookList
 from .modality_dropout import ModalityDropout
 from .options import EngineOptions
-from .state import (
-    get_rng_state,
-    resume_from_checkpoint,
-    rng_fork,
-    save_checkpoint_atomic,
-    set_rng_state,
-)
+from .state import get_rng_state, rng_fork, set_rng_state
 
 # the helpers stay importable from here (their homes are .state and .evaluation)
 __all__ = [
     "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
-    "set_rng_state", "rng_fork", "save_checkpoint_atomic", "parse_setting",
+    "set_rng_state", "rng_fork", "parse_setting",
 ]
 
 logger = logging.getLogger(__name__)
@@ -290,7 +284,7 @@ class ImageSDTPSEngine(_TripletBase):
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
         """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and the model's
         meta, :func:`~torchreid_sdtps.checkpoint.meta_of`), atomic write; with
-        ``best_on_test`` also ``model-best.pth.tar`` when the first target's mAP improved."""
+        ``best_on_test`` also the best checkpoint when the first target's mAP improved."""
         if self.best_on_test and self.last_results and not is_best:
             first = next(iter(self.last_results.values()))
             if first["mAP"] > self.best_test_map:
@@ -310,15 +304,16 @@ class ImageSDTPSEngine(_TripletBase):
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
-            self.last_checkpoint = save_checkpoint_atomic(
-                state, osp.join(save_dir, name), is_best=is_best,
-                meta=meta_of(self._models[name]))
+            self.last_checkpoint = Checkpointer(save_dir).save(
+                state, name, is_best=is_best, meta=meta_of(self._models[name]))
 
-    def resume(self, fpath: str) -> int:
+    def resume(self, source: str | Loaded) -> int:
         """Load weights (strictly), optimizer and scheduler, then the RNG states and AMP
-        scaler; returns the epoch to start from."""
-        start_epoch, ckpt = resume_from_checkpoint(fpath, self.model, self.optimizer,
-                                                   self.scheduler)
+        scaler from ``source`` (a path or what :meth:`Checkpointer.read` read); returns the
+        epoch to start from."""
+        start_epoch, ckpt = Checkpointer.resume(source, self.model, self.optimizer,
+                                                self.scheduler)
+        fpath = source.path if isinstance(source, Loaded) else source
         if "rng_state" in ckpt:
             set_rng_state(ckpt["rng_state"])
         else:
