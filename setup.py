@@ -66,6 +66,7 @@ setup(
         "yacs",
         "tqdm",
         "pyyaml",
+        "filelock>=3.12",  # one run per save_dir (checkpoint/lock.py)
     ] + TORCHREID_RUNTIME,
     extras_require={
         "test": ["pytest>=7", "ruff>=0.5"],

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from _common import command_line, machine, now
 
+from torchreid_sdtps.checkpoint import Checkpointer
 from torchreid_sdtps.io import atomic_path, write_json
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -120,7 +121,7 @@ def run_overrides(args: argparse.Namespace, opts: Sequence[str], variant: str,
 
 
 def best_on_test_results(checkpoint: str, target: str) -> dict[str, float] | None:
-    """The results stored in the best-on-test checkpoint (``model-best.pth.tar``)."""
+    """The results stored in the best-on-test checkpoint (``Checkpointer.best_path()``)."""
     from torchreid_sdtps.checkpoint import read_checkpoint
 
     if not osp.isfile(checkpoint):
@@ -161,7 +162,7 @@ def train_one(args: argparse.Namespace, opts: Sequence[str], variant: str, seed:
         summary = train_command.train(cfg, log)
     target = list(cfg.data.targets)[0]
     last = summary["trained"][target]
-    best = best_on_test_results(osp.join(cfg.data.save_dir, "model", "model-best.pth.tar"), target)
+    best = best_on_test_results(Checkpointer(cfg.data.save_dir).best_path(), target)
     run = {"variant": variant, "seed": seed, "epochs": int(cfg.train.max_epoch),
            "target": target, "wall_s": summary.get("wall_s"),
            "use_sdtps": bool(cfg.sdtps.use_sdtps), "weight_align": float(cfg.sdtps.weight_align),

@@ -149,7 +149,7 @@ def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
                               "configures SDTPS models only (set it back to its default)")
         kwargs = {k: kwargs[k] for k in ("loss", "pretrained", "use_gpu")}
     model = factory(num_classes=datamanager.num_train_pids, **kwargs)
-    meta = checkpoint.make_meta(cfg, datamanager.num_train_pids, num_cameras)
+    meta = config.make_meta(cfg, datamanager.num_train_pids, num_cameras)
     if "options" not in names:
         meta["model_kwargs"] = {}  # torchreid's own model: no SDTPS options
     checkpoint.attach_meta(model, meta)

@@ -5,13 +5,15 @@ the others feed the ``sdtps_*`` model factories, the engines and the lr schedule
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from ..choices import MODALITIES
 from .node import CfgNode
 
 __all__ = ["IMAGEDATA_KEYS", "config_value",
            "imagedata_kwargs", "datamanager_kwargs", "model_kwargs", "optimizer_kwargs",
-           "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs"]
+           "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "make_meta"]
 
 
 #: ``ImageDataManager`` keyword -> config key (torchreid's ``imagedata_kwargs``, same keys)
@@ -61,6 +63,20 @@ def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:
         "num_cameras": int(num_cameras),
         "options": model_options(cfg),
     }
+
+
+def make_meta(cfg: CfgNode, num_classes: int, num_cameras: int,
+              modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
+    """The checkpoint meta of a model built from ``cfg``
+    (:func:`torchreid_sdtps.checkpoint.make_meta` with the config's values)."""
+    from ..checkpoint import make_meta as make_plain_meta
+    from .defaults import model_options
+
+    return make_plain_meta(
+        str(cfg.model.name), num_classes, num_cameras, model_options(cfg).to_dict(),
+        height=cfg.data.height, width=cfg.data.width, norm_mean=list(cfg.data.norm_mean),
+        norm_std=list(cfg.data.norm_std), sources=list(cfg.data.sources),
+        config_text=cfg.dump(), modalities=modalities)
 
 
 def optimizer_kwargs(cfg: CfgNode) -> dict[str, Any]:

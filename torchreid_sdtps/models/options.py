@@ -17,21 +17,7 @@ from typing import Any
 from ..choices import NECK_FEATS, ORI_HEADS, SELECTIONS, TEST_FEATURES, refuse_removed_stages
 from ..errors import ConfigError
 
-__all__ = ["SDTPSOptions", "LEGACY_OPTION_NAMES", "as_options",
-           "upgrade_legacy_names"]
-
-#: options the previous release stored in checkpoints under other names -> field name
-LEGACY_OPTION_NAMES: dict[str, str] = {"sdtps_ratio": "ratio", "drop_path_rate": "drop_path"}
-
-
-def upgrade_legacy_names(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with :data:`LEGACY_OPTION_NAMES` renamed and the old "unset"
-    ``gumbel_tau: None`` dropped (the default then applies): reads old checkpoints' meta."""
-    out = {LEGACY_OPTION_NAMES.get(k, k): v for k, v in options.items()}
-    if "gumbel_tau" in out and out["gumbel_tau"] is None:
-        del out["gumbel_tau"]
-    return out
-
+__all__ = ["SDTPSOptions", "as_options"]
 
 @dataclasses.dataclass(frozen=True)
 class SDTPSOptions:
