@@ -59,27 +59,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torchreid_sdtps
     from torchreid_sdtps import build, config
     from torchreid_sdtps.cli.common import results_table
+    from torchreid_sdtps.engine import EngineHook
 
     torchreid_sdtps.load_plugins()
     cfg = config.load_config(osp.join(REPO, "configs", "rgbnt201_sdtps_clip.yaml"),
                              overrides(args.epochs, args.save_dir)
                              + (SMOKE if args.smoke else []) + list(opts), root=args.root)
-    dm, model, _, _, engine = build.build_all(cfg)
-    steps = {"samples": 0, "seconds": 0.0}
-    step = engine.forward_backward
-
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    def timed_step(data: dict) -> dict:
-        sync()
-        start = time.perf_counter()
-        out = step(data)
-        sync()
-        steps["seconds"] += time.perf_counter() - start
-        steps["samples"] += int(data["img"].shape[0])
-        return out
+    class StepTimer(EngineHook):
+        """Seconds and samples of the optimisation steps (CUDA-synchronised, no data loading)."""
 
-    engine.forward_backward = timed_step
+        def __init__(self) -> None:
+            self.samples, self.seconds, self.start = 0, 0.0, 0.0
+
+        def before_step(self, engine, epoch, batch_idx):
+            sync()
+            self.start = time.perf_counter()
+
+        def after_step(self, engine, epoch, batch_idx, summary):
+            sync()
+            self.seconds += time.perf_counter() - self.start
+            self.samples += int(cfg.train.batch_size)
+
+    timer = StepTimer()
+    dm, model, _, _, engine = build.build_all(cfg, hooks=[timer])
+    steps = timer
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -94,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"device: {device} (torch {torch.__version__}, AMP "
           f"{'on' if engine.use_amp else 'off'}), batch {cfg.train.batch_size} x 3 modalities "
           f"at {cfg.data.height}x{cfg.data.width}")
-    print(f"training: {steps['samples']} samples in {steps['seconds']:.1f} s of optimisation "
-          f"steps = {steps['samples'] / steps['seconds']:.1f} samples/s "
+    print(f"training: {steps.samples} samples in {steps.seconds:.1f} s of optimisation "
+          f"steps = {steps.samples / steps.seconds:.1f} samples/s "
           f"(end to end incl. data loading and the final ranking: {wall:.1f} s)")
     print(f"peak CUDA memory: {peak}")
     print(results_table({f"{cfg.model.name} ({args.epochs} epochs, last epoch)": res},
