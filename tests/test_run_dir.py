@@ -128,3 +128,8 @@ def test_checkpointer_names_latest_and_reads_a_checkpoint_once(synthetic_root, t
     assert cli.run("test", ["data.root", str(synthetic_root), "data.save_dir", str(save),
                             *TINY_OPTS]) == 0
     assert reads == [summary["checkpoint"]]
+    reads.clear()  # and so does the deploy path (extract, export, visualize)
+    from torchreid_sdtps.deploy.extractor import load_model
+
+    load_model(summary["checkpoint"])
+    assert reads == [summary["checkpoint"]]

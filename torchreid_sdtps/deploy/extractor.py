@@ -140,7 +140,8 @@ def load_model(checkpoint: str = "", config_file: str = "", opts: Sequence[str] 
     kwargs["img_size"] = tuple(kwargs.get("img_size", (meta["height"], meta["width"])))
     model = factory(num_classes=meta["num_classes"], **kwargs)
     if checkpoint:  # every parameter and buffer, same shapes; the error names the file
-        load_into_model(model, checkpoint, strict=True, model_name=meta["model_name"])
+        load_into_model(model, ckpt, strict=True, model_name=meta["model_name"],
+                        source_name=checkpoint)  # what load_meta read: one read per file
     return model.eval(), meta
 
 
