@@ -16,43 +16,43 @@ sdtps_block    the SDTPS block, no alignment loss (``sdtps.weight_align 0``)
 sdtps_align    the shipped config: SDTPS + its cross-modal alignment loss
 =============  ===========================================================================
 
-Each run is ``torchreid_sdtps.cli.train.train`` (the package's own build, engine and ranking) in
-``<out>/<variant>/seed<seed>/``, with ``test.best_on_test`` on so that both numbers exist: the
-**last epoch** (what we report) and, labelled, the **best epoch on the test set** (DeMo's
-selection; optimistic). ``test.eval_freq`` defaults to 1 here (DeMo evaluates every epoch) for the
-best-on-test column; override it to save time. Writes ``<out>/ablation.json`` and
-``<out>/ablation.md`` and prints the table: mAP, R1, R5, R10 per variant, mean ± std (sample
-std) over the seeds.
+Each run trains through the package's build path (``build_all`` and the engine's ``run``, what
+``tools/train.py`` trains with; ``benchmarks/harness.py``) in ``<out>/<variant>/seed<seed>/``.
+Two numbers per run: the **last epoch** (what we report) and, labelled, the **best epoch on the
+test set** (DeMo's selection; optimistic), read by an engine hook from every evaluation.
+``test.eval_freq`` defaults to 1 here (DeMo evaluates every epoch) for the best-on-test column;
+override it to save time. Finished runs are appended to ``<out>/runs.jsonl``; ``--resume``
+reuses those of the same config, root, overrides, variant and seed. Writes
+``<out>/ablation.json`` and ``<out>/ablation.md`` and prints the table: mAP, R1, R5, R10 per
+variant, mean ± std (sample std) over the seeds.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
-import json
 import os
 import os.path as osp
-import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import harness
 import torch
-from _common import command_line, machine, now
+from harness import Setting, command_line, machine, now
 
-from torchreid_sdtps.checkpoint import Checkpointer
 from torchreid_sdtps.io import atomic_path, write_json
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METRICS = ("mAP", "R1", "R5", "R10")
 
 #: variant -> the config overrides that make it (applied after the user's overrides)
-VARIANTS: dict[str, list[str]] = {
-    "no_sdtps": ["sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0"],
-    "sdtps_block": ["sdtps.weight_align", "0.0"],
-    "sdtps_align": [],
+VARIANTS: dict[str, Setting] = {
+    "no_sdtps": Setting("no SDTPS (ori head only)",
+                        ("sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0")),
+    "sdtps_block": Setting("SDTPS block (align 0)", ("sdtps.weight_align", "0.0")),
+    "sdtps_align": Setting("SDTPS + alignment"),
 }
-LABELS = {"no_sdtps": "no SDTPS (ori head only)", "sdtps_block": "SDTPS block (align 0)",
-          "sdtps_align": "SDTPS + alignment"}
 
 #: --smoke: the recipe on a tiny model and synthetic data, on the CPU (what the tests run)
 SMOKE = ["model.name", "sdtps_vit_tiny", "model.pretrained", "False",
@@ -112,68 +112,41 @@ def run_overrides(args: argparse.Namespace, opts: Sequence[str], variant: str,
     """The ``KEY VALUE`` list of one run: smoke/device/epochs, reporting keys, the user's
     overrides, then the variant's keys."""
     out = (SMOKE if args.smoke else []) + ["use_gpu", str(args.device == "cuda"),
-                                           "test.eval_freq", "1", "test.best_on_test", "True"]
+                                           "test.eval_freq", "1"]
     if args.epochs is not None:
         out += ["train.max_epoch", str(args.epochs)]
-    out += list(opts) + VARIANTS[variant]
+    out += list(opts) + VARIANTS[variant].overrides()
     return out + ["train.seed", str(seed),
                   "data.save_dir", osp.join(args.out, variant, f"seed{seed}")]
 
 
-def best_on_test_results(checkpoint: str, target: str) -> dict[str, float] | None:
-    """The results stored in the best-on-test checkpoint (``Checkpointer.best_path()``)."""
-    from torchreid_sdtps.checkpoint import read_checkpoint
-
-    if not osp.isfile(checkpoint):
-        return None
-    ckpt = read_checkpoint(checkpoint)
-    res = (ckpt.get("results") or {}).get(target)
-    if res is None:
-        return None
-    return {**{k: float(res[k]) for k in METRICS}, "epoch": int(ckpt.get("epoch", -1))}
-
-
-def _run_key(config_file: str, overrides: Sequence[str], root: str) -> str:
-    """What makes two runs the same: the config file's text, the root and the overrides."""
-    with open(config_file, "rb") as fh:
-        text = fh.read()
-    blob = text + json.dumps([root, list(overrides)]).encode()
-    return hashlib.sha256(blob).hexdigest()
+def budget(args: argparse.Namespace, opts: Sequence[str]) -> dict[str, Any]:
+    """What makes two runs of a variant and seed the same: the config file's text, the root,
+    the device, the epochs and the user's overrides."""
+    with open(args.config, "rb") as fh:
+        text = hashlib.sha256(fh.read()).hexdigest()
+    return {"study": "ablation", "config": text, "root": args.root, "smoke": args.smoke,
+            "device": args.device, "epochs": args.epochs, "overrides": list(opts)}
 
 
 def train_one(args: argparse.Namespace, opts: Sequence[str], variant: str, seed: int
               ) -> dict[str, Any]:
-    """One run with the package's train command function; its last-epoch and best results
-    (``--resume``: those of a finished identical run in the same folder)."""
+    """One run through the package's build path (``build_all`` + the engine's ``run``): its
+    last-epoch results and, from an engine hook, the best epoch on the test set."""
     from torchreid_sdtps import config
-    from torchreid_sdtps.cli import train as train_command
-    from torchreid_sdtps.cli.runner import run_logging
 
     overrides = run_overrides(args, opts, variant, seed)
     cfg = config.load_config(args.config, overrides, root=args.root)
-    key = _run_key(args.config, overrides, args.root)
-    record = osp.join(cfg.data.save_dir, "ablation_run.json")
-    if args.resume and osp.isfile(record):
-        with open(record, encoding="utf-8") as fh:
-            done = json.load(fh)
-        if done.get("key") == key:
-            return done["run"]
-    with run_logging(cfg.data.save_dir, "train") as log:
-        summary = train_command.train(cfg, log)
-    target = list(cfg.data.targets)[0]
-    last = summary["trained"][target]
-    best = best_on_test_results(Checkpointer(cfg.data.save_dir).best_path(), target)
-    run = {"variant": variant, "seed": seed, "epochs": int(cfg.train.max_epoch),
-           "target": target, "wall_s": summary.get("wall_s"),
-           "use_sdtps": bool(cfg.sdtps.use_sdtps), "weight_align": float(cfg.sdtps.weight_align),
-           "last": {k: float(last[k]) for k in METRICS}, "best_on_test": best}
-    write_json({"key": key, "run": run}, record)
-    return run
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    record = harness.RecordHook()
+    done = harness.train_and_rank(cfg, (), hooks=[record])
+    last = next(iter(done.results.values()))
+    best = record.best()
+    return {"variant": variant, "epochs": int(cfg.train.max_epoch),
+            "target": list(cfg.data.targets)[0],
+            "use_sdtps": bool(cfg.sdtps.use_sdtps), "weight_align": float(cfg.sdtps.weight_align),
+            "last": {k: last[k] for k in METRICS},
+            "best_on_test": None if best is None else {**{k: best[k] for k in METRICS},
+                                                       "epoch": best["epoch"]}}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -184,7 +157,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
         for kind in ("last", "best_on_test"):
             rows = [r[kind] for r in mine if r[kind] is not None]
-            entry[kind] = {m: _stats([row[m] for row in rows]) for m in METRICS} if rows else None
+            entry[kind] = {m: dict(zip(("mean", "std"), harness.mean_std([row[m] for row in rows])),
+                                   n=len(rows)) for m in METRICS} if rows else None
         out[variant] = entry
     return out
 
@@ -203,7 +177,7 @@ def format_markdown(summary: dict[str, dict[str, Any]], head: str) -> str:
             if entry[kind] is None:
                 continue
             cells = " | ".join(_cell(entry[kind][m]) for m in METRICS)
-            lines.append(f"| {LABELS[variant]} | {label} | {len(entry['seeds'])} | {cells} |")
+            lines.append(f"| {VARIANTS[variant].label} | {label} | {len(entry['seeds'])} | {cells} |")
     return "\n".join(lines)
 
 
@@ -219,20 +193,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | int:
     import torchreid_sdtps
 
     torchreid_sdtps.load_plugins()
-    runs = [train_one(args, opts, variant, seed) for variant in args.variants
-            for seed in args.seeds]
+    os.makedirs(args.out, exist_ok=True)
+    result = harness.run_study(functools.partial(train_one, args, opts), VARIANTS, args.variants,
+                               args.seeds, budget(args, opts), resume=args.resume,
+                               runs_file=osp.join(args.out, "runs.jsonl"))
+    runs = [{k: v for k, v in r.items() if k not in ("setting", "key")} for r in result.runs]
     summary = summarise(runs)
     head = "\n".join([
         f"Ablation of SDTPS on {runs[0]['target']} ({osp.relpath(args.config, REPO)}"
         f"{', smoke: sdtps_vit_tiny on synthetic data' if args.smoke else ''}), "
         f"{runs[0]['epochs']} epochs, seeds {args.seeds}",
-        "", f"- machine: {machine(args.device)}",
-        f"- command: `{command_line('ablation.py', argv)}`", f"- date: {now()}",
+        "", *harness.footer(command_line("ablation.py", argv), result, 1, args.device),
         "- mean ± sample std over the seeds; `last` = the last epoch (what we report); "
         "`best on TEST set` = the epoch with the best test mAP (DeMo's selection, optimistic)"])
     table = format_markdown(summary, head)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
     report = {"config": args.config, "seeds": args.seeds, "device": args.device,
               "overrides": list(opts), "smoke": args.smoke, "command": command_line(
                   "ablation.py", argv), "machine": machine(args.device), "date": now(),

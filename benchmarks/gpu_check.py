@@ -20,11 +20,32 @@ import argparse
 import os.path as osp
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from torchreid_sdtps.engine.hooks import EngineHook
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+class StepTimer(EngineHook):
+    """Seconds and samples of the optimisation steps (batch loaded -> optimizer stepped),
+    synchronised with the device when ``sync`` is given; data loading is left out."""
+
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        self.sync, self.seconds, self.samples, self._start = sync, 0.0, 0, 0.0
+
+    def before_step(self, engine: Any, epoch: int, batch_idx: int) -> None:
+        self.sync()
+        self._start = time.perf_counter()
+
+    def after_step(self, engine: Any, epoch: int, batch_idx: int, summary: dict[str, float]
+                   ) -> None:
+        self.sync()
+        self.seconds += time.perf_counter() - self._start
+        self.samples += int(engine.train_loader.batch_size)  # full batches (drop_last)
 
 
 def overrides(epochs: int, save_dir: str) -> list[str]:
@@ -59,32 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torchreid_sdtps
     from torchreid_sdtps import build, config
     from torchreid_sdtps.cli.common import results_table
-    from torchreid_sdtps.engine import EngineHook
 
     torchreid_sdtps.load_plugins()
     cfg = config.load_config(osp.join(REPO, "configs", "rgbnt201_sdtps_clip.yaml"),
                              overrides(args.epochs, args.save_dir)
                              + (SMOKE if args.smoke else []) + list(opts), root=args.root)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    class StepTimer(EngineHook):
-        """Seconds and samples of the optimisation steps (CUDA-synchronised, no data loading)."""
-
-        def __init__(self) -> None:
-            self.samples, self.seconds, self.start = 0, 0.0, 0.0
-
-        def before_step(self, engine, epoch, batch_idx):
-            sync()
-            self.start = time.perf_counter()
-
-        def after_step(self, engine, epoch, batch_idx, summary):
-            sync()
-            self.seconds += time.perf_counter() - self.start
-            self.samples += int(cfg.train.batch_size)
-
-    timer = StepTimer()
-    dm, model, _, _, engine = build.build_all(cfg, hooks=[timer])
-    steps = timer
+    timer = StepTimer(torch.cuda.synchronize if cuda else (lambda: None))
+    _, _, _, _, engine = build.build_all(cfg, hooks=[timer])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -99,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"device: {device} (torch {torch.__version__}, AMP "
           f"{'on' if engine.use_amp else 'off'}), batch {cfg.train.batch_size} x 3 modalities "
           f"at {cfg.data.height}x{cfg.data.width}")
-    print(f"training: {steps.samples} samples in {steps.seconds:.1f} s of optimisation "
-          f"steps = {steps.samples / steps.seconds:.1f} samples/s "
+    print(f"training: {timer.samples} samples in {timer.seconds:.1f} s of optimisation "
+          f"steps = {timer.samples / timer.seconds:.1f} samples/s "
           f"(end to end incl. data loading and the final ranking: {wall:.1f} s)")
     print(f"peak CUDA memory: {peak}")
     print(results_table({f"{cfg.model.name} ({args.epochs} epochs, last epoch)": res},

@@ -3,8 +3,9 @@
 ranked on the full missing-modality table.
 
 Each run is the CPU demo (``torchreid_sdtps/configs/synthetic_demo.yaml``: ``sdtps_vit_tiny``,
-15 epochs) trained with ``tools/train.py`` and ranked with ``tools/test.py --missing``, in a
-subprocess of its own, seeds one after the other. Variants (``--variants``):
+15 epochs) trained through the package's build path (``build_all`` and the engine's ``run``, what
+``tools/train.py`` trains with; ``benchmarks/harness.py``) and ranked with the engine's
+missing-modality table (what ``tools/test.py --missing`` prints). Variants (``--variants``):
 
 ==========  ===================================================================================
 without     no modality dropout, ``sdtps.mask_missing False`` (the demo as it was)
@@ -12,97 +13,91 @@ with        ``train.modality_dropout.prob 0.5``, subsets RGB / NI / TI, ``.tripl
             ``sdtps.mask_missing True``
 ==========  ===================================================================================
 
-plus, from the ``without`` checkpoints (no training), ``without+mask``: the same weights ranked
-with ``sdtps.mask_missing True``, i.e. what masking alone does at evaluation time.
+plus, from the ``without`` runs (no training), ``without+mask``: the same weights ranked with
+``mask_missing`` on, i.e. what masking alone does at evaluation time (the option adds no
+weights: it only tells the model to treat an all-zero modality as absent).
 
     python benchmarks/missing_study.py                 # 6 demo runs (~3 min each on 2 quiet cores)
     python benchmarks/missing_study.py --seeds 1 --epochs 4 --work log/missing_quick
+    python benchmarks/missing_study.py --smoke --work /tmp/missing_smoke   # seconds (the tests)
 
 Runs live in ``--work`` (default ``log/missing_study``): ``<variant>/seed<n>/`` holds the
-checkpoint, ``results.json`` and ``test_results.json``; a finished step is never rerun, so an
-interrupted study resumes where it stopped. The table (mAP, mean ± sample std over the seeds)
-is printed as Markdown and written with every number to ``<work>/missing_study.json``.
+checkpoints; every finished run is appended to ``<work>/runs.jsonl`` and reused by a rerun with
+the same budget, so an interrupted study resumes where it stopped. The table (mAP, mean ± sample
+std over the seeds) is printed as Markdown and written with every number to
+``<work>/missing_study.json``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import functools
 import os.path as osp
 import statistics
-import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from _common import command_line, machine, now
+import harness
+from harness import Setting, command_line, machine, now
 
+from torchreid_sdtps import config
 from torchreid_sdtps.choices import MISSING_SETTINGS
 from torchreid_sdtps.io import write_json
 
-__all__ = ["VARIANTS", "EVAL_ONLY", "run_variant", "table", "main"]
+__all__ = ["VARIANTS", "EVAL_ONLY", "SMOKE", "run_variant", "table", "main"]
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: training overrides of each variant (explicit, so the demo config's own choice does not matter)
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "without": ("train.modality_dropout.prob", "0.0", "sdtps.mask_missing", "False"),
-    "with": ("train.modality_dropout.prob", "0.5",
-             "train.modality_dropout.subsets", "['RGB', 'NI', 'TI']",
-             "train.modality_dropout.triplet", "complete", "sdtps.mask_missing", "True"),
+VARIANTS: dict[str, Setting] = {
+    "without": Setting("without", ("train.modality_dropout.prob", "0.0",
+                                   "sdtps.mask_missing", "False")),
+    "with": Setting("with", ("train.modality_dropout.prob", "0.5",
+                             "train.modality_dropout.subsets", "['RGB', 'NI', 'TI']",
+                             "train.modality_dropout.triplet", "complete",
+                             "sdtps.mask_missing", "True")),
 }
-#: evaluation-only variants: (trained variant whose checkpoints are ranked, test overrides)
-EVAL_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "without+mask": ("without", ("sdtps.mask_missing", "True")),
-}
+#: evaluation-only variants: the trained variant whose weights are ranked with mask_missing on
+EVAL_ONLY: dict[str, str] = {"without+mask": "without"}
+
+#: ``--smoke``: the demo on a tiny synthetic set, 1 epoch (what the tests run)
+SMOKE = ["synthetic.height", "64", "synthetic.width", "32", "data.height", "64", "data.width", "32",
+         "synthetic.num_train_ids", "6", "synthetic.num_test_ids", "6",
+         "synthetic.num_cameras", "2", "synthetic.images_per_camera", "2",
+         "train.batch_size", "8", "sampler.num_instances", "2", "train.max_epoch", "1"]
 
 
-def _run(cmd: list[str], log: str) -> None:
-    with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"'{' '.join(cmd)}' failed (exit {proc.returncode}); see {log}")
+def _missing_table(engine: Any, cfg: Any) -> dict[str, float]:
+    """``{setting: mAP}`` of the first target, every setting of ``test.missing_settings``."""
+    rows = engine.evaluate_missing(list(cfg.test.missing_settings),
+                                   dataset_name=list(cfg.data.targets)[0],
+                                   dist_metric=cfg.test.dist_metric,
+                                   normalize_feature=cfg.test.normalize_feature,
+                                   rerank=cfg.test.rerank)
+    return {k: float(v["mAP"]) for k, v in rows.items()}
 
 
-def _missing(path: str) -> dict[str, float]:
-    with open(path, encoding="utf-8") as fh:
-        res = json.load(fh)["missing"]
-    return {k: float(v["mAP"]) for k, v in next(iter(res.values())).items()}
+def run_variant(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
+    """Train one seed of a variant and rank its missing-modality table; a variant that others
+    re-rank (``EVAL_ONLY``) is ranked again with ``mask_missing`` on. Returns
+    ``{"results": {variant: {setting: mAP}}}``."""
+    opts = [*(SMOKE if args.smoke else []), *VARIANTS[name].overrides(), "train.seed", str(seed),
+            "test.compare_untrained", "False", "test.missing_modalities", "False", "data.save_dir",
+            osp.join(args.work, name, f"seed{seed}"), *(["data.root", args.root] if args.root else []),
+            *args.opts]
+    if args.epochs is not None:
+        opts += ["train.max_epoch", str(args.epochs)]
+    cfg = config.load_config(opts=opts, demo=True)
+    tables: dict[str, dict[str, float]] = {}  # (the engine's own table is off: ranked here)
 
+    def rank(model: Any, engine: Any) -> None:
+        tables[name] = _missing_table(engine, cfg)
+        for view in (v for v, trained in EVAL_ONLY.items() if trained == name):
+            model.mask_missing = True  # the same weights, the absent modality masked
+            tables[view] = _missing_table(engine, cfg)
 
-def run_variant(name: str, seed: int, work: str, epochs: int | None,
-                extra: Sequence[str] = ()) -> dict[str, float]:
-    """Train (unless done) and rank (unless done) one seed of a variant; ``{setting: mAP}``."""
-    trained, test_opts = (name, ()) if name in VARIANTS else EVAL_ONLY[name]
-    train_dir = osp.join(work, trained, f"seed{seed}")
-    opts = [*VARIANTS[trained], "train.seed", str(seed), "test.compare_untrained", "False",
-            *extra]
-    if epochs is not None:
-        opts += ["train.max_epoch", str(epochs)]
-    py = sys.executable
-    if not osp.isfile(osp.join(train_dir, "results.json")):
-        os.makedirs(train_dir, exist_ok=True)
-        _run([py, "tools/train.py", "data.save_dir", train_dir, *opts],
-             osp.join(train_dir, "train.log"))
-    out_dir = osp.join(work, name, f"seed{seed}")
-    result = osp.join(out_dir, "test_results.json")
-    if not osp.isfile(result):
-        os.makedirs(out_dir, exist_ok=True)
-        weights = _latest(train_dir)
-        _run([py, "tools/test.py", "--missing", "--weights", weights, "data.save_dir", out_dir,
-              *opts, *test_opts], osp.join(out_dir, "test.log"))
-    return _missing(result)
-
-
-def _latest(train_dir: str) -> str:
-    with open(osp.join(train_dir, "results.json"), encoding="utf-8") as fh:
-        ckpt = json.load(fh)["checkpoint"]
-    return ckpt if osp.isabs(ckpt) else osp.join(ROOT, ckpt)
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+    with harness.quiet():
+        harness.train_and_rank(cfg, (), after=rank)
+    return {"results": tables}
 
 
 def table(runs: dict[str, dict[int, dict[str, float]]]) -> tuple[str, dict[str, Any]]:
@@ -117,12 +112,12 @@ def table(runs: dict[str, dict[int, dict[str, float]]]) -> tuple[str, dict[str, 
             continue
         cells, entry = [], {}
         for col in cols:
-            mean, std = _stats([100 * r[col] for r in by_seed.values()])
+            mean, std = harness.mean_std([100 * r[col] for r in by_seed.values()])
             entry[col] = {"mean": mean, "std": std}
             cells.append(f"{mean:.1f} ± {std:.1f}")
         single = [100 * statistics.fmean(r[c] for c in ("RGB", "NI", "TI"))
                   for r in by_seed.values()]
-        mean, std = _stats(single)
+        mean, std = harness.mean_std(single)
         entry["single_missing_avg"] = {"mean": mean, "std": std}
         summary[name] = entry
         lines.append(f"| {name} | {len(by_seed)} | " + " | ".join(cells)
@@ -131,6 +126,7 @@ def table(runs: dict[str, dict[int, dict[str, float]]]) -> tuple[str, dict[str, 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags of the study (``--smoke``: the first seed only, a tiny data set, 1 epoch)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["without", "with", "without+mask"],
@@ -138,28 +134,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=None, help="override train.max_epoch")
     p.add_argument("--work", default="log/missing_study", help="run folder (resumable)")
+    p.add_argument("--root", default="", help="data root (default: the demo config's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny synthetic set, 1 epoch, seed 1 (seconds; the tests)")
     p.add_argument("opts", nargs="*", help="extra KEY VALUE overrides for every run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seeds = args.seeds[:1]
+    if args.jobs < 1 or (args.epochs is not None and args.epochs < 1):
+        p.error("--jobs and --epochs must be >= 1")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train (or read back) every variant and seed, print the table, write the JSON report."""
     args = parse_args(argv)
-    work = args.work if osp.isabs(args.work) else osp.join(ROOT, args.work)
-    runs: dict[str, dict[int, dict[str, float]]] = {}
-    for name in args.variants:  # variant by variant, seed after seed: one run at a time
-        runs[name] = {}
-        for seed in args.seeds:
-            runs[name][seed] = run_variant(name, seed, work, args.epochs, args.opts)
-            print(f"{name} seed {seed}: " + "  ".join(
-                f"{k} {100 * v:.1f}" for k, v in runs[name][seed].items()), flush=True)
+    harness.start(args)
+    args.work = args.work if osp.isabs(args.work) else osp.join(ROOT, args.work)
+    trained = list(dict.fromkeys(EVAL_ONLY.get(v, v) for v in args.variants))
+    budget = {"study": "missing", "smoke": args.smoke, "epochs": args.epochs, "root": args.root,
+              "opts": list(args.opts), "eval_only": EVAL_ONLY}
+    result = harness.run_study(functools.partial(run_variant, args), VARIANTS, trained,
+                               args.seeds, budget, runs_file=osp.join(args.work, "runs.jsonl"),
+                               jobs=args.jobs)
+    runs = {name: {r["seed"]: r["results"][name] for r in result.runs
+                   if name in r["results"]} for name in args.variants}
     md, summary = table(runs)
     report = {"command": command_line("missing_study.py", argv), "date": now(),
-              "machine": machine(), "epochs": args.epochs, "variants": {
-                  **{k: list(v) for k, v in VARIANTS.items()},
-                  **{k: {"trained": t, "test": list(o)} for k, (t, o) in EVAL_ONLY.items()}},
+              "machine": machine(), "epochs": args.epochs,
+              "runs_now": result.now, "runs_read_back": result.read_back,
+              "wall_s": round(result.wall_s, 1), "variants": {
+                  **{k: list(v.opts) for k, v in VARIANTS.items()},
+                  **{k: {"trained": t, "test": ["sdtps.mask_missing", "True"]}
+                     for k, t in EVAL_ONLY.items()}},
               "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()},
               "summary": summary, "table": md}
-    write_json(report, osp.join(work, "missing_study.json"))
+    write_json(report, osp.join(args.work, "missing_study.json"))
     print(md)
     return report
 

@@ -32,9 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchreid_sdtps import compat
+from torchreid_sdtps.errors import ConfigError
+from torchreid_sdtps.models import net as _net
 from torchreid_sdtps.models.net import BNNeck, SDTPSNet
 
-__all__ = ["HDM", "ATM", "MoEReferenceNet", "subsets", "fusion_parameters"]
+__all__ = ["HDM", "ATM", "MoEReferenceNet", "subsets", "fusion_parameters", "MODELS",
+           "register_models"]
 
 
 def subsets(num_modalities: int) -> list[tuple[int, ...]]:
@@ -187,3 +191,28 @@ def fusion_parameters(model: nn.Module) -> int:
     parts = [getattr(model, name, None) for name in ("sdtps", "hdm", "atm")]
     return sum(p.numel() for part in parts if part is not None for p in part.parameters())
 
+
+
+def moe_reference_factory(name: str, base: Any) -> Any:
+    """A model factory for ``build_all``: ``base``'s network without SDTPS (the config must say
+    ``sdtps.use_sdtps False``) carrying HDM + ATM (:class:`MoEReferenceNet`)."""
+    def factory(num_classes: int, options: Any = None, **kwargs: Any) -> MoEReferenceNet:
+        if options is not None and options.use_sdtps:
+            raise ConfigError(f"model '{name}': the HDM + ATM stages take the place of SDTPS; "
+                              "set sdtps.use_sdtps False")
+        return MoEReferenceNet(base(num_classes, options=options, **kwargs), num_classes)
+
+    return factory
+
+
+#: the reference on each backbone of the package, by model name (:func:`register_models`)
+MODELS = {f"moe_reference_{variant}": moe_reference_factory(f"moe_reference_{variant}",
+                                                            getattr(_net, f"sdtps_{variant}"))
+          for variant in ("vit_tiny", "vit_b16", "clip_vit_b16")}
+
+
+def register_models() -> None:
+    """Register the reference as torchreid model names (idempotent), so that a study's
+    setting builds it by name through ``build_all`` (``model.name moe_reference_vit_tiny``)."""
+    for name, factory in MODELS.items():
+        compat.register_model(name, factory)

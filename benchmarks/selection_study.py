@@ -8,7 +8,7 @@ so the engine measures, per modality, the **recall** of the kept tokens (cue pat
 cue patches; chance = the keep ratio K/N = 0.5) and their **precision** (chance = 2/18).
 
 Settings (``--settings``, default all), each trained from random init with the project's
-runner, the same data, budget and seeds (``benchmarks/synthetic_study.py`` machinery):
+runner, the same data, budget and seeds (``benchmarks/harness.py``):
 
 =============  =========================================================================
 sdtps_topk     SDTPS, hard top-K (the default model: beta = 0.25)
@@ -35,8 +35,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import harness
 import synthetic_study as st
-from synthetic_study import Setting
+from harness import Setting
 
 from torchreid_sdtps.data.synthetic import SyntheticSpec
 
@@ -44,13 +45,13 @@ __all__ = ["SETTINGS", "SELECTION_SPEC", "SMOKE_SPEC", "parse_args", "report", "
 
 BEGIN, END = "<!-- selection_study:begin -->", "<!-- selection_study:end -->"
 
-_NO_ALIGN = ("sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0")
+_NO_SDTPS = ("sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0")
 SETTINGS: dict[str, Setting] = {
+    "untrained": Setting("untrained (random init)", train=False),
     "sdtps_topk": Setting("SDTPS top-K (beta 0.25)"),
     "gumbel": Setting("SDTPS Gumbel top-K (noise 0.5)",
                       opts=("sdtps.selection", "gumbel", "sdtps.gumbel_noise", "0.5")),
-    "no_sdtps": Setting("no SDTPS (guide + ori head)", opts=_NO_ALIGN,
-                        model_kwargs={"use_sdtps": False}, evals=("ori",)),
+    "no_sdtps": Setting("no SDTPS (guide + ori head)", opts=_NO_SDTPS, evals=("ori",)),
     "learned_only": Setting("SDTPS top-K, learned score only (beta 0)", opts=("sdtps.beta", "0.0")),
     "cosine_only": Setting("SDTPS top-K, guide cosines only (beta 0.5)",
                            opts=("sdtps.beta", "0.5")),
@@ -67,7 +68,8 @@ SMOKE_SPEC = SyntheticSpec(num_train_ids=6, num_test_ids=6, num_cameras=2, image
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags of the study (those of ``synthetic_study.py`` with this study's settings)."""
-    parser = st.study_parser(__doc__.split("\n\n")[0], SETTINGS, default_settings=list(SETTINGS),
+    parser = st.study_parser(__doc__.split("\n\n")[0], SETTINGS,
+                             default_settings=[n for n in SETTINGS if n != st.REFERENCE],
                              epochs=12, runs_file=os.path.join("log", "selection_study_runs.jsonl"))
     args = st.parse_study_args(parser, argv, SETTINGS)
     args.spec = SMOKE_SPEC if args.smoke else SELECTION_SPEC
@@ -127,17 +129,16 @@ def verdicts(summary: dict[str, dict[str, Any]], chance: float) -> list[str]:
             lines.append(f"{SETTINGS[name].label} vs top-K: mAP {compare(s, top, 'mAP')}"
                          + (f"; recall {compare(s, top, 'recall')}"
                             if "recall" in s and "recall" in top else ""))
-    untrained = _find(summary, "sdtps_topk", trained=False)
+    untrained = _find(summary, st.REFERENCE, trained=False)
     if untrained is not None and "recall" in untrained:
         lines.append(f"untrained model (random init): recall {untrained['recall']:.1f} %, "
                      f"mAP {untrained['mAP']:.1f} %")
     return lines
 
 
-def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], wall_s: float,
-           command: str) -> str:
+def report(args: argparse.Namespace, result: harness.Runs, command: str) -> str:
     """The markdown section: command, machine, data, budget, table, verdicts, per-run JSON."""
-    spec = args.spec
+    spec, runs = args.spec, result.runs
     summary = st.summarise(runs, SETTINGS)
     chances = [r["results"][f]["chance_recall"] for r in runs for f in r["results"]
                if "chance_recall" in r["results"][f]]
@@ -148,12 +149,8 @@ def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], wall_s: flo
     lines = [
         "### Token selection on localized cues (`benchmarks/selection_study.py`)",
         "",
-        f"- command: `{command}`",
-        f"- machine: {st.machine()}",
-        f"- wall time: {wall_s / 60:.1f} min with {args.jobs} parallel job(s) "
-        f"({len(runs) - getattr(args, 'resumed', 0)} runs now, {getattr(args, 'resumed', 0)} "
-        f"read back from `--runs-file`); median "
-        f"{statistics.median(train_times) if train_times else 0:.0f} s per trained run",
+        *harness.footer(command, result, args.jobs),
+        f"- median {statistics.median(train_times) if train_times else 0:.0f} s per trained run",
         f"- data: `synthetic_msreid` with `cue=\"localized\"`: {spec.num_train_ids} train / "
         f"{spec.num_test_ids} test ids, {spec.num_cameras} cameras x {spec.images_per_camera} "
         f"images, {spec.height}x{spec.width} = {grid[0]}x{grid[1]} patches of "
@@ -189,11 +186,11 @@ def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], wall_s: flo
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the study, print the report, optionally write it into ``--out``."""
     args = parse_args(argv)
-    command, runs, wall_s = st.start_study(args, "selection_study.py", argv)
-    text = report(args, runs, wall_s, command)
+    command, result = st.start_study(args, "selection_study.py", argv)
+    text = report(args, result, command)
     st.publish(args, text, BEGIN, END)
-    return {"runs": runs, "summary": st.summarise(runs, SETTINGS), "wall_s": wall_s,
-            "report": text}
+    return {"runs": result.runs, "summary": st.summarise(result.runs, SETTINGS),
+            "wall_s": result.wall_s, "report": text}
 
 
 if __name__ == "__main__":

@@ -39,33 +39,28 @@ and ``<!-- synthetic_study:end -->`` of FILE (the rest of FILE is kept; atomic r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import functools
 import json
 import logging
-import multiprocessing
-import os
-import os.path as osp
 import statistics
-import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import harness
 import torch
-from _common import command_line, machine, now
-from _common import write_section as _write_section
+from harness import Setting as _Setting
+from harness import command_line, machine, now  # noqa: F401  (fusion_study/report read them here)
 from synthetic_analysis import attribute_oracle  # benchmarks/ is on sys.path (script folder)
 from torch import nn
 
-import torchreid_sdtps
-from torchreid_sdtps import build, compat, config, optim
+from torchreid_sdtps import compat, config
 from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
+from torchreid_sdtps.models import net as _net
 
 __all__ = ["SETTINGS", "DEFAULT_SETTINGS", "STUDY_SPEC", "SMOKE_SPEC", "Setting", "ZeroModalities",
-           "run_one", "run_study", "summarise", "report", "write_section", "study_parser",
-           "parse_study_args", "parse_args", "start_study", "publish", "main"]
+           "register_models", "run_one", "run_study", "summarise", "report", "write_section",
+           "study_parser", "parse_study_args", "parse_args", "start_study", "publish", "main"]
 
 logger = logging.getLogger("synthetic_study")
 
@@ -83,6 +78,8 @@ class ZeroModalities(nn.Module):
     ``cat_m`` of C-wide blocks). Why: a zeroed modality is *not* constant at the backbone
     output when the SIE camera embedding is on (``tokens + sie_coe * sie_embed[cam]``), so its
     feature blocks carry a pure camera signal that pulls same-camera images together.
+    ``test_feature = "kept"`` is ``concat`` of the kept modalities' blocks; any other value is
+    the wrapped model's own.
     """
 
     def __init__(self, model: nn.Module, zeroed: Sequence[int], kept_feature: bool = False) -> None:
@@ -90,6 +87,19 @@ class ZeroModalities(nn.Module):
         self.model = model
         self.zeroed = tuple(int(i) for i in zeroed)
         self.kept_feature = kept_feature
+
+    @property
+    def test_feature(self) -> str:
+        return "kept" if self.kept_feature else self.model.test_feature
+
+    @test_feature.setter
+    def test_feature(self, value: str) -> None:
+        self.kept_feature = value == "kept"
+        self.model.test_feature = "concat" if self.kept_feature else value
+
+    @property
+    def num_modalities(self) -> int:
+        return self.model.num_modalities
 
     def _kept_dims(self, dim: int) -> list[int]:
         m = self.model.num_modalities
@@ -106,32 +116,53 @@ class ZeroModalities(nn.Module):
         return out[:, self._kept_dims(out.shape[1])]
 
 
+def zero_modalities_factory(base: Callable[..., nn.Module], zeroed: Sequence[int]
+                            ) -> Callable[..., nn.Module]:
+    """A model factory: ``base``'s model wrapped in :class:`ZeroModalities` (``zeroed``)."""
+    def factory(num_classes: int, options: Any = None, **kwargs: Any) -> nn.Module:
+        return ZeroModalities(base(num_classes, options=options, **kwargs), zeroed)
+
+    return factory
+
+
+#: study-only models (registered by :func:`register_models`): ``sdtps_vit_tiny`` with all
+#: modalities but one zeroed in training and evaluation
+ZERO_MODELS = {f"sdtps_vit_tiny_{m.lower()}_only": zero_modalities_factory(
+    _net.sdtps_vit_tiny, tuple(j for j in range(len(MODALITIES)) if j != i))
+    for i, m in enumerate(MODALITIES)}
+
+
+def register_models() -> None:
+    """Register the study's models by name (idempotent; also run in every worker)."""
+    for name, factory in ZERO_MODELS.items():
+        compat.register_model(name, factory)
+
+
 @dataclass(frozen=True)
-class Setting:
-    """One trained configuration: config overrides, extra model kwargs, zeroed modalities and
-    the eval features its runs are ranked with (the first is the setting's main row)."""
+class Setting(_Setting):
+    """:class:`harness.Setting`; ``model_kwargs`` only for ``fusion_study.py``, which passes
+    extra model arguments until it trains through the harness (helper ``head`` moves it)."""
 
-    label: str
-    opts: tuple[str, ...] = ()
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    zeroed: tuple[int, ...] = ()
-    evals: tuple[str, ...] = ("concat",)
 
 
+_NO_SDTPS = ("sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0")
+_SINGLE = ("kept", "concat")
 SETTINGS: dict[str, Setting] = {
+    "untrained": Setting("untrained (random init)", evals=("concat", "sdtps", "ori"), train=False),
     "sdtps_topk": Setting("SDTPS top-K (RGB+NI+TI)", evals=("concat", "sdtps", "ori")),
-    "no_sdtps": Setting("no SDTPS: guide + ori head (RGB+NI+TI)",
-                        opts=("sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0"),
-                        model_kwargs={"use_sdtps": False}, evals=("ori",)),
+    "no_sdtps": Setting("no SDTPS: guide + ori head (RGB+NI+TI)", opts=_NO_SDTPS, evals=("ori",)),
     "sdtps_noalign": Setting("SDTPS top-K, no alignment loss", opts=("sdtps.weight_align", "0.0")),
     "gumbel_0.1": Setting("SDTPS Gumbel, noise 0.1", opts=("sdtps.selection", "gumbel",
                                                            "sdtps.gumbel_noise", "0.1")),
     "gumbel_0.5": Setting("SDTPS Gumbel, noise 0.5", opts=("sdtps.selection", "gumbel",
                                                            "sdtps.gumbel_noise", "0.5")),
-    "rgb_only": Setting("SDTPS top-K, RGB only", zeroed=(1, 2), evals=("kept", "concat")),
-    "ni_only": Setting("SDTPS top-K, NI only", zeroed=(0, 2), evals=("kept", "concat")),
-    "ti_only": Setting("SDTPS top-K, TI only", zeroed=(0, 1), evals=("kept", "concat")),
+    "rgb_only": Setting("SDTPS top-K, RGB only", model="sdtps_vit_tiny_rgb_only", evals=_SINGLE),
+    "ni_only": Setting("SDTPS top-K, NI only", model="sdtps_vit_tiny_ni_only", evals=_SINGLE),
+    "ti_only": Setting("SDTPS top-K, TI only", model="sdtps_vit_tiny_ti_only", evals=_SINGLE),
 }
+#: the reference that every invocation ranks beside its settings (no training)
+REFERENCE = "untrained"
 DEFAULT_SETTINGS = ("sdtps_topk", "no_sdtps", "gumbel_0.1", "gumbel_0.5", "rgb_only", "ni_only",
                     "ti_only")
 
@@ -154,91 +185,38 @@ def catalog(args: argparse.Namespace) -> Mapping[str, Setting]:
     return getattr(args, "catalog", None) or SETTINGS
 
 
-def _spec_opts(spec: SyntheticSpec) -> list[str]:
-    out: list[str] = []
-    for key, value in spec.to_dict().items():
-        out += [f"synthetic.{key}", str(value)]
-    return out + ["data.height", str(spec.height), "data.width", str(spec.width)]
-
-
 def build_config(args: argparse.Namespace, setting: Setting, seed: int, save_dir: str) -> Any:
     """The demo config with the study's data, budget, seed and the setting's overrides."""
-    opts = _spec_opts(study_spec(args)) + [
+    opts = harness.spec_overrides(study_spec(args)) + [
         "data.root", args.root, "data.save_dir", save_dir, "use_gpu", "False",
         "train.max_epoch", str(args.epochs), "train.batch_size", str(args.batch),
         "train.seed", str(seed), "train.print_freq", "1000", "test.eval_freq", "-1",
         "test.ranks", "[1, 5, 10]", "test.compare_untrained", "False",
         "sampler.num_instances", str(args.num_instances),
-        *setting.opts,
+        *setting.opts, *(("model.name", setting.model) if getattr(setting, "model", None) else ()),
     ]
     return config.load_config(opts=opts, demo=True)
 
 
-def _quiet() -> contextlib.AbstractContextManager:
-    """Send torchreid's prints (per-epoch lines, test banners) to a buffer."""
-    return contextlib.redirect_stdout(io.StringIO())
-
-
-def _metrics(res: dict[str, Any]) -> dict[str, float]:
-    """mAP, R1 and, when the engine measured token selection, its mean recall / precision."""
-    out = {"mAP": float(res["mAP"]), "R1": float(res["R1"])}
-    if res.get("selection"):
-        out.update(recall=float(res["selection"]["recall_mean"]),
-                   precision=float(res["selection"]["precision_mean"]),
-                   chance_recall=float(res["selection"]["keep_ratio"]))
-    return out
-
-
-def run_one(args: argparse.Namespace, name: str, seed: int, trained: bool = True) -> dict[str, Any]:
-    """Train setting ``name`` with ``seed`` (or only build it, ``trained=False``) and rank it
-    with each of its eval features; returns ``{"setting", "seed", "results": {feature: ...}}``."""
+def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
+    """Train setting ``name`` with ``seed`` through ``build_all`` (a reference setting: only
+    build it) and rank it with each of its eval features."""
     setting = catalog(args)[name]
-    with tempfile.TemporaryDirectory(prefix="sdtps_study_") as save_dir:
+    with harness.save_dir() as save_dir, harness.quiet():
         cfg = build_config(args, setting, seed, save_dir)
-        start = time.time()
-        with _quiet():
-            compat.utils().set_random_seed(seed)
-            dm = build.build_datamanager(cfg)
-            factory = compat.model_factory()[cfg.model.name]
-            kwargs = dict(config.model_kwargs(cfg, num_cameras=build.num_camera_labels(dm)),
-                          **setting.model_kwargs)
-            net = factory(num_classes=dm.num_train_pids, **kwargs)
-            model: nn.Module = ZeroModalities(net, setting.zeroed) if setting.zeroed else net
-            optimizer = optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
-            scheduler = optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
-            engine = build.build_engine(cfg, dm, model, optimizer, scheduler)
-            if trained:
-                run_kwargs = config.engine_run_kwargs(cfg)
-                run_kwargs.pop("test_only")
-                engine.run(**run_kwargs)  # trains, then torchreid's final test
-            train_s = time.time() - start
-            results = {}
-            test_kwargs = {"dist_metric": cfg.test.dist_metric,
-                           "normalize_feature": cfg.test.normalize_feature,
-                           "ranks": list(cfg.test.ranks)}
-            # engine.run's final test already ranked the feature the model was trained with
-            trained_with = net.test_feature
-            final = dict(getattr(engine, "last_results", None) or {}) if trained else {}
-            for feature in setting.evals:
-                if feature == trained_with and final:
-                    results[feature] = _metrics(next(iter(final.values())))
-                    continue
-                # the eval feature is chosen at run time; "kept": concat of the kept modalities
-                net.test_feature = "concat" if feature == "kept" else feature
-                if isinstance(model, ZeroModalities):
-                    model.kept_feature = feature == "kept"
-                results[feature] = _metrics(engine.evaluate(**test_kwargs))
-            if getattr(engine, "writer", None) is not None:  # before its folder is removed
-                engine.writer.close()
-    return {"setting": name, "seed": seed, "trained": trained, "results": results,
-            "wall_s": round(time.time() - start, 1), "train_s": round(train_s, 1),
-            "fingerprint": fingerprint(args)}
+        done = harness.train_and_rank(cfg, setting.evals, train=setting.train)
+    return {"trained": setting.train, "results": done.results, "train_s": round(done.train_s, 1)}
 
 
 def fingerprint(args: argparse.Namespace) -> dict[str, Any]:
-    """What a run's numbers depend on besides (setting, seed): resumed runs must match it."""
+    """Data and budget of the runs (``fusion_study.py`` keys its runs with it too)."""
     return {"epochs": args.epochs, "batch": args.batch, "num_instances": args.num_instances,
             "spec": study_spec(args).to_dict()}
+
+
+def budget(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's numbers depend on besides its setting and seed: resumed runs must match."""
+    return {"study": "synthetic", **fingerprint(args)}
 
 
 def _row_label(name: str, feature: str, settings: Mapping[str, Setting] = SETTINGS) -> str:
@@ -247,7 +225,7 @@ def _row_label(name: str, feature: str, settings: Mapping[str, Setting] = SETTIN
         return setting.label
     if feature == "kept":
         return f"{setting.label}, its own feature blocks (concat of the kept modality)"
-    if setting.zeroed:
+    if "kept" in setting.evals:
         return f"{setting.label}, all blocks (zeroed branches' SIE camera signal included)"
     return f"{setting.label}, test_feature={feature}"
 
@@ -272,8 +250,7 @@ def summarise(runs: Sequence[dict[str, Any]], settings: Mapping[str, Setting] = 
             if not all(metric in row for row in rows):
                 continue
             values = [100 * row[metric] for row in rows]
-            stats[metric] = statistics.fmean(values)
-            stats[metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            stats[metric], stats[metric + "_std"] = harness.mean_std(values)
             stats[metric + "_all"] = values
         out[label] = stats
     return out
@@ -341,23 +318,19 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], oracle: dict[str, Any],
-           wall_s: float, command: str) -> str:
+def report(args: argparse.Namespace, result: harness.Runs, oracle: dict[str, Any],
+           command: str) -> str:
     """The markdown section: command, machine, data, table, verdicts, reference rows."""
-    spec = study_spec(args)
+    spec, runs = study_spec(args), result.runs
     summary = summarise(runs)
     train_times = [r["train_s"] for r in runs if r["trained"]]
     lines = [
         "### Synthetic ablation study (`benchmarks/synthetic_study.py`)",
         "",
-        f"- command: `{command}`",
-        f"- machine: {machine()}",
-        f"- date: {now()}; this invocation "
-        f"{wall_s / 60:.1f} min wall with {args.jobs} parallel job(s) "
-        f"({len(runs) - getattr(args, 'resumed', 0)} runs; {getattr(args, 'resumed', 0)} more "
-        f"read back from `--runs-file`); {len(train_times)} trained runs, "
-        f"{sum(r['wall_s'] for r in runs) / 60:.1f} min summed over all runs, median "
-        f"{statistics.median(train_times) if train_times else 0:.0f} s per trained run",
+        *harness.footer(command, result, args.jobs),
+        f"- {len(train_times)} trained runs, {sum(r['wall_s'] for r in runs) / 60:.1f} min summed "
+        f"over all runs, median {statistics.median(train_times) if train_times else 0:.0f} s per "
+        "trained run",
         f"- data: `synthetic_msreid` {spec.num_train_ids} train / {spec.num_test_ids} test ids, "
         f"{spec.num_cameras} cameras x {spec.images_per_camera} images, {spec.height}x{spec.width}, "
         f"{spec.values_per_modality} attribute values per modality, data seed {spec.seed} "
@@ -394,124 +367,32 @@ def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], oracle: dic
 
 def write_section(path: str, body: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace this script's marked section of ``path`` (appended if absent), atomically."""
-    _write_section(path, body, begin, end)
+    harness.write_section(path, body, begin, end)
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(max(1, threads))
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torchreid_sdtps.load_plugins()
-
-
-def _run_item(item: tuple[argparse.Namespace, str, int, bool]) -> dict[str, Any]:
-    args, name, seed, trained = item
-    return run_one(args, name, seed, trained=trained)
-
-
-def sort_runs(runs: Sequence[dict[str, Any]], settings: Mapping[str, Setting] = SETTINGS
-              ) -> list[dict[str, Any]]:
-    """Untrained reference first, then the settings in ``settings`` order, then seeds."""
-    order = {name: i for i, name in enumerate(settings)}
-    return sorted(runs, key=lambda r: (r["trained"], order[r["setting"]], r["seed"]))
-
-
-def run_study(args: argparse.Namespace, progress: Callable[..., None] = print
-              ) -> tuple[list[dict[str, Any]], float]:
-    """All (setting, seed) runs, seed-major so that a cut-short study has every setting; plus
-    the untrained reference; ``args.jobs`` worker processes. Returns the runs (sorted) and the
-    wall time in seconds."""
-    start = time.time()
-    runs: list[dict[str, Any]] = []
-    done: set[tuple[str, int, bool]] = set()
-    if args.runs_file and osp.isfile(args.runs_file):  # --resume: reuse finished runs
-        with open(args.runs_file, encoding="utf-8") as fh:
-            stored = [json.loads(line) for line in fh if line.strip()]
-        wanted = {name for name in args.settings} | {"sdtps_topk"}
-        runs = [r for r in stored if r.get("fingerprint") == fingerprint(args)
-                and r["setting"] in wanted and r["seed"] < args.seeds]
-        done = {(r["setting"], r["seed"], r["trained"]) for r in runs}
-        args.resumed = len(runs)
-        progress(f"resuming: {len(runs)} finished runs read from {args.runs_file}"
-                 + (f" ({len(stored) - len(runs)} others of other settings, seeds or budget "
-                    "ignored)" if len(stored) > len(runs) else ""))
-    plan = [("sdtps_topk", s, False) for s in range(args.seeds)]
-    plan += [(name, s, True) for s in range(args.seeds) for name in args.settings]
-    todo = [(args, name, seed, trained) for name, seed, trained in plan if (name, seed, trained) not in done]
-    if args.jobs > 1 and len(todo) > 1:
-        threads = max(1, (args.threads or torch.get_num_threads()) // args.jobs)
-        pool = multiprocessing.get_context("spawn").Pool(args.jobs, _init_worker, (threads,))
-        results: Any = pool.imap_unordered(_run_item, todo)
-    else:
-        pool, results = None, map(_run_item, todo)
-    try:
-        for i, r in enumerate(results, len(plan) - len(todo) + 1):
-            _record(args, runs, r, i, len(plan), start, progress)
-    finally:
-        if pool is not None:
-            pool.terminate()
-    return sort_runs(runs, catalog(args)), time.time() - start
-
-
-def _record(args: argparse.Namespace, runs: list[dict[str, Any]], r: dict[str, Any], i: int,
-            total: int, start: float, progress: Callable[..., None]) -> None:
-    """Keep a finished run, append it to ``--runs-file`` and print one progress line."""
-    runs.append(r)
-    if args.runs_file:
-        os.makedirs(osp.dirname(osp.abspath(args.runs_file)), exist_ok=True)
-        with open(args.runs_file, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(r) + "\n")
-    res = "  ".join(f"{f}: mAP {100 * v['mAP']:.1f} R1 {100 * v['R1']:.1f}"
-                    + (f" recall {100 * v['recall']:.1f}" if "recall" in v else "")
-                    for f, v in r["results"].items())
-    progress(f"[{i}/{total}] {r['setting']:<12} seed {r['seed']} "
-             f"{'trained' if r['trained'] else 'untrained'} {r['wall_s']:6.1f}s  {res}  "
-             f"(elapsed {(time.time() - start) / 60:.1f} min)", flush=True)
+def run_study(args: argparse.Namespace, progress: Callable[..., None] = print) -> harness.Runs:
+    """Every (setting, seed) of ``args`` plus the untrained reference, on the harness (pool,
+    resume from ``--runs-file``)."""
+    names = [REFERENCE, *args.settings] if REFERENCE in catalog(args) else list(args.settings)
+    return harness.run_study(functools.partial(run_one, args), catalog(args), names,
+                             range(args.seeds), budget(args), runs_file=args.runs_file,
+                             jobs=args.jobs, threads=args.threads, setup=register_models,
+                             progress=progress)
 
 
 def study_parser(description: str, catalog: Mapping[str, Setting] = SETTINGS, *,
                  default_settings: Sequence[str] = DEFAULT_SETTINGS, epochs: int = 20,
                  runs_file: str = "") -> argparse.ArgumentParser:
-    """The flags of a study on this runner; ``catalog`` names the settings it can run, the
-    keyword arguments are the defaults in which the studies differ."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting")
-    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per run")
-    parser.add_argument("--batch", type=int, default=32, help="training batch size")
-    parser.add_argument("--num-instances", type=int, default=4, help="images per id in a batch")
-    parser.add_argument("--settings", default=",".join(default_settings),
-                        help=f"comma-separated subset of {list(catalog)}")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads in all (0 = torch's default), split between the jobs")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="runs in parallel, each in its own process (2 x 1 thread uses 2 "
-                             "cores better than 1 x 2 threads for this small model)")
-    parser.add_argument("--root", default="reid-data", help="data root (the data set is generated there)")
-    parser.add_argument("--out", default="", help="markdown file whose study section is (re)written")
-    parser.add_argument("--runs-file", default=runs_file,
-                        help="JSON-lines file: every finished run is appended; runs of the same "
-                             "budget found there are reused, so an interrupted study resumes "
-                             "('' = none)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny data, 1 epoch, 1 seed: seconds (for the tests)")
-    return parser
+    """The harness's study flags (:func:`harness.study_parser`)."""
+    return harness.study_parser(description, catalog, default_settings=default_settings,
+                                epochs=epochs, runs_file=runs_file)
 
 
 def parse_study_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
                      catalog: Mapping[str, Setting] = SETTINGS) -> argparse.Namespace:
-    """Parse ``argv`` with a :func:`study_parser`, check the settings against ``catalog`` and
-    the counts, and shrink the budget for ``--smoke``."""
-    args = parser.parse_args(argv)
-    args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    unknown = [s for s in args.settings if s not in catalog]
-    if unknown or not args.settings:
-        parser.error(f"unknown setting(s) {unknown}; choose from {list(catalog)}")
-    if args.smoke:
-        args.epochs, args.batch, args.num_instances, args.jobs = 1, 8, 2, 1
-        args.seeds = min(args.seeds, 1)
-    if args.seeds < 1 or args.epochs < 1 or args.jobs < 1:
-        parser.error("--seeds, --epochs and --jobs must be >= 1")
-    return args
+    """:func:`harness.parse_study_args` (the reference setting is not a choice)."""
+    return harness.parse_study_args(parser, argv, {k: v for k, v in catalog.items()
+                                                   if k != REFERENCE})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -520,35 +401,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def start_study(args: argparse.Namespace, script: str, argv: Sequence[str] | None
-                ) -> tuple[str, list[dict[str, Any]], float]:
-    """What a study's ``main`` does before its report: threads, logging, plugins, the data
-    (generated once, before any worker starts) and the runs. Returns the command line as
-    typed, the runs and the wall time in seconds."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torchreid_sdtps.load_plugins()
-    command = command_line(script, argv)
+                ) -> tuple[str, harness.Runs]:
+    """What a study's ``main`` does before its report: threads, logging, plugins, the study's
+    models, the data (generated once, before any worker starts) and the runs. Returns the
+    command line as typed and the runs."""
+    harness.start(args)
+    register_models()
     ensure_generated(args.root, study_spec(args), progress=False)
-    runs, wall_s = run_study(args)
-    return command, runs, wall_s
+    return command_line(script, argv), run_study(args)
 
 
 def publish(args: argparse.Namespace, text: str, begin: str = BEGIN, end: str = END) -> None:
     """Print a study's report and (re)write its marked section of ``--out``."""
-    print(text)
-    if args.out:
-        write_section(args.out, text, begin, end)
-        print(f"\nwritten: {args.out}")
+    harness.publish(text, args.out, begin, end)
+
+
+# what fusion_study.py reads here until it trains through the harness (helper head moves it)
+_quiet, _metrics = harness.quiet, harness.metrics
+
+
+def _record(args: argparse.Namespace, runs: list[dict[str, Any]], r: dict[str, Any], i: int,
+            total: int, start: float, progress: Callable[..., None]) -> None:
+    runs.append(r)
+    if args.runs_file:
+        harness.RunsFile(args.runs_file).append(r)
+    progress(f"[{i}/{total}] {harness._progress_line(r)}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the study, print the table and verdicts, optionally write ``--out``."""
     args = parse_args(argv)
-    command, runs, wall_s = start_study(args, "synthetic_study.py", argv)
-    text = report(args, runs, attribute_oracle(study_spec(args)), wall_s, command)
+    command, result = start_study(args, "synthetic_study.py", argv)
+    text = report(args, result, attribute_oracle(study_spec(args)), command)
     publish(args, text)
-    return {"runs": runs, "summary": summarise(runs), "wall_s": wall_s, "report": text}
+    return {"runs": result.runs, "summary": summarise(result.runs), "wall_s": result.wall_s,
+            "report": text}
 
 
 if __name__ == "__main__":

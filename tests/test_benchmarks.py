@@ -237,12 +237,10 @@ def test_ablation_smoke_trains_three_variants_and_writes_the_table(benchmark_mod
     assert (out / "ablation.md").read_text().strip() == report["table"].strip()
     assert json.loads((out / "ablation.json").read_text())["summary"] == report["summary"]
     # --resume reuses the finished identical runs: nothing is trained again
-    from torchreid_sdtps.cli import train as train_command
-
-    def no_training(cfg, log=None):
+    def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train_command, "train", no_training)
+    monkeypatch.setattr(ablation.harness, "train_and_rank", no_training)
     again = ablation.main(["--smoke", "--root", str(tmp_path / "data"), "--out", str(out),
                            "--resume"])
     assert again["runs"] == runs
@@ -261,3 +259,110 @@ def test_ablation_refuses_bad_arguments(benchmark_module, capsys):
     if not torch.cuda.is_available():
         assert ablation.main(["--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- harness
+@pytest.fixture(scope="module")
+def harness(benchmark_module):
+    return benchmark_module("harness")
+
+
+def test_harness_statistics(harness):
+    mean, half = harness.t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
+    assert harness.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert harness.mean_std([5.0]) == (5.0, 0.0)
+    mean, half, n = harness.paired({0: 50.0, 1: 52.0, 2: 55.0, 3: 1.0}, {0: 48.0, 1: 51.0, 2: 52.0})
+    assert n == 3 and mean == pytest.approx(2.0) and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-4)
+    assert harness.paired({0: 1.0}, {1: 1.0})[2] == 0
+    runs = [{"setting": s, "seed": i, "results": {f: {"mAP": v / 100}}}
+            for s, f, vals in (("a", "concat", (50, 52, 55)), ("b", "ori", (48, 51, 52)))
+            for i, v in enumerate(vals)]
+    settings = {"a": harness.Setting("A"), "b": harness.Setting("B", evals=("ori",))}
+    summary = harness.json_summary(runs, settings, [("a", "b")])
+    assert summary["settings"]["a"]["seeds"] == 3 and summary["settings"]["b"]["mAP"] == pytest.approx(151 / 3)
+    d = summary["paired"]["a - b"]
+    assert d["seeds"] == 3 and d["mean"] == pytest.approx(2.0)
+    assert d["high"] - d["mean"] == pytest.approx(d["mean"] - d["low"]) == pytest.approx(half)
+    assert harness.verdict(2.0, 1.0).startswith("higher") and harness.verdict(-2.0, 1.0).startswith("lower")
+
+
+def test_harness_resumes_from_the_runs_file_and_keys_on_budget_and_setting(harness, tmp_path):
+    calls = []
+
+    def fn(name, seed):
+        calls.append((name, seed))
+        return {"results": {"concat": {"mAP": 0.5, "R1": 0.5}}}
+
+    settings = {"a": harness.Setting("A"), "b": harness.Setting("B", opts=("x", "1"))}
+    runs_file = str(tmp_path / "runs.jsonl")
+    first = harness.run_study(fn, settings, ["a", "b"], [0, 1], {"epochs": 1},
+                              runs_file=runs_file, progress=lambda *a, **k: None)
+    assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]  # seed-major
+    assert (first.now, first.read_back) == (4, 0)
+    assert [(r["setting"], r["seed"]) for r in first.runs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    with open(runs_file, "a", encoding="utf-8") as fh:
+        fh.write('{"setting": "a", "seed"')  # a torn last line (an interrupted write)
+    calls.clear()
+    again = harness.run_study(fn, settings, ["a", "b"], [0, 1, 2], {"epochs": 1},
+                              runs_file=runs_file, progress=lambda *a, **k: None)
+    assert calls == [("a", 2), ("b", 2)] and (again.now, again.read_back) == (2, 4)
+    assert again.runs[:2] == first.runs[:2]
+    calls.clear()  # another budget, or a changed setting: nothing reused
+    harness.run_study(fn, settings, ["a"], [0], {"epochs": 2}, runs_file=runs_file,
+                      progress=lambda *a, **k: None)
+    changed = {"a": harness.Setting("A", opts=("y", "2")), "b": settings["b"]}
+    harness.run_study(fn, changed, ["a", "b"], [0], {"epochs": 1}, runs_file=runs_file,
+                      progress=lambda *a, **k: None)
+    assert calls == [("a", 0), ("a", 0)]
+    assert harness.plan(["a", "b"], [0, 1], [("b", 0)]) == [("a", 0), ("a", 1), ("b", 1)]
+    text = "\n".join(harness.footer("python benchmarks/x.py", again, 2))
+    assert "2 runs now, 4 read back" in text and "machine:" in text and "command:" in text
+
+
+# ----------------------------------------------------------------------------- missing study
+def test_missing_study_smoke_trains_ranks_and_resumes(benchmark_module, tmp_path, capsys,
+                                                      monkeypatch):
+    study = benchmark_module("missing_study")
+    argv = ["--smoke", "--work", str(tmp_path / "work"), "--root", str(tmp_path / "data")]
+    report = study.main(argv)
+    printed = capsys.readouterr().out
+    assert set(report["runs"]) == {"without", "with", "without+mask"}
+    for by_seed in report["runs"].values():
+        assert list(by_seed) == ["1"] and all(0 <= v <= 1 for v in by_seed["1"].values())
+    # masking changes the ranking of absent modalities only: "none" (nothing zeroed) is equal
+    plain, masked = report["runs"]["without"]["1"], report["runs"]["without+mask"]["1"]
+    assert masked["none"] == plain["none"] and masked != plain
+    assert "| variant | seeds | none | RGB |" in printed and "| without+mask | 1 |" in printed
+    assert (tmp_path / "work" / "missing_study.json").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(study.harness, "train_and_rank", no_training)
+    again = study.main(argv)
+    assert again["runs"] == report["runs"] and again["runs_read_back"] == 2
+
+
+def test_study_models_are_built_by_name_through_build_all(benchmark_module, make_cfg):
+    from torchreid_sdtps import build
+    from torchreid_sdtps.checkpoint.meta import meta_of
+    from torchreid_sdtps.errors import ConfigError
+
+    mr, st = benchmark_module("moe_reference"), benchmark_module("synthetic_study")
+    mr.register_models()
+    st.register_models()
+    mr.register_models()  # idempotent
+    _, model, _, _, _ = build.build_all(make_cfg("model.name", "moe_reference_vit_tiny",
+                                                 "sdtps.use_sdtps", "False",
+                                                 "sdtps.weight_align", "0.0"))
+    assert isinstance(model, mr.MoEReferenceNet) and mr.fusion_parameters(model) > 0
+    assert meta_of(model)["model_name"] == "moe_reference_vit_tiny"  # checkpoint meta
+    with pytest.raises(ConfigError, match="sdtps.use_sdtps False"):
+        build.build_all(make_cfg("model.name", "moe_reference_vit_tiny"))
+    _, model, _, _, _ = build.build_all(make_cfg("model.name", "sdtps_vit_tiny_ti_only"))
+    assert isinstance(model, st.ZeroModalities) and model.zeroed == (0, 1)
+    model.test_feature = "kept"
+    assert model.kept_feature and model.model.test_feature == "concat"
+    model.test_feature = "ori"
+    assert not model.kept_feature and model.test_feature == "ori"

@@ -272,7 +272,7 @@ def _test_cmd(root, save, *extra):
 
     from torchreid_sdtps import cli
 
-    return cli.cli("test", ["data.root", str(root), "data.save_dir", str(save), *TINY_OPTS,
+    return cli.run("test", ["data.root", str(root), "data.save_dir", str(save), *TINY_OPTS,
                             *extra])
 
 

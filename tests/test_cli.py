@@ -70,7 +70,7 @@ def test_demo_cli_table_checkpoint_and_test_reproduces(synthetic_root, tmp_path)
 
 
 def _train(root, save, *extra):
-    return cli.main_train(["data.root", str(root), "data.save_dir", str(save), *TINY_OPTS,
+    return train_cmd.main(["data.root", str(root), "data.save_dir", str(save), *TINY_OPTS,
                            "test.compare_untrained", "False", "sdtps.selection", "gumbel", *extra])
 
 
@@ -135,7 +135,7 @@ def test_stock_engine_checkpoints_resume_and_load(synthetic_root, tmp_path, engi
     resumed = _train(synthetic_root, tmp_path / "resumed", "train.max_epoch", "2",
                      "sdtps.engine", engine, *loss, "model.resume", first["checkpoint"])
     assert resumed["start_epoch"] == 1
-    tested = cli.main_test(["data.root", str(synthetic_root), "data.save_dir",
+    tested = test_cmd.main(["data.root", str(synthetic_root), "data.save_dir",
                             str(tmp_path / "tested"), *TINY_OPTS, "sdtps.engine", engine, *loss,
                             "model.load_weights", resumed["checkpoint"]])
     assert 0.0 <= tested["results"]["synthetic_msreid"]["mAP"] <= 1.0

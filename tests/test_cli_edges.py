@@ -18,8 +18,9 @@ from conftest import TINY_OPTS
 
 from torchreid_sdtps import cli, compat
 from torchreid_sdtps.cli.extract import main as main_extract
-from torchreid_sdtps.deploy.features import load_features, save_features
+from torchreid_sdtps.deploy.features import save_features
 from torchreid_sdtps.deploy.provenance import COMPARED, file_digest
+from torchreid_sdtps.deploy.store import load_features
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def test_a_finished_run_resumed_completes(synthetic_root, tmp_path):
     common = ["data.root", str(synthetic_root), "data.save_dir", str(save), *TINY_OPTS,
               "test.compare_untrained", "False", "train.max_epoch", "1", "train.auto_resume",
               "True"]
-    first = cli.main_train(common)
+    first = cli.main("train", common)
     assert first["attempts"] == 1 and not first["finished_before"]
     model_dir = save / "model"
     stale = model_dir / ".model.pth.tar-2.k3j4h5g6.partial"  # a killed checkpoint write

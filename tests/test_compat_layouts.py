@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torchreid_sdtps import build, compat
+from torchreid_sdtps import build, compat, patches
 from torchreid_sdtps.cli.test import test as run_test
 from torchreid_sdtps.data.checks import SamplerConfigError, check_train_sampler
 from torchreid_sdtps.viz import visrank
@@ -56,6 +56,28 @@ def test_layout_is_detected_from_the_installed_package():
         assert importlib.import_module("torchreid.models") is compat.models()
         assert importlib.import_module("torchreid.engine.engine") is \
             sys.modules[compat.engine().Engine.__module__]
+
+
+def test_every_accessor_reaches_torchreid_and_a_missing_name_says_which():
+    tr = compat.torchreid()
+    base = tr.reid if hasattr(tr, "reid") else tr
+    for name in ("data", "models", "engine", "losses", "metrics", "optim", "utils"):
+        assert getattr(compat, name)() is getattr(base, name)
+    assert compat.datasets() is base.data.datasets
+    assert compat.image_dataset_base() is base.data.ImageDataset
+    assert compat.model_factory() is getattr(base.models, "__model_factory")
+    with pytest.raises(ImportError, match=r"no attribute 'data.nope' \('nope' missing\)"):
+        compat._accessor("data.nope", "")()
+
+
+def test_compat_imports_nothing_of_the_plugin_above_the_ground_floor():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(compat))
+    relative = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level}
+    assert relative <= {"registry", "errors"}  # ground-floor modules only
 
 
 def test_importing_the_plugin_registers_everything():
@@ -119,12 +141,12 @@ def test_stock_checkpoints_load_in_torchreids_own_loaders(built, tmp_path):
              "optimizer": engine.optimizer.state_dict()}
     utils.save_checkpoint(state, str(tmp_path), remove_module_from_keys=True)
     path = str(tmp_path / "model.pth.tar-3")
-    with compat.checkpoint_loading():  # the plugin's own loads leave the global list in place
+    with patches.checkpoint_loading():  # the plugin's own loads leave the global list in place
         utils.load_checkpoint(path)
     utils.load_pretrained_weights(model, path)  # no context manager: the global allow-list
     assert utils.resume_from_checkpoint(path, model, optimizer=engine.optimizer) == 3
     added = set(torch.serialization.get_safe_globals())
-    assert set(compat.checkpoint_safe_globals()) <= added
+    assert set(patches.checkpoint_safe_globals()) <= added
 
 
 # ----------------------------------------------------------------------------- visrank

@@ -150,7 +150,7 @@ def test_synthetic_node_mirrors_the_spec():
 def test_kwargs_helpers_match_torchreid_signatures():
     cfg = config.load_config(str(REPO / "configs" / "rgbnt201_sdtps_clip.yaml"))
     dm_params = inspect.signature(compat.data().ImageDataManager.__init__).parameters
-    assert set(config.datamanager_kwargs(cfg)) <= set(dm_params)
+    assert set(config.imagedata_kwargs(cfg)) <= set(dm_params)
     from torchreid_sdtps import optim
 
     torchreid_params = set(inspect.signature(compat.optim().build_optimizer).parameters)

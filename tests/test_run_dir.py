@@ -18,6 +18,7 @@ from conftest import TINY_OPTS
 from torchreid_sdtps import cli
 from torchreid_sdtps.checkpoint import Checkpointer, RunDirLockedError, RunLock
 from torchreid_sdtps.checkpoint import files as checkpoint_files
+from torchreid_sdtps.cli import train as train_cmd
 
 HOLD = ("import sys, time; from torchreid_sdtps.checkpoint import RunLock\n"
         "with RunLock(sys.argv[1]):\n"
@@ -59,7 +60,7 @@ def test_a_held_run_dir_refuses_a_second_run_at_once_and_a_killed_holder_does_no
         holder.send_signal(signal.SIGKILL)  # killed: the lock file stays, the lock does not
         holder.wait()
     assert (save / ".run.lock").exists()
-    summary = cli.main_train(_train_args(synthetic_root, save))
+    summary = train_cmd.main(_train_args(synthetic_root, save))
     assert os.path.isfile(summary["checkpoint"])
     assert not (save / ".run.lock.holder.json").exists()  # released at the end
 
@@ -88,7 +89,7 @@ def test_two_runs_started_together_one_is_refused_the_other_kept(synthetic_root,
 def test_a_fresh_run_never_replaces_another_and_max_epoch_0_changes_nothing(
         synthetic_root, tmp_path, capsys):
     save = tmp_path / "done"
-    first = cli.main_train(_train_args(synthetic_root, save))
+    first = train_cmd.main(_train_args(synthetic_root, save))
     before = _digest(save)
     for extra, says in ((["train.max_epoch", "0"], "train.max_epoch 0: must be >= 1"),
                         (["train.start_epoch", "1"], "train.start_epoch 1 >= train.max_epoch 1"),
@@ -99,7 +100,7 @@ def test_a_fresh_run_never_replaces_another_and_max_epoch_0_changes_nothing(
         assert len(err) == 1 and says in err[0], err
     assert _digest(save) == before  # nothing written, nothing replaced
     # continuing the run itself is allowed (a finished run is ranked again)
-    again = cli.main_train(_train_args(synthetic_root, save, "train.auto_resume", "True"))
+    again = train_cmd.main(_train_args(synthetic_root, save, "train.auto_resume", "True"))
     assert again["finished_before"] and again["checkpoint"] == first["checkpoint"]
 
 
@@ -116,7 +117,7 @@ def test_checkpointer_names_latest_and_reads_a_checkpoint_once(synthetic_root, t
     assert ck.remove_partials() == [str(partial)]
     # torchreid-sdtps-test reads the checkpoint it ranks once
     save = tmp_path / "trained"
-    summary = cli.main_train(_train_args(synthetic_root, save))
+    summary = train_cmd.main(_train_args(synthetic_root, save))
     reads = []
     real = checkpoint_files.load_file
 

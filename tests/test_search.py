@@ -13,7 +13,9 @@ from torchreid_sdtps.cli import run
 from torchreid_sdtps.cli.extract import main as main_extract
 from torchreid_sdtps.cli.search import main as main_search
 from torchreid_sdtps.deploy import FeatureExtractor
-from torchreid_sdtps.deploy.features import FeatureSet, load_features, save_features, search
+from torchreid_sdtps.deploy.exact import rank_results, topk_exact
+from torchreid_sdtps.deploy.features import FeatureSet, save_features
+from torchreid_sdtps.deploy.store import load_features
 
 torch.set_num_threads(1)
 
@@ -29,6 +31,11 @@ def files(tmp_path_factory):
         main_extract(["--weights", ckpt, "--dataset", "synthetic_msreid", "--split", split,
                       "--root", str(root), "-o", out[split]])
     return out
+
+
+def search(query, gallery, topk=10, metric="euclidean", threshold=None):
+    """The search path of tools/search.py: exact top-k, then the result dicts."""
+    return rank_results(query, gallery, *topk_exact(query, gallery, topk, metric), threshold)
 
 
 def _toy(features, pids=None) -> FeatureSet:

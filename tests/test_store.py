@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torchreid_sdtps import compat
 from torchreid_sdtps.deploy.exact import SearchError, rank_results, topk_exact
-from torchreid_sdtps.deploy.features import FeatureSet, save_features, search
+from torchreid_sdtps.deploy.features import FeatureSet, save_features
 from torchreid_sdtps.deploy.store import FeatureStore, StoreError, load_features
 from torchreid_sdtps.deploy.store_writer import StoreWriter, append, extract_to_store, write_store
 from torchreid_sdtps.errors import SDTPSError
@@ -191,11 +192,10 @@ def test_chunked_exact_equals_brute_force(tmp_path, metric):
         torch.testing.assert_close(v, ref_v, rtol=1e-9, atol=1e-9)
     assert ref_i[0, :3].tolist() == [3, 100, 250] and ref_i[1].tolist() == [7, *range(10, 19)]
     # and torchreid's brute force (compute_distance_matrix + topk) where nothing ties
-    brute = search(FeatureSet(q[2:], [0] * 21, [0] * 21, [0] * 21, [("a",)] * 21),
-                   FeatureSet(g, [0] * 300, [0] * 300, [0] * 300, [("b",)] * 300), 10, metric)
-    assert [[m["index"] for m in r["matches"]] for r in brute] == ref_i[2:].tolist()
-    torch.testing.assert_close(torch.tensor([[m["distance"] for m in r["matches"]] for r in brute],
-                                            dtype=torch.float64), ref_v[2:], rtol=1e-4, atol=1e-4)
+    brute_v, brute_i = compat.metrics().compute_distance_matrix(q[2:], g, metric).topk(
+        10, dim=1, largest=False)
+    assert torch.equal(brute_i, ref_i[2:])
+    torch.testing.assert_close(brute_v.double(), ref_v[2:], rtol=1e-4, atol=1e-4)
 
 
 def test_exact_search_results_and_errors(tmp_path):

@@ -16,9 +16,9 @@ from .plugins import ENGINES, LOSSES, get_engine, get_loss, load_plugins, regist
 __all__ = ["__version__", "register", "load_plugins", "get_loss", "get_engine", "LOSSES", "ENGINES"]
 
 register()
-from . import compat as _compat  # noqa: E402
+from . import patches as _patches  # noqa: E402
 
-_compat.install_hooks()  # safe-loader allow-list, sampler check
+_patches.install_hooks()  # safe-loader allow-list, sampler check
 from .viz import visrank as _visrank  # noqa: E402
 
 _visrank.install()  # multi-modal rank lists in torchreid's visrank

@@ -4,7 +4,9 @@
 ``torchreid.data``, ``torchreid.models``... as *attributes* of the top-level package
 (``import torchreid.models`` fails there). Upstream deep-person-reid keeps them directly under
 ``torchreid.*``. Everything below reaches torchreid through attribute access on the top-level
-package only, so both layouts work; the rest of the plugin goes through these helpers.
+package only (one mechanism, :func:`_accessor`), so both layouts work; the rest of the plugin
+goes through these helpers. This module imports nothing of the plugin above the ground floor
+(the patches into torchreid's code paths are :mod:`torchreid_sdtps.patches`).
 """
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ from .registry import register_once
 
 __all__ = [
     "torchreid", "layout", "data", "datasets", "models", "engine", "losses", "metrics",
-    "optim", "utils", "image_dataset_base", "image_dataset_registry",
-    "register_image_dataset", "model_factory", "build_transforms",
-    "allow_checkpoint_globals", "patch_visrank", "patch_train_sampler", "install_hooks",
+    "optim", "utils", "image_dataset_base", "image_dataset_registry", "model_factory",
+    "register_image_dataset", "register_model", "build_transforms",
 ]
 
 
@@ -33,65 +34,41 @@ def layout() -> str:
     return "pypi" if hasattr(torchreid(), "reid") else "upstream"
 
 
-def _sub(name: str) -> Any:
-    tr = torchreid()
-    try:
-        return getattr(tr, name)
-    except AttributeError as exc:  # pragma: no cover - broken install
-        raise ImportError(
-            f"torchreid at {getattr(tr, '__file__', '?')} has no attribute '{name}'; "
-            "expected torchreid==0.2.5 (PyPI) or deep-person-reid>=1.4"
-        ) from exc
+def _accessor(path: str, doc: str) -> Callable[[], Any]:
+    """A function returning ``torchreid.<path>`` (dotted attributes from the top-level
+    package, so both layouts work); a missing attribute is an ``ImportError`` naming it."""
+
+    def access() -> Any:
+        obj: Any = torchreid()
+        for part in path.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError as exc:  # pragma: no cover - broken install
+                raise ImportError(
+                    f"torchreid at {getattr(torchreid(), '__file__', '?')} has no attribute "
+                    f"'{path}' ('{part}' missing); expected torchreid==0.2.5 (PyPI) or "
+                    "deep-person-reid>=1.4") from exc
+        return obj
+
+    access.__name__ = access.__qualname__ = path.rsplit(".", 1)[-1].strip("_")
+    access.__doc__ = doc
+    return access
 
 
-def data() -> Any:
-    """``torchreid.data``."""
-    return _sub("data")
-
-
-def datasets() -> Any:
-    """``torchreid.data.datasets`` (the module holding the dataset registry)."""
-    return data().datasets
-
-
-def models() -> Any:
-    """``torchreid.models``."""
-    return _sub("models")
-
-
-def engine() -> Any:
-    """``torchreid.engine``."""
-    return _sub("engine")
-
-
-def losses() -> Any:
-    """``torchreid.losses``."""
-    return _sub("losses")
-
-
-def metrics() -> Any:
-    """``torchreid.metrics``."""
-    return _sub("metrics")
-
-
-def optim() -> Any:
-    """``torchreid.optim``."""
-    return _sub("optim")
-
-
-def utils() -> Any:
-    """``torchreid.utils``."""
-    return _sub("utils")
-
-
-def image_dataset_base() -> type:
-    """torchreid's ``ImageDataset`` class."""
-    return data().ImageDataset
-
-
-def image_dataset_registry() -> dict:
-    """The dict behind ``torchreid.data.register_image_dataset`` / ``init_image_dataset``."""
-    return getattr(datasets(), "__image_datasets")
+data = _accessor("data", "``torchreid.data``.")
+datasets = _accessor("data.datasets", "``torchreid.data.datasets`` (holds the dataset registry).")
+models = _accessor("models", "``torchreid.models``.")
+engine = _accessor("engine", "``torchreid.engine``.")
+losses = _accessor("losses", "``torchreid.losses``.")
+metrics = _accessor("metrics", "``torchreid.metrics``.")
+optim = _accessor("optim", "``torchreid.optim``.")
+utils = _accessor("utils", "``torchreid.utils``.")
+image_dataset_base = _accessor("data.ImageDataset", "torchreid's ``ImageDataset`` class.")
+image_dataset_registry = _accessor(
+    "data.datasets.__image_datasets",
+    "The dict behind ``torchreid.data.register_image_dataset`` / ``init_image_dataset``.")
+model_factory = _accessor("models.__model_factory",
+                          "The dict behind ``torchreid.models.build_model``.")
 
 
 def register_image_dataset(name: str, cls: type) -> bool:
@@ -104,11 +81,6 @@ def register_image_dataset(name: str, cls: type) -> bool:
                          insert=data().register_image_dataset)
 
 
-def model_factory() -> dict:
-    """The dict behind ``torchreid.models.build_model``."""
-    return getattr(models(), "__model_factory")
-
-
 def register_model(name: str, fn: Callable) -> bool:
     """Add a model factory to torchreid's ``build_model``; idempotent like datasets."""
     return register_once(model_factory(), "model", name, fn)
@@ -117,95 +89,3 @@ def register_model(name: str, fn: Callable) -> bool:
 def build_transforms(*args: Any, **kwargs: Any) -> Any:
     """``torchreid.data.transforms.build_transforms``."""
     return data().transforms.build_transforms(*args, **kwargs)
-
-
-def checkpoint_safe_globals() -> list:
-    """NumPy scalar types torchreid's stock engines pickle (:func:`checkpoint.safe_globals`)."""
-    from .checkpoint import safe_globals
-
-    return safe_globals()
-
-
-def checkpoint_loading() -> Any:
-    """Context in which torchreid's ``load_checkpoint`` / ``resume_from_checkpoint`` /
-    ``load_pretrained_weights`` accept checkpoints written by torchreid's stock engines
-    (:func:`checkpoint.safe_loading`)."""
-    from .checkpoint import safe_loading
-
-    return safe_loading()
-
-
-# --------------------------------------------------------------------------------------------
-# Hooks into torchreid's own code paths (installed once by ``install_hooks()`` when the plugin
-# is imported, which with the plugin installed happens on ``import torchreid``)
-# --------------------------------------------------------------------------------------------
-_PATCHED = "__torchreid_sdtps_patch__"
-
-
-def allow_checkpoint_globals() -> None:
-    """Allow-list :func:`checkpoint_safe_globals` for torch's safe loader, process-wide.
-
-    torchreid's own ``load_pretrained_weights`` / ``resume_from_checkpoint`` /
-    ``load_checkpoint`` (as called by upstream's ``scripts/main.py``) then read checkpoints of
-    torchreid's stock engines (a NumPy ``rank1``) under torch>=2.6's ``weights_only=True``
-    default. Only these NumPy scalar and dtype types are added: no code can run from them.
-    """
-    import torch
-
-    add = getattr(torch.serialization, "add_safe_globals", None)
-    if add is not None:  # torch < 2.4 has no safe loader default to satisfy
-        add(checkpoint_safe_globals())
-
-
-def _module_of(obj: Any) -> ModuleType:
-    import sys
-
-    return sys.modules[obj.__module__]
-
-
-def _patch(module: Any, name: str, make: Callable[[Callable], Callable]) -> bool:
-    """Bind ``make(original)`` as ``module.name`` once; returns True when newly bound."""
-    original = getattr(module, name)
-    if getattr(original, _PATCHED, False):
-        return False
-    wrapper = make(original)
-    wrapper.__wrapped__ = original
-    setattr(wrapper, _PATCHED, True)
-    setattr(module, name, wrapper)
-    return True
-
-
-def patch_visrank(dispatch: Callable[[Callable], Callable]) -> bool:
-    """Bind ``dispatch(original)`` as ``visualize_ranked_results`` in torchreid's engine module
-    (used by the stock engines' ``_evaluate``) and in ``torchreid.utils`` (used by
-    ``ImageSDTPSEngine``). The multi-modal dispatcher lives with the pictures
-    (:func:`torchreid_sdtps.viz.visrank.install`), so this module imports nothing above it."""
-    a = _patch(_module_of(engine().Engine), "visualize_ranked_results", dispatch)
-    b = _patch(utils(), "visualize_ranked_results", dispatch)
-    return a or b
-
-
-def _checked_sampler(original: Callable) -> Callable:
-    def build_train_sampler(data_source: Any, train_sampler: str, batch_size: int = 32,
-                            num_instances: int = 4, **kwargs: Any) -> Any:
-        """torchreid's ``build_train_sampler`` after :func:`~torchreid_sdtps.data.checks.
-        check_train_sampler` (a clear error instead of the sampler's bare assertion)."""
-        from .data.checks import check_train_sampler
-
-        check_train_sampler(data_source, train_sampler, batch_size, num_instances)
-        return original(data_source, train_sampler, batch_size=batch_size,
-                        num_instances=num_instances, **kwargs)
-
-    return build_train_sampler
-
-
-def patch_train_sampler() -> None:
-    """Check P x K batches before torchreid's ``ImageDataManager`` builds its sampler."""
-    _patch(_module_of(data().ImageDataManager), "build_train_sampler", _checked_sampler)
-
-
-def install_hooks() -> None:
-    """Safe-loader allow-list and sampler checks, idempotent (the multi-modal visrank
-    dispatcher is installed by :func:`torchreid_sdtps.viz.visrank.install`)."""
-    allow_checkpoint_globals()
-    patch_train_sampler()

@@ -59,7 +59,7 @@ def safe_loading() -> contextlib.AbstractContextManager:
     """Context in which ``torch.load(weights_only=True)`` accepts :func:`safe_globals`.
 
     torch's context removes its globals on exit, so only those not yet allowed are passed: a
-    process-wide allow-list (``compat.allow_checkpoint_globals``) survives the block.
+    process-wide allow-list (``patches.allow_checkpoint_globals``) survives the block.
     """
     safe = getattr(torch.serialization, "safe_globals", None)
     if safe is None:  # torch < 2.4: no safe-loader default to satisfy

@@ -13,13 +13,13 @@ from ..build import build_model, check_names
 from ..checkpoint import Checkpointer, Loaded, unwrap_model
 from ..config import CfgNode
 from ..data.checks import check_run
-from ..engine import ddp
 from ..engine.ddp import swapped_model
 from ..engine.evaluation import format_table, rank_targets, results_summary
 from ..engine.state import rng_fork
 from ..errors import ConfigError
 from ..io import write_json
-from .runner import InputNotFoundError, run_logging
+from ..logs import run_logging, silenced
+from .runner import InputNotFoundError
 
 __all__ = ["add_config_arguments", "config_from_args", "run_config_command", "evaluate",
            "untrained_results", "check_training",
@@ -171,7 +171,7 @@ def run_config_command(args: argparse.Namespace, kind: str, extra: list[str],
 
                 refuse_other_run(str(cfg.data.save_dir), _resumes_its_run(cfg))
             logs = (run_logging(cfg.data.save_dir, kind) if dist.is_main_process()
-                    else ddp.silenced())
+                    else silenced())
             with logs as log:  # rank 0 alone logs
                 logger.info("Configuration (%s):\n%s", args.config_file or config.DEMO_CONFIG,
                             cfg)

@@ -60,14 +60,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from ..data.samples import dataset_samples
     from ..deploy import provenance
-    from ..deploy.features import (
-        dataset_samples,
-        extract_samples,
-        folder_samples,
-        save_features,
-        synthetic_spec_of,
-    )
+    from ..deploy.extractor import synthetic_spec_of
+    from ..deploy.features import extract_samples, folder_samples, save_features
 
     fx = make_extractor(args, normalize=args.normalize, verbose=True)
     use_cams = bool(fx.num_cameras)

@@ -23,19 +23,16 @@ import contextlib
 import dataclasses
 import importlib
 import logging
-import os
-import os.path as osp
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError, SDTPSError
+from ..logs import console_logging
 from .names import COMMAND_NAMES
 
 __all__ = ["Command", "COMMANDS", "InputNotFoundError", "get_command", "prog_name", "parse",
-           "main", "run", "run_logging", "RunLog", "add_model_arguments", "add_opts_argument",
-           "build_parser"]
+           "main", "run", "add_model_arguments", "add_opts_argument", "build_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,29 +123,6 @@ def parse(cmd: Command, argv: Sequence[str] | None = None, prog: str | None = No
     return args
 
 
-class _ConsoleFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        msg = super().format(record)
-        return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
-
-
-@contextlib.contextmanager
-def _console_logging(level: int) -> Iterator[None]:
-    """Log records of ``level`` and above to stderr while the command runs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ConsoleFormatter("%(message)s"))
-    handler.setLevel(level)
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(min(level, old) if old else level)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
-
-
 def main(command: str | Command, argv: Sequence[str] | None = None, prog: str | None = None
          ) -> Any:
     """Parse ``argv`` and run the command; returns its summary. Errors propagate."""
@@ -158,7 +132,7 @@ def main(command: str | Command, argv: Sequence[str] | None = None, prog: str | 
     args = parse(cmd, argv, prog)
     args.prog = prog or cmd.prog
     torchreid_sdtps.load_plugins()
-    logs = _console_logging(cmd.log_level) if cmd.console_logging else contextlib.nullcontext()
+    logs = console_logging(cmd.log_level) if cmd.console_logging else contextlib.nullcontext()
     with logs:
         return cmd.run(args)
 
@@ -192,74 +166,3 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
                         help="training config, for checkpoints without meta (stock engines)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if present)")
     parser.add_argument("--batch-size", type=int, default=32)
-
-
-# ----------------------------------------------------------------------------- run logs
-
-class _Tee:
-    """stdout tee into a log file (like torchreid's ``Logger``, which however closes the
-    console on ``close()``/garbage collection: fatal for in-process callers)."""
-
-    def __init__(self, console: Any, path: str) -> None:
-        os.makedirs(osp.dirname(path) or ".", exist_ok=True)
-        self.console = console
-        self.file = open(path, "w", encoding="utf-8")
-
-    def write(self, msg: str) -> int:
-        self.console.write(msg)
-        if not self.file.closed:
-            self.file.write(msg)
-        return len(msg)
-
-    def flush(self) -> None:
-        self.console.flush()
-        if not self.file.closed:
-            self.file.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@dataclasses.dataclass
-class RunLog:
-    """The text log of a run: ``path``; :meth:`keep` once the inputs are validated (a run
-    refused before that leaves no log behind, its one-line error says it all)."""
-
-    path: str
-    kept: bool = False
-
-    def keep(self) -> None:
-        self.kept = True
-
-
-@contextlib.contextmanager
-def run_logging(save_dir: str, name: str) -> Iterator[RunLog]:
-    """Tee stdout (torchreid's progress prints) into ``<save_dir>/<name>.log-<time>`` and send
-    log records to it as well; undone on exit. Yields the :class:`RunLog`; the file is removed
-    when the block fails with a user error before :meth:`RunLog.keep`."""
-    log = RunLog(osp.join(save_dir, f"{name}.log-" + time.strftime("%Y-%m-%d-%H-%M-%S")))
-    old_stdout = sys.stdout
-    tee = _Tee(old_stdout, log.path)
-    sys.stdout = tee
-    handler = logging.StreamHandler(tee)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    failed = False
-    try:
-        yield log
-    except SDTPSError:
-        failed = True
-        raise
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        sys.stdout = old_stdout
-        tee.close()
-        if failed and not log.kept and osp.isfile(log.path):
-            os.remove(log.path)

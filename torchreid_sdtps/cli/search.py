@@ -21,13 +21,13 @@ from ..errors import ConfigError
 from .extract import make_extractor
 from .runner import Command, add_model_arguments
 
-__all__ = ["main", "COMMAND", "console"]
+__all__ = ["main", "COMMAND", "console", "format_search"]
 
 logger = logging.getLogger(__name__)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..deploy.features import METRICS
+    from ..deploy.exact import METRICS
 
     parser.add_argument("--gallery", default="", help="gallery feature store (or .pt file); "
                         "optional with --index")
@@ -56,11 +56,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _image_query(args: argparse.Namespace, gallery: Any) -> Any:
     from ..deploy import provenance
-    from ..deploy.features import extract_samples, provenance_of
+    from ..deploy.features import extract_samples
 
     if not args.weights:
         raise ConfigError("--images needs --weights (the checkpoint that extracted the gallery)")
-    grec = provenance_of(gallery)
+    grec = provenance.provenance_of(gallery)
     normalized = bool(grec["normalized"] if grec else gallery.info.get("normalized", False))
     fx = make_extractor(args, normalize=normalized)
     if fx.num_cameras and args.cam is None and (grec is None or grec["camera_term"] != "off"):
@@ -79,9 +79,25 @@ def _image_query(args: argparse.Namespace, gallery: Any) -> Any:
     return query
 
 
+def format_search(results: list[dict[str, Any]], metric: str = "euclidean") -> str:
+    """The search results as a plain-text table (one block per query)."""
+    lines = []
+    for res in results:
+        q = res["query"]
+        lines.append(f"query {q['index']}: {q['paths'][0]} (pid {q['pid']}, cam {q['camid']})")
+        if res["no_match"]:
+            lines.append("  no match within the distance threshold")
+            continue
+        lines.append(f"  {'rank':>4}  {metric + ' dist':>14}  {'pid':>6}  {'cam':>4}  gallery")
+        for m in res["matches"]:
+            lines.append(f"  {m['rank']:>4}  {m['distance']:>14.4f}  {m['pid']:>6}  "
+                         f"{m['camid']:>4}  {m['paths'][0]}")
+    return "\n".join(lines)
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from ..deploy.exact import rank_results, topk_exact
-    from ..deploy.features import check_comparable, format_search
+    from ..deploy.provenance import check_comparable
     from ..deploy.store import load_features
     from ..io import write_json
 

@@ -10,15 +10,13 @@
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from ..choices import HEAD_REDUCTIONS, REMOVED_STAGES, SAMPLER_MODES, TRANSFORM_STYLES
 from ..errors import ConfigError
 from .adapters import (
     IMAGEDATA_KEYS,
     config_value,
-    datamanager_kwargs,
     engine_kwargs,
     engine_run_kwargs,
     imagedata_kwargs,
@@ -39,29 +37,11 @@ from .node import BASE_KEY, CfgNode, iter_keys
 
 __all__ = [
     "CfgNode", "ConfigError", "get_default_config", "get_demo_config", "DEMO_CONFIG", "BASE_KEY",
-    "merge_from_file", "merge_from_list", "merge_from_dict", "load_config", "check_config",
-    "iter_keys", "datamanager_kwargs", "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
-    "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
+    "load_config", "check_config", "iter_keys", "imagedata_kwargs", "model_kwargs",
+    "optimizer_kwargs", "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
     "model_options", "make_meta", "IMAGEDATA_KEYS", "config_value",
     "REMOVED_STAGES", "SAMPLER_MODES",
 ]
-
-
-def merge_from_dict(cfg: CfgNode, mapping: Mapping[str, Any], source: str = "a mapping"
-                    ) -> CfgNode:
-    """Strictly merge a nested mapping into ``cfg`` (:meth:`CfgNode.merge_from_dict`)."""
-    return cfg.merge_from_dict(mapping, source=source)
-
-
-def merge_from_file(cfg: CfgNode, path: str) -> CfgNode:
-    """Strictly merge the YAML file ``path`` and its ``_BASE_`` files into ``cfg``."""
-    return cfg.merge_from_file(path)
-
-
-def merge_from_list(cfg: CfgNode, opts: Sequence[str],
-                    source: str = "command-line override") -> CfgNode:
-    """Merge ``KEY VALUE`` pairs (``train.lr 0.01 data.sources "['x']"``) strictly."""
-    return cfg.merge_from_list(opts, source=source)
 
 
 def load_config(config_file: str = "", opts: Sequence[str] = (), root: str = "",

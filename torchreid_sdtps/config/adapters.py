@@ -12,7 +12,7 @@ from ..choices import MODALITIES
 from .node import CfgNode
 
 __all__ = ["IMAGEDATA_KEYS", "config_value",
-           "imagedata_kwargs", "datamanager_kwargs", "model_kwargs", "optimizer_kwargs",
+           "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
            "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "make_meta"]
 
 
@@ -45,8 +45,6 @@ def imagedata_kwargs(cfg: CfgNode) -> dict[str, Any]:
     """``torchreid.data.ImageDataManager`` keyword arguments (torchreid's helper, same keys)."""
     return _from_table(cfg, IMAGEDATA_KEYS)
 
-
-datamanager_kwargs = imagedata_kwargs
 
 
 def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:

@@ -4,7 +4,7 @@ torchreid's ``RandomIdentitySampler`` asserts ``#identities >= batch_size // num
 without a message, and accepts a batch size that is not a multiple of K or gives P = 1, which
 trains until batch-hard mining meets a batch without a negative. :func:`check_run` (data-free)
 runs before anything is built or written; :func:`check_train_sampler` runs again in front of
-torchreid's ``build_train_sampler`` (``compat`` binds it there, so torchreid's own scripts get
+torchreid's ``build_train_sampler`` (:mod:`torchreid_sdtps.patches` binds it there, so torchreid's own scripts get
 it too) and also counts the train identities. Each error names the config keys and values.
 Evaluation-only runs build their data manager with
 :data:`EVAL_TRAIN_SAMPLER`, so they never need a valid P x K sampler.

@@ -1,8 +1,9 @@
 """Using a trained model: the inference API, feature files, gallery search, ONNX export.
 
 Submodules: :mod:`.extractor` (:class:`FeatureExtractor`: checkpoint -> features),
-:mod:`.features` (feature files, search), :mod:`.store` / :mod:`.store_writer` (feature
-stores that map, written in chunks), :mod:`.exact` (exact search in bounded memory),
+:mod:`.features` (feature sets in memory, the ``.pt`` file written), :mod:`.store` (the one
+reader, :func:`~.store.load_features`: stores that map, ``.pt`` files) / :mod:`.store_writer`
+(stores written in chunks), :mod:`.exact` (the one exact search, bounded memory),
 :mod:`.index` (FAISS indexes), :mod:`.provenance` (how features were made; search refuses a
 mismatch), :mod:`.onnx` (export, ONNX Runtime forward, parity on the checkpoint's data).
 The commands are in :mod:`torchreid_sdtps.cli` (extract, search, index, export).

@@ -38,8 +38,8 @@ from ..choices import MODALITIES
 from ..errors import SDTPSError, UnknownNameError
 from ..utils.modalities import zero_modalities
 
-__all__ = ["FeatureExtractor", "ExtractionError", "model_meta", "train_config", "load_model", "load_meta",
-           "Preprocessor", "MODALITIES"]
+__all__ = ["FeatureExtractor", "ExtractionError", "model_meta", "train_config",
+           "synthetic_spec_of", "load_model", "load_meta", "Preprocessor", "MODALITIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ def _config_of(meta: dict[str, Any] | None, config_file: str, opts: Sequence[str
     cfg = stored.clone()
     cfg.defrost()
     if config_file:
-        config.merge_from_file(cfg, config_file)
+        cfg.merge_from_file(config_file)
     if opts:
-        config.merge_from_list(cfg, list(opts))
+        cfg.merge_from_list(list(opts))
     return cfg
 
 
@@ -81,8 +81,14 @@ def train_config(meta: dict[str, Any] | None) -> Any:
         return None
     import yaml
 
-    return config.merge_from_dict(config.get_default_config(), yaml.safe_load(meta["config"]),
-                                  source="the checkpoint's meta")
+    return config.get_default_config().merge_from_dict(yaml.safe_load(meta["config"]),
+                                                      source="the checkpoint's meta")
+
+
+def synthetic_spec_of(meta: dict[str, Any]) -> Any:
+    """The synthetic spec the checkpoint was trained with (None: the package default)."""
+    cfg = train_config(meta)
+    return config.synthetic_spec(cfg) if cfg is not None else None
 
 
 def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import SDTPSError
 from . import provenance as prov
-from .exact import SearchError, feature_blocks, num_rows, rerank
+from .exact import METRICS, SearchError, feature_blocks, num_rows, rerank
 from .store import FeatureStore, load_features
 from .store_writer import append, move_into_place, umask
 
@@ -289,16 +289,16 @@ class GalleryIndex:
         entries were found in the cells searched). Queries that carry a provenance record
         (a store or feature set) made differently from the index's are refused (``check``;
         the search command checks itself, with its ``--allow-mismatch``)."""
-        if metric not in ("euclidean", "cosine"):
-            raise SearchError(f"metric must be euclidean or cosine, got '{metric}'")
+        if metric not in METRICS:
+            raise SearchError(f"metric must be one of {METRICS}, got '{metric}'")
         if metric == "cosine" and self.meta["metric"] != "ip":
             raise SearchError(f"index '{self.path}' ranks unnormalised features by L2; cosine "
                               "needs features extracted with --normalize (or exact search)")
         if k < 1:
             raise SearchError(f"topk must be >= 1, got {k}")
         if check:
-            rec = query.info.get("provenance") if hasattr(query, "info") else None
-            prov.check(rec, self.meta["provenance"], ("the queries", f"index '{self.path}'"))
+            prov.check(prov.provenance_of(query), self.meta["provenance"],
+                       ("the queries", f"index '{self.path}'"))
         kind, p = self.meta["kind"], self.meta["params"]
         index = self._device_index()
         if kind.startswith("ivf"):

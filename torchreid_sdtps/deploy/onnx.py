@@ -193,8 +193,7 @@ def parity_data(meta: dict[str, Any], root: str = "", dataset: str = "") -> tupl
     """``(dataset, root, synthetic spec)`` the parity check ranks: ``dataset``/``root`` when
     given, else the checkpoint's first test target and data root (its stored config), else
     the synthetic set."""
-    from .extractor import train_config
-    from .features import synthetic_spec_of
+    from .extractor import synthetic_spec_of, train_config
 
     cfg = train_config(meta)
     name = dataset or (str(list(cfg.data.targets or cfg.data.sources)[0]) if cfg is not None
@@ -219,10 +218,12 @@ def _load_split_pair(name: str, root: str, spec: Any, scratch: str, meta: dict[s
     """Query and gallery samples of ``name`` under ``root``; the synthetic set is read where it
     already is, else generated in ``scratch`` (never in the user's data root); a real data set
     that is not there falls back to the synthetic set in ``scratch``, saying so."""
+    from .. import load_plugins
     from ..data.multimodal import DatasetNotFoundError
+    from ..data.samples import dataset_samples
     from ..data.synthetic import DATASET_DIR, default_spec, is_complete
-    from .features import dataset_samples
 
+    load_plugins()  # a third party's data set too
     where: dict[str, Any] = {"dataset": name, "root": root, "fallback": ""}
     if name != SYNTHETIC:
         try:

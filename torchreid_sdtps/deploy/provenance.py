@@ -4,8 +4,10 @@ Distances between features mean something only when both sides come from the sam
 the same preprocessing and the same head: an SIE model with and without its camera term, or
 L2-normalised against raw features, gives distances off by orders of magnitude without any
 error. :func:`record` writes what decides the features into the feature file (``info
-["provenance"]``); :func:`check` compares a query's record with a gallery's before a search
-and refuses a difference (or, when the user explicitly allows it, warns).
+["provenance"]``); :func:`provenance_of` reads it back from a feature set or store;
+:func:`check` (:func:`check_comparable` for two feature sets or stores) compares a query's
+record with a gallery's before a search and refuses a difference (or, when the user explicitly
+allows it, warns).
 
 Compared (:data:`COMPARED`): model, checkpoint content (SHA-256 prefix, so a copied or renamed
 checkpoint still matches), normalisation, camera term, input size, modalities, feature
@@ -22,7 +24,7 @@ from typing import Any
 from ..errors import SDTPSError
 
 __all__ = ["ProvenanceError", "COMPARED", "FORMAT", "CAMERA_TERMS", "file_digest", "record",
-           "differences", "check"]
+           "provenance_of", "differences", "check", "check_comparable"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +108,18 @@ def check(query: dict[str, Any] | None, gallery: dict[str, Any] | None,
     for w in warnings:
         logger.warning("%s", w)
     return warnings
+
+
+def provenance_of(features: Any) -> dict[str, Any] | None:
+    """The provenance record of a feature set or store (its ``info["provenance"]``); None for
+    features without one (files written before it was recorded, bare tensors or arrays)."""
+    info = getattr(features, "info", None)
+    rec = info.get("provenance") if isinstance(info, dict) else None
+    return rec if isinstance(rec, dict) else None
+
+
+def check_comparable(query: Any, gallery: Any, allow_mismatch: bool = False,
+                     names: tuple[str, str] = ("query", "gallery")) -> list[str]:
+    """:func:`check` on the records of two feature sets or stores: refuse to compare features
+    made differently; returns the warnings given instead."""
+    return check(provenance_of(query), provenance_of(gallery), names, allow_mismatch)

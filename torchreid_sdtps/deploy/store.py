@@ -11,7 +11,8 @@ A store is a folder::
 Writing (chunk by chunk, atomic, appending shards) lives in :mod:`.store_writer`. Loading maps
 the shards; memory for one chunk suffices to scan a store (:meth:`FeatureStore.chunks`).
 
-:func:`load_features` reads a store or the ``.pt`` feature file of earlier versions.
+:func:`load_features` is the one reader of features on disk: a store, or a ``.pt`` feature
+file (:func:`~torchreid_sdtps.deploy.features.save_features`).
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from .features import FeatureFileError, FeatureFileNotFoundError
+from .features import FILE_KEYS, FeatureFileError, FeatureFileNotFoundError, FeatureSet
 
 __all__ = ["FeatureStore", "StoreError", "load_features", "is_store", "part_files", "STORE_FORMAT",
            "STORE_VERSION", "META", "DTYPES"]
@@ -202,13 +204,24 @@ class _Paths(Sequence):
         return tuple(p.decode("utf-8") for p in self._arrays[s][i - self._offsets[s]])
 
 
-def load_features(path: str) -> Any:
-    """A store (folder or its ``store.json``) as :class:`FeatureStore`, or a ``.pt`` feature
-    file of earlier versions as :class:`~torchreid_sdtps.deploy.features.FeatureSet`."""
+def load_features(path: str) -> FeatureStore | FeatureSet:
+    """Features on disk: a store (folder or its ``store.json``) as :class:`FeatureStore`
+    (mapped), a ``.pt`` feature file as :class:`~torchreid_sdtps.deploy.features.FeatureSet`
+    (read whole). Errors name the file and what was expected."""
     if is_store(path):
         return FeatureStore(path)
     if osp.isdir(path):
         raise StoreError(f"'{path}' is a folder without {META}: not a feature store")
-    from .features import load_features as load_pt
-
-    return load_pt(path)
+    if not osp.isfile(path):
+        raise FeatureFileNotFoundError(f"feature file not found: '{path}'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FeatureFileError(f"cannot read feature file '{path}' ({type(exc).__name__}: "
+                               f"{exc})") from exc
+    missing = [k for k in FILE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise FeatureFileError(f"'{path}' is not a feature file of tools/extract.py: missing "
+                               f"keys {missing}")
+    return FeatureSet(state["features"], state["pids"], state["camids"], state["cam_labels"],
+                      [tuple(p) for p in state["paths"]], state["info"])

@@ -51,9 +51,8 @@ from ..models.sync_bn import convert_sync_batchnorm
 
 __all__ = [
     "DistributedEngineMixin", "engine_class", "make_engine", "is_distributed_run", "convert_model",
-    "wrap_model",
-    "use_distributed_sampler", "swapped_model", "shard_loader", "gather_shards",
-    "silenced", "FAIL_AT_ENV", "FAIL_MARKER_ENV",
+    "wrap_model", "use_distributed_sampler", "swapped_model", "shard_loader", "gather_shards",
+    "FAIL_AT_ENV", "FAIL_MARKER_ENV",
 ]
 
 logger = logging.getLogger(__name__)
@@ -291,19 +290,3 @@ def make_engine(cls: type, cfg: Any, *args: Any, **kwargs: Any) -> Any:
         return engine_class(cls, cfg)(*args, seed=int(cfg.train.seed), **kwargs)
     return cls(*args, **kwargs)
 
-
-# ----------------------------------------------------------------------------- run control
-
-@contextlib.contextmanager
-def silenced() -> Iterator[None]:
-    """For ranks other than 0: stdout (torchreid's prints) to devnull, log records below
-    ERROR dropped; yields ``None`` (no log file)."""
-    old = sys.stdout
-    with open(os.devnull, "w", encoding="utf-8") as null:
-        sys.stdout = null
-        logging.disable(logging.WARNING)
-        try:
-            yield None
-        finally:
-            logging.disable(logging.NOTSET)
-            sys.stdout = old

@@ -204,7 +204,7 @@ class ImageSDTPSEngine(_TripletBase):
         ranked = rank_split(self, query_loader, gallery_loader, dist_metric, normalize_feature,
                             rerank, ranks, use_metric_cuhk03)
         res = ranked.result
-        # token-selection recall/precision when the data set has cue ground truth (issue 12)
+        # recall/precision of the kept tokens against the data set's cue masks (None: no masks)
         selection = evaluate_selection(self.model, query_loader)
         if selection is not None:
             res["selection"] = selection

@@ -7,8 +7,8 @@ torchreid's ``evaluate_rank`` and ``visualize_ranked_results`` skip them: same p
 camid. The plugin's data sets put the protocol in ``camid``, so this is "same camera" for
 RGBNT201 / RGBNT100 and "same scene" for MSVR310 (its query/gallery camid is the scene).
 
-:func:`visualize_ranked_results` has torchreid's signature; ``compat`` binds a dispatcher in
-torchreid's engine module (:func:`install`, through :func:`torchreid_sdtps.compat.patch_visrank`),
+:func:`visualize_ranked_results` has torchreid's signature; a dispatcher is bound in
+torchreid's engine module (:func:`install`, through :func:`torchreid_sdtps.patches.patch_visrank`),
 so the stock engines' ``test(visrank=True)`` draw these for multi-modal data and torchreid's
 original pictures for single-image data.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .. import compat
+from .. import patches
 from ..choices import MODALITIES
 from ..data.multimodal import load_modalities
 from ..io import atomic_path
@@ -145,4 +145,4 @@ def _dispatch(original: Callable) -> Callable:
 def install() -> bool:
     """Make torchreid's ``visualize_ranked_results`` draw multi-modal rank lists in every
     engine (idempotent; done on ``import torchreid_sdtps``)."""
-    return compat.patch_visrank(_dispatch)
+    return patches.patch_visrank(_dispatch)
