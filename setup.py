@@ -69,7 +69,7 @@ setup(
         "yacs",
         "tqdm",
         "pyyaml",
-        "filelock",  # per-spec lock of the synthetic data generation
+        "filelock>=3.12",  # one run per save_dir (checkpoint/lock.py), per-spec data generation lock
     ] + TORCHREID_RUNTIME,
     extras_require={
         "test": ["pytest>=7", "ruff>=0.5"],

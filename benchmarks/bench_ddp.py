@@ -60,8 +60,8 @@ def _worker(args: argparse.Namespace) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     dm = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=args.batch // 2,
                          sources=[], targets=[])
-    engine = ImageSDTPSEngine(dm, ddp.wrap_model(model), optimizer, use_gpu=cuda)
-    engine = ddp.prepare_engine(engine, config.get_default_config())
+    engine = ddp.make_engine(ImageSDTPSEngine, config.get_default_config(), dm,
+                             ddp.wrap_model(model), optimizer, use_gpu=cuda)
     engine.set_model_mode("train")
     share = args.batch // world
     g = torch.Generator().manual_seed(1)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from torchreid_sdtps import config, dist
+from torchreid_sdtps.checkpoint import unwrap_model
 from torchreid_sdtps.engine import ImageSDTPSEngine, ddp
 from torchreid_sdtps.losses import CrossModalAlignmentLoss, GlobalBatchLoss, SoftMarginTripletLoss
 from torchreid_sdtps.models import sync_bn
@@ -67,9 +68,9 @@ def main(out_dir: str) -> None:
                            "gallery": DataLoader(ToySplit(23, 2), batch_size=3)}}
     dm = SimpleNamespace(train_loader=None, test_loader=test_loader, num_train_pids=P,
                          sources=["toy"], targets=["toy"])
-    engine = ImageSDTPSEngine(dm, ddp.wrap_model(model), optimizer, use_gpu=False,
-                              weight_ratio=0.0, weight_align=0.5)
-    engine = ddp.prepare_engine(engine, config.get_default_config())
+    engine = ddp.make_engine(ImageSDTPSEngine, config.get_default_config(), dm,
+                             ddp.wrap_model(model), optimizer, use_gpu=False,
+                             weight_ratio=0.0, weight_align=0.5)
     engine.set_model_mode("train")
     share = P * K // world
     losses = []
@@ -80,7 +81,7 @@ def main(out_dir: str) -> None:
     engine.test(ranks=[1, 5, 10])
     engine.save_model(0, 0.0, os.path.join(out_dir, f"save_rank{rank}"))
     if dist.is_main_process():
-        plain = ddp.unwrap(engine.model)
+        plain = unwrap_model(engine.model)
         torch.save({"params": {n: p.detach() for n, p in plain.named_parameters()},
                     "buffers": {n: b for n, b in plain.named_buffers()},
                     "losses": losses, "results": engine.last_results["toy"],

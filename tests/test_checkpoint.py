@@ -258,14 +258,12 @@ def tiny_ckpt(tmp_path_factory):
     from conftest import tiny_cfg
 
     from torchreid_sdtps import build
-    from torchreid_sdtps.engine.state import save_checkpoint_atomic
-
     root = tmp_path_factory.mktemp("ckpt_data")
     cfg = tiny_cfg(root, root / "log")
     dm = build.build_datamanager(cfg)
     model = build.build_model(cfg, dm)
-    path = save_checkpoint_atomic({"state_dict": model.state_dict(), "epoch": 1}, str(root / "m"),
-                                  meta=C.meta_of(model))
+    path = C.Checkpointer(str(root)).save({"state_dict": model.state_dict(), "epoch": 1}, "m",
+                                          meta=C.meta_of(model))
     return root, path, model
 
 
@@ -329,8 +327,7 @@ def test_torchreids_own_loader_still_reads_our_checkpoints(tiny_ckpt):
 
 
 def test_resume_goes_through_the_contract(saved, tmp_path):
-    from torchreid_sdtps.engine.state import resume_from_checkpoint
-
+    resume_from_checkpoint = C.Checkpointer.resume
     model = _tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     epoch, ckpt = resume_from_checkpoint(saved, model, opt)

@@ -195,7 +195,10 @@ def test_a_finished_run_resumed_completes(synthetic_root, tmp_path):
 def test_run_clock_counts_a_killed_attempt_up_to_its_last_sign_of_life(tmp_path):
     import time
 
-    from torchreid_sdtps.cli.runclock import RUN_STATE, RunClock
+    from torchreid_sdtps.checkpoint import Checkpointer
+    from torchreid_sdtps.cli.runclock import RunClock
+
+    RUN_STATE = Checkpointer.RUN_STATE
 
     t0 = time.time() - 100
     log = tmp_path / "train.log-killed"

@@ -166,9 +166,10 @@ def test_kwargs_helpers_match_torchreid_signatures():
     assert model_kwargs["pretrained"] is True and model_kwargs["loss"] == "triplet"
     assert "num_classes" in inspect.signature(factory).parameters
     from torchreid_sdtps.engine import ImageSDTPSEngine
+    from torchreid_sdtps.engine.options import EngineOptions
 
-    eng_params = inspect.signature(ImageSDTPSEngine.__init__).parameters
-    assert set(config.engine_kwargs(cfg)) <= set(eng_params)
+    assert set(config.engine_kwargs(cfg)) == set(EngineOptions.field_names())
+    assert "options" in inspect.signature(ImageSDTPSEngine.__init__).parameters
     local = config.load_config(opts=["sdtps.backbone_weights", "/w/clip.pt"])
     assert config.model_kwargs(local)["options"].backbone_weights == "/w/clip.pt"
 
@@ -276,14 +277,17 @@ def test_choices_are_defined_once():
 
 
 def test_sdtps_node_mirrors_the_options_dataclass():
-    """One key per SDTPSOptions field plus the engine's keys, nothing else."""
-    from torchreid_sdtps.models.options import ENGINE_NODE_KEYS, SDTPSOptions
+    """One key per SDTPSOptions field plus the engine's name and keys, nothing else."""
+    from torchreid_sdtps.engine.options import EngineOptions
+    from torchreid_sdtps.models.options import SDTPSOptions
 
     node = set(config.get_default_config().sdtps)
     fields = set(SDTPSOptions.field_names())
-    assert not fields & set(ENGINE_NODE_KEYS)
-    assert node - set(ENGINE_NODE_KEYS) == fields
-    assert set(ENGINE_NODE_KEYS) <= node
+    engine_keys = {"engine"} | {k.split(".", 1)[1] for k in EngineOptions.keys().values()
+                                if k.startswith("sdtps.")}
+    assert not fields & engine_keys
+    assert node - engine_keys == fields
+    assert engine_keys <= node
     defaults = config.get_default_config()
     assert config.model_options(defaults) == SDTPSOptions()
     assert {k: defaults.sdtps[k] for k in fields} == SDTPSOptions().to_dict()

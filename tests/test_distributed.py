@@ -212,9 +212,10 @@ def test_soft_margin_triplet_and_alignment_losses_are_mined_over_the_global_batc
                                        atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_prepare_engine_wraps_the_recipe_losses():
+def test_distributed_engine_wraps_the_recipe_losses():
     """``sampler.distributed always`` (one process) gives the engine global-batch triplet and
-    alignment criteria, including DeMo's soft-margin triplet of the recipe."""
+    alignment criteria, including DeMo's soft-margin triplet of the recipe, in a class made
+    before construction (no class swap of a built engine)."""
     from types import SimpleNamespace
 
     from torchreid_sdtps.engine import ImageSDTPSEngine
@@ -223,14 +224,17 @@ def test_prepare_engine_wraps_the_recipe_losses():
     model = torch.nn.Linear(2, 2)
     dm = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=2, sources=["toy"],
                          targets=["toy"])
-    engine = ImageSDTPSEngine(dm, model, torch.optim.SGD(model.parameters(), lr=0.1),
-                              use_gpu=False, soft_margin=True, margin=0.0)
     cfg = config.get_default_config()
     cfg.sampler.distributed = "always"
-    engine = ddp.prepare_engine(engine, cfg)
-    assert isinstance(engine.criterion_t, GlobalBatchLoss)
-    assert isinstance(engine.criterion_t.criterion, SoftMarginTripletLoss)
-    assert isinstance(engine.criterion_align, GlobalBatchLoss)
+    engine = ddp.make_engine(ImageSDTPSEngine, cfg, dm, model,
+                             torch.optim.SGD(model.parameters(), lr=0.1), use_gpu=False,
+                             soft_margin=True, margin=0.0)
+    assert isinstance(engine, ddp.DistributedEngineMixin) and isinstance(engine, ImageSDTPSEngine)
+    assert type(engine) is ddp.engine_class(ImageSDTPSEngine, cfg)  # one class per engine class
+    assert isinstance(engine.criterion.triplet, GlobalBatchLoss)
+    assert isinstance(engine.criterion.triplet.criterion, SoftMarginTripletLoss)
+    assert isinstance(engine.criterion.align, GlobalBatchLoss)
+    assert engine.seed == cfg.train.seed
 
 
 def test_distributed_evaluation_equals_single_process(worker_runs):

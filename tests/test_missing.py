@@ -150,13 +150,13 @@ def test_complete_only_triplet_ranks_the_complete_samples(built):
     _, dm, model, _ = built
     engine = _engine(dm, model, modality_dropout=0.5, dropout_subsets=["RGB"],
                      dropout_triplet="complete")
-    seen, original = [], engine.criterion_t
+    seen, original = [], engine.criterion.triplet
 
     def spy(features, pids):
         seen.append(len(pids))
         return original(features, pids)
 
-    engine.criterion_t = spy
+    engine.criterion.triplet = spy
     batch = next(iter(dm.train_loader))
     torch.manual_seed(0)
     removed = engine.modality_dropout.sample(len(batch["pid"]))

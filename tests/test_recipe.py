@@ -238,8 +238,9 @@ def test_engine_losses_are_demos():
                            ori_head=cfg.sdtps.ori_head)
     engine = _engine(cfg, model)
     assert engine.weight_x == pytest.approx(0.25) and engine.weight_t == pytest.approx(1.0)
-    assert isinstance(engine.criterion_t, SoftMarginTripletLoss)
-    assert engine.criterion_x.eps == pytest.approx(0.1)  # label smoothing
+    crit = engine.criterion
+    assert isinstance(crit.triplet, SoftMarginTripletLoss)
+    assert crit.xent.eps == pytest.approx(0.1)  # label smoothing
     feats = [torch.randn(8, 6) for _ in range(3)]
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     # soft margin on the hardest positive / negative, Euclidean distances
@@ -248,13 +249,13 @@ def test_engine_losses_are_demos():
     d_ap = torch.where(same, d, torch.zeros_like(d)).max(1).values
     d_an = torch.where(same, torch.full_like(d, 1e9), d).min(1).values
     manual = torch.log1p(torch.exp(-(d_an - d_ap))).mean()
-    assert engine.criterion_t(feats[0], pids) == pytest.approx(manual.item(), rel=1e-5)
+    assert crit.triplet(feats[0], pids) == pytest.approx(manual.item(), rel=1e-5)
     # every head's term is summed, not averaged
-    summed = engine.compute_loss(engine.criterion_t, feats, pids)
-    assert summed == pytest.approx(sum(engine.criterion_t(f, pids) for f in feats).item())
+    summed = crit.head_loss(crit.triplet, feats, pids)
+    assert summed == pytest.approx(sum(crit.triplet(f, pids) for f in feats).item())
     logits = [torch.randn(8, 4) for _ in range(4)]
-    assert engine.compute_loss(engine.criterion_x, logits, pids) == pytest.approx(
-        sum(engine.criterion_x(z, pids) for z in logits).item())
+    assert crit.head_loss(crit.xent, logits, pids) == pytest.approx(
+        sum(crit.xent(z, pids) for z in logits).item())
 
 
 def test_per_modality_head_trains_one_term_per_modality():

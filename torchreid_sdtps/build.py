@@ -20,6 +20,7 @@ from .choices import SYNTHETIC_DATASET
 from .config import CfgNode
 from .data.checks import check_run
 from .engine import ddp
+from .engine.options import EngineOptions
 from .errors import ConfigError, UnknownNameError
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -148,7 +149,7 @@ def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
                               "configures SDTPS models only (set it back to its default)")
         kwargs = {k: kwargs[k] for k in ("loss", "pretrained", "use_gpu")}
     model = factory(num_classes=datamanager.num_train_pids, **kwargs)
-    meta = checkpoint.make_meta(cfg, datamanager.num_train_pids, num_cameras)
+    meta = config.make_meta(cfg, datamanager.num_train_pids, num_cameras)
     if "options" not in names:
         meta["model_kwargs"] = {}  # torchreid's own model: no SDTPS options
     checkpoint.attach_meta(model, meta)
@@ -162,24 +163,19 @@ def build_model(cfg: CfgNode, datamanager: Any) -> torch.nn.Module:
 
 def build_engine(cfg: CfgNode, datamanager: Any, model: torch.nn.Module, optimizer: Any,
                  scheduler: Any, hooks: Sequence[Any] = ()) -> Any:
-    """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts;
-    ``hooks`` (:class:`~torchreid_sdtps.engine.hooks.EngineHook`) go to an engine that takes
-    them and are refused by one that does not."""
+    """The registered engine ``cfg.sdtps.engine`` with the options its constructor accepts
+    (:class:`~torchreid_sdtps.engine.options.EngineOptions`: one changed from its default that
+    the engine cannot honour is refused), in its distributed form for a distributed run
+    (:func:`ddp.make_engine`); ``hooks`` go to an engine that takes them and are refused by
+    one that does not."""
     engine_cls = plugins.get_engine(cfg.sdtps.engine)
     kwargs = dict(config.engine_kwargs(cfg), optimizer=optimizer, scheduler=scheduler)
     if hooks:
         kwargs["hooks"] = list(hooks)
-    accepted = _supported(engine_cls.__init__, kwargs, config.ENGINE_KEYS,
+    accepted = _supported(engine_cls.__init__, kwargs, EngineOptions.keys(),
                           f"engine '{cfg.sdtps.engine}' ({engine_cls.__name__})",
-                          plain=_PLAIN_ENGINE_OPTIONS)
-    return engine_cls(datamanager, model, **accepted)
-
-
-#: values of the SDTPS engine's options that an engine without them honours anyway
-_PLAIN_ENGINE_OPTIONS: dict[str, Any] = {"use_amp": False, "soft_margin": False,
-                                         "head_reduction": "mean", "best_on_test": False,
-                                         "weight_ratio": 0.0, "weight_align": 0.0,
-                                         "eval_amp": False}
+                          plain=EngineOptions.plain_values())
+    return ddp.make_engine(engine_cls, cfg, datamanager, model, **accepted)
 
 
 def build_all(cfg: CfgNode, hooks: Sequence[Any] = ()
@@ -197,6 +193,6 @@ def build_all(cfg: CfgNode, hooks: Sequence[Any] = ()
     optimizer = build_optimizer(model, **config.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
     model = ddp.wrap_model(model)  # DistributedDataParallel (no-op in one process)
+    # distributed runs: global-batch losses, rank-0 IO, set_epoch (ddp.engine_class)
     engine = build_engine(cfg, dm, model, optimizer, scheduler, hooks=hooks)
-    engine = ddp.prepare_engine(engine, cfg)  # global losses, rank-0 IO, set_epoch
     return dm, model, optimizer, scheduler, engine

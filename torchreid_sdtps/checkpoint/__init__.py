@@ -1,4 +1,5 @@
-"""The one checkpoint contract: save with meta, safe read, unwrap, strict load into a model.
+"""The one checkpoint contract: save with meta, safe read, unwrap, strict load into a model,
+and :class:`Checkpointer` (the run directory's file names, save, latest, resume, the run lock).
 
 Checkpoints keep torchreid's keys (``state_dict``, ``epoch``, ``optimizer``, ``scheduler``,
 ``rank1``...) so torchreid's own ``load_checkpoint`` / ``resume_from_checkpoint`` /
@@ -19,6 +20,7 @@ which ranks an untrained network without a word.
 """
 from __future__ import annotations
 
+from .checkpointer import Checkpointer, Loaded, resume_engine
 from .files import (
     META_FORMAT,
     UNSAFE_PICKLE_ENV,
@@ -35,12 +37,14 @@ from .files import (
     unsafe_pickle_allowed,
 )
 from .load import LoadReport, load_into_model
-from .meta import attach_meta, checkpoint_meta, describe_meta, make_meta, meta_of
+from .lock import RunDirLockedError, RunLock
+from .meta import attach_meta, checkpoint_meta, describe_meta, make_meta, meta_of, unwrap_model
 
 __all__ = [
     "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "UnsafePickleError",
     "UNSAFE_PICKLE_ENV", "META_FORMAT", "LoadReport",
     "save_checkpoint", "read_checkpoint", "load_file", "checkpoint_meta", "make_meta",
     "describe_meta", "attach_meta", "meta_of", "state_dict_of", "load_into_model", "safe_globals",
-    "safe_loading", "unsafe_pickle_allowed",
+    "safe_loading", "unsafe_pickle_allowed", "unwrap_model", "Checkpointer", "Loaded",
+    "resume_engine", "RunLock", "RunDirLockedError",
 ]

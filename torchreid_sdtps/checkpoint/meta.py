@@ -12,33 +12,46 @@ from .files import META_FORMAT, CheckpointError, check_plain
 
 # ----------------------------------------------------------------------------- meta
 
-def make_meta(cfg: Any, num_classes: int, num_cameras: int,
+def make_meta(model_name: str, num_classes: int, num_cameras: int, options: Mapping[str, Any],
+              height: int, width: int, norm_mean: Sequence[float], norm_std: Sequence[float],
+              sources: Sequence[str] = (), config_text: str = "",
               modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model without the config, in plain types (so
-    ``weights_only=True`` reads it): model name and options, classes, SIE cameras, image size,
-    normalisation, modalities, training sets and the whole config."""
-    from .. import config
-
-    kwargs = config.model_kwargs(cfg, num_cameras=num_cameras)
-    options = kwargs["options"].to_dict()
+    ``weights_only=True`` reads it): model name and options (an ``SDTPSOptions.to_dict()``),
+    classes, SIE cameras, image size, normalisation, modalities, training sets and the config's
+    text (``config.make_meta`` builds it from a config)."""
+    options = dict(options)
     options["backbone_weights"] = ""  # the checkpoint holds the weights
-    if not options["sie_camera"]:
+    if not options.get("sie_camera", True):
         num_cameras = 0
-    kwargs = {"img_size": list(kwargs["img_size"]), "num_cameras": int(num_cameras), **options}
+    kwargs = {"img_size": [int(height), int(width)], "num_cameras": int(num_cameras), **options}
     return {
         "format": META_FORMAT,
-        "model_name": str(cfg.model.name),
+        "model_name": str(model_name),
         "num_classes": int(num_classes),
         "num_cameras": int(num_cameras),
         "model_kwargs": kwargs,
-        "height": int(cfg.data.height),
-        "width": int(cfg.data.width),
-        "norm_mean": [float(x) for x in cfg.data.norm_mean],
-        "norm_std": [float(x) for x in cfg.data.norm_std],
+        "height": int(height),
+        "width": int(width),
+        "norm_mean": [float(x) for x in norm_mean],
+        "norm_std": [float(x) for x in norm_std],
         "modalities": list(modalities),
-        "sources": list(cfg.data.sources),
-        "config": cfg.dump(),
+        "sources": list(sources),
+        "config": str(config_text),
     }
+
+
+#: options the previous release stored in checkpoints under other names -> field name
+LEGACY_OPTION_NAMES: dict[str, str] = {"sdtps_ratio": "ratio", "drop_path_rate": "drop_path"}
+
+
+def upgrade_legacy_names(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with :data:`LEGACY_OPTION_NAMES` renamed and the old "unset"
+    ``gumbel_tau: None`` dropped (the default then applies): reads old checkpoints' meta."""
+    out = {LEGACY_OPTION_NAMES.get(k, k): v for k, v in options.items()}
+    if "gumbel_tau" in out and out["gumbel_tau"] is None:
+        del out["gumbel_tau"]
+    return out
 
 
 def checkpoint_meta(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -56,8 +69,6 @@ def checkpoint_meta(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
 def _upgrade_legacy_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` (a copy when changed) with the previous release's option names renamed in its
     ``model_kwargs`` and stored config, so its checkpoints still rebuild their model."""
-    from ..models.options import LEGACY_OPTION_NAMES, upgrade_legacy_names
-
     kwargs, cfg_text = meta.get("model_kwargs"), meta.get("config")
     if not (isinstance(kwargs, dict) and set(kwargs) & set(LEGACY_OPTION_NAMES)):
         return meta

@@ -1,4 +1,4 @@
-"""Run state across attempts: the whole run's time, and partial files of killed writes.
+"""Run state across attempts: the whole run's time, and whether a folder holds another run.
 
 A run may take several attempts (torchrun ``--max-restarts``, a rerun with
 ``train.auto_resume True``). :class:`RunClock` keeps ``<save_dir>/run_state.json``: one entry
@@ -6,49 +6,46 @@ per attempt (start, end, log file). An attempt killed without ending is counted 
 sign of life (the last write to its log, or the last checkpoint it wrote), so the reported
 time is the whole run's, with the last attempt's time given separately.
 
-:func:`remove_stale_partials` deletes the temporary files :func:`torchreid_sdtps.io.atomic_path`
-leaves when a process is killed mid-write; only files of that exact pattern, for the files a
-run writes, directly in ``save_dir`` or its model folders.
+:func:`refuse_other_run` keeps a new run from replacing another run's results or state (the
+partial files of killed writes are :meth:`Checkpointer.remove_partials`'s).
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
 import os.path as osp
-import re
 import time
 from typing import Any
 
 from .. import dist
+from ..checkpoint import Checkpointer
+from ..errors import ConfigError
 from ..io import write_json
 
-__all__ = ["RunClock", "remove_stale_partials", "RUN_STATE", "PARTIAL_PATTERN"]
+__all__ = ["RunClock", "RunDirInUseError", "refuse_other_run"]
 
 logger = logging.getLogger(__name__)
 
-RUN_STATE = "run_state.json"
-#: ``.<name>.<mkstemp's 8 characters>.partial`` of the files a run writes
-PARTIAL_PATTERN = re.compile(r"^\.(model\.pth\.tar-\d+|model-best\.pth\.tar|results\.json|"
-                             r"test_results\.json|run_state\.json)\.[a-z0-9_]{8}\.partial$")
+
+class RunDirInUseError(ConfigError):
+    """``data.save_dir`` holds another run that this one would replace (exit 2)."""
 
 
-def remove_stale_partials(save_dir: str) -> list[str]:
-    """Remove partial files of interrupted writes in ``save_dir`` and ``save_dir/*/`` (rank 0
-    only, before anything is written); returns the removed paths."""
-    if not dist.is_main_process() or not osp.isdir(save_dir):
-        return []
-    removed = []
-    for path in glob.glob(osp.join(save_dir, ".*.partial")) + \
-            glob.glob(osp.join(save_dir, "*", ".*.partial")):
-        if PARTIAL_PATTERN.match(osp.basename(path)) and osp.isfile(path):
-            os.remove(path)
-            removed.append(path)
-    if removed:
-        logger.info("removed %d partial file(s) of an interrupted write: %s", len(removed),
-                    ", ".join(removed))
-    return removed
+def refuse_other_run(save_dir: str, resuming: bool) -> None:
+    """Refuse a run that would replace another run's results or state in ``save_dir``: a fresh
+    run (``resuming`` False: neither ``train.auto_resume`` nor a ``model.resume`` inside
+    ``save_dir``) into a folder that holds checkpoints, ``results.json`` or ``run_state.json``.
+    Reads only: nothing is written."""
+    if resuming:
+        return
+    ck = Checkpointer(save_dir)
+    found = [osp.relpath(p, save_dir) for p in sorted(ck.checkpoints())][-1:]
+    found += [n for n in (ck.RESULTS, ck.RUN_STATE) if osp.isfile(ck.file(n))]
+    if found:
+        raise RunDirInUseError(
+            f"data.save_dir '{save_dir}' holds another run ({', '.join(found)}); a new run does "
+            "not replace it: continue it with train.auto_resume True, or give this run another "
+            "data.save_dir")
 
 
 def _mtime(path: str | None) -> float:
@@ -68,7 +65,7 @@ class RunClock:
 
     def __init__(self, save_dir: str, resumed: bool, log: str | None = None,
                  start: float | None = None) -> None:
-        self.path = osp.join(save_dir, RUN_STATE)
+        self.path = Checkpointer(save_dir).file(Checkpointer.RUN_STATE)
         self.start = time.time() if start is None else float(start)
         self.previous: list[dict[str, Any]] = self._read() if resumed else []
         self._close_killed(save_dir)
@@ -86,7 +83,7 @@ class RunClock:
     def _close_killed(self, save_dir: str) -> None:
         """An attempt without an end was killed: its last sign of life is the last write to
         its log or the newest checkpoint written after it started."""
-        checkpoints = glob.glob(osp.join(save_dir, "*", "model.pth.tar-*"))
+        checkpoints = Checkpointer(save_dir).checkpoints()
         for a in self.previous:
             if a.get("ended") is None:
                 later = [m for m in map(_mtime, checkpoints) if m >= a["started"]]

@@ -13,6 +13,7 @@ import os.path as osp
 from typing import Any
 
 from ..build import build_all
+from ..checkpoint import Checkpointer, Loaded
 from ..config import CfgNode
 from ..data.checks import EVAL_TRAIN_SAMPLER
 from ..errors import ConfigError
@@ -33,26 +34,24 @@ __all__ = ["test", "main", "COMMAND", "console"]
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "test_results.json"
-
-
-def test(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
-    """Rank the weights ``model.load_weights`` (default: the latest checkpoint in save_dir);
-    with ``test.missing_modalities`` also the missing-modality table. Returns the summary
-    (also written to ``<save_dir>/test_results.json``, after every input was accepted)."""
+def test(cfg: CfgNode, log: Any = None, weights: Loaded | None = None) -> dict[str, Any]:
+    """Rank the weights ``model.load_weights`` (default: the latest checkpoint in save_dir;
+    ``weights``: that checkpoint already read); with ``test.missing_modalities`` also the
+    missing-modality table. Returns the summary (also written to
+    ``<save_dir>/test_results.json``, after every input was accepted)."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.sampler.train_sampler = EVAL_TRAIN_SAMPLER  # ranking only: no P x K batch to fill
-    weights = resolve_weights(cfg)
+    loaded = weights if weights is not None else resolve_weights(cfg)
     cfg.model.load_weights = ""  # built plain, then loaded strictly below
     cfg.freeze()
     dm, model, _, _, engine = build_all(cfg)
-    load_weights(model, weights, str(cfg.model.name))
+    load_weights(model, loaded, str(cfg.model.name))
     if log is not None:
         log.keep()
-    summary: dict[str, Any] = {"model": cfg.model.name, "weights": weights,
+    summary: dict[str, Any] = {"model": cfg.model.name, "weights": loaded.path,
                                "results": evaluate(engine, cfg)}
-    label = f"{cfg.model.name} ({osp.basename(weights)})"
+    label = f"{cfg.model.name} ({osp.basename(loaded.path)})"
     for target, res in summary["results"].items():
         title = f"{target}: {res['num_query']} queries, {res['num_gallery']} gallery images"
         logger.info("\n%s", results_table({label: res}, title=title), extra=SHOW)
@@ -65,7 +64,7 @@ def test(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
                                             **{k: v for k, v in test_kwargs(cfg).items()
                                                if k != "ranks"})
             for target in cfg.data.targets}
-    write_results(osp.join(cfg.data.save_dir, RESULTS_FILE), summary)
+    write_results(Checkpointer(cfg.data.save_dir).file(Checkpointer.TEST_RESULTS), summary)
     return summary
 
 

@@ -20,9 +20,8 @@ from typing import Any
 
 from .. import config
 from ..build import build_all, use_gpu
+from ..checkpoint import Checkpointer, Loaded, resume_engine
 from ..config import CfgNode
-from ..engine import ddp
-from ..engine.state import latest_checkpoint, resume_from_checkpoint
 from ..errors import ConfigError
 from ..logs import SHOW
 from .common import (
@@ -33,7 +32,7 @@ from .common import (
     untrained_results,
     write_results,
 )
-from .runclock import RunClock, remove_stale_partials
+from .runclock import RunClock
 from .runner import Command, InputNotFoundError
 from .test import test
 
@@ -41,54 +40,56 @@ __all__ = ["train", "main", "COMMAND", "console"]
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
+def _resume(cfg: CfgNode, engine: Any, loaded: Loaded | None) -> tuple[int, str]:
+    """Resume ``engine`` from ``loaded`` (``model.resume`` as read) or, with
+    ``train.auto_resume``, the latest checkpoint in save_dir; the epoch to start from and the
+    checkpoint's path ("" for a fresh run)."""
+    if loaded is None:
+        found = Checkpointer(cfg.data.save_dir).find_resume(str(cfg.model.resume),
+                                                             bool(cfg.train.auto_resume))
+        if not found:
+            return int(cfg.train.start_epoch), ""
+        if not osp.isfile(found):
+            raise InputNotFoundError(f"model.resume: no checkpoint '{found}'")
+        loaded = Checkpointer.read(found)
+    return resume_engine(engine, loaded), loaded.path
 
 
-def _resume(cfg: CfgNode, engine: Any, model: Any) -> tuple[int, str]:
-    start_epoch = int(cfg.train.start_epoch)
-    resume = ddp.resume_path(cfg)  # model.resume, or train.auto_resume's latest checkpoint
-    if not resume:
-        return start_epoch, ""
-    if not osp.isfile(resume):
-        raise InputNotFoundError(f"model.resume: no checkpoint '{resume}'")
-    if hasattr(engine, "resume"):
-        start_epoch = engine.resume(resume)
-    else:  # the checkpoint holds the plain model, not its DDP wrapper
-        start_epoch, _ = resume_from_checkpoint(resume, ddp.unwrap(model), engine.optimizer,
-                                                engine.scheduler)
-    return start_epoch, resume
-
-
-def train(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
+def train(cfg: CfgNode, log: Any = None, resume: Loaded | None = None,
+          weights: Loaded | None = None) -> dict[str, Any]:
     """Train (or resume, or complete a finished run), rank and checkpoint as ``cfg`` says;
-    returns the results summary (also written to ``<save_dir>/results.json``)."""
+    returns the results summary (also written to ``<save_dir>/results.json``). ``resume``:
+    the ``model.resume`` checkpoint already read (``weights``: the one to rank with
+    ``test.evaluate``)."""
     if cfg.test.evaluate:
-        return test(cfg, log)
+        return test(cfg, log, weights=weights)
     began = time.time()
     save_dir = str(cfg.data.save_dir)
-    remove_stale_partials(save_dir)
+    ck = Checkpointer(save_dir)
+    ck.remove_partials()
     dm, model, _, _, engine = build_all(cfg)
-    start_epoch, resume = _resume(cfg, engine, model)
+    start_epoch, resume_path = _resume(cfg, engine, resume)
     max_epoch = int(cfg.train.max_epoch)
     if start_epoch > max_epoch:
-        raise ConfigError(f"model.resume: the checkpoint '{resume}' ends at epoch {start_epoch}, "
-                          f"after train.max_epoch {max_epoch}; raise train.max_epoch to train "
-                          "on, or rank it with torchreid-sdtps-test --weights")
-    clock = RunClock(save_dir, resumed=bool(resume), log=getattr(log, "path", None), start=began)
+        raise ConfigError(f"model.resume: the checkpoint '{resume_path}' ends at epoch "
+                          f"{start_epoch}, after train.max_epoch {max_epoch}; raise "
+                          "train.max_epoch to train on, or rank it with torchreid-sdtps-test "
+                          "--weights")
+    clock = RunClock(save_dir, resumed=bool(resume_path), log=getattr(log, "path", None), start=began)
     if log is not None:
         log.keep()
-    finished = bool(resume) and start_epoch == max_epoch
+    finished = bool(resume_path) and start_epoch == max_epoch
     if finished:  # a rerun of a finished run, or a restart after the last checkpoint
         logger.info("'%s' already ends at train.max_epoch %d: nothing left to train; ranking it",
-                    resume, max_epoch)
+                    resume_path, max_epoch)
         trained = evaluate(engine, cfg)
-        checkpoint = resume
+        checkpoint = resume_path
     else:
         run_kwargs = dict(config.engine_run_kwargs(cfg), start_epoch=start_epoch)
         run_kwargs.pop("test_only")
         engine.run(**run_kwargs)
         trained = _results_of(engine)
-        checkpoint = getattr(engine, "last_checkpoint", None) or latest_checkpoint(save_dir)
+        checkpoint = getattr(engine, "last_checkpoint", None) or ck.latest()
     target = list(cfg.data.targets)[0]
     summary: dict[str, Any] = {
         "model": cfg.model.name, "engine": cfg.sdtps.engine, "epochs": max_epoch,
@@ -98,7 +99,7 @@ def train(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
     if cfg.test.best_on_test:  # explicitly labelled: chosen on the test set, not reported
         summary["best_on_test (selected on the TEST set, optimistic)"] = {
             "mAP": getattr(engine, "best_test_map", None),
-            "checkpoint": osp.join(save_dir, "model", "model-best.pth.tar")}
+            "checkpoint": ck.best_path()}
     label = f"{cfg.model.name} trained ({max_epoch} epochs)"
     rows = {label: trained.get(target)}
     if cfg.test.compare_untrained and trained:
@@ -113,7 +114,7 @@ def train(cfg: CfgNode, log: Any = None) -> dict[str, Any]:
         logger.info("\n%s\ncheckpoint: %s", summary["table"], checkpoint, extra=SHOW)
     else:  # an engine that only prints its metrics (torchreid's stock ones): they are in the log
         logger.info("checkpoint: %s\nlog: %s", checkpoint, getattr(log, "path", None), extra=SHOW)
-    write_results(osp.join(save_dir, RESULTS_FILE), summary)
+    write_results(ck.file(ck.RESULTS), summary)
     return summary
 
 

@@ -15,16 +15,17 @@ from collections.abc import Sequence
 from ..choices import HEAD_REDUCTIONS, REMOVED_STAGES, SAMPLER_MODES, TRANSFORM_STYLES
 from ..errors import ConfigError
 from .adapters import (
-    ENGINE_KEYS,
     IMAGEDATA_KEYS,
     config_value,
     engine_kwargs,
     engine_run_kwargs,
     imagedata_kwargs,
     lr_scheduler_kwargs,
+    make_meta,
     model_kwargs,
     optimizer_kwargs,
 )
+from .checks import check_values
 from .defaults import (
     DEMO_CONFIG,
     get_default_config,
@@ -38,7 +39,7 @@ __all__ = [
     "CfgNode", "ConfigError", "get_default_config", "get_demo_config", "DEMO_CONFIG", "BASE_KEY",
     "load_config", "check_config", "iter_keys", "imagedata_kwargs", "model_kwargs",
     "optimizer_kwargs", "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "synthetic_spec",
-    "model_options", "ENGINE_KEYS", "IMAGEDATA_KEYS", "config_value",
+    "model_options", "make_meta", "IMAGEDATA_KEYS", "config_value",
     "REMOVED_STAGES", "SAMPLER_MODES",
 ]
 
@@ -58,8 +59,10 @@ def load_config(config_file: str = "", opts: Sequence[str] = (), root: str = "",
 
 
 def check_config(cfg: CfgNode) -> None:
-    """Cross-key and choice checks that single typed values cannot express."""
+    """Every value in its range (:func:`.checks.check_values`), then the cross-key and choice
+    checks that single typed values cannot express."""
     model_options(cfg)  # the sdtps node's model options (SDTPSOptions checks each)
+    check_values(cfg)  # numbers in range, the engine's options, the synthetic spec
     for key, value, choices in (("loss.head_reduction", cfg.loss.head_reduction, HEAD_REDUCTIONS),
                                 ("data.transform_style", cfg.data.transform_style,
                                  TRANSFORM_STYLES),
@@ -76,9 +79,6 @@ def check_config(cfg: CfgNode) -> None:
         for key in (k for k, bad in unusable.items() if bad):
             raise ConfigError(f"sdtps.{key} {cfg.sdtps[key]!r} needs the SDTPS block; with "
                               f"sdtps.use_sdtps False set sdtps.{key} {plain[key]}")
-    if cfg.loss.triplet.soft_margin and cfg.loss.triplet.margin != 0:
-        raise ConfigError(f"loss.triplet.soft_margin uses no margin; set loss.triplet.margin 0 "
-                          f"(got {cfg.loss.triplet.margin})")
     if cfg.data.transform_style == "torchreid":
         default = get_default_config().data
         changed = [k for k in ("flip_prob", "pad", "erase_prob") if cfg.data[k] != default[k]]

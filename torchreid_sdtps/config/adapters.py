@@ -5,13 +5,15 @@ the others feed the ``sdtps_*`` model factories, the engines and the lr schedule
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from ..choices import MODALITIES
 from .node import CfgNode
 
-__all__ = ["IMAGEDATA_KEYS", "ENGINE_KEYS", "config_value",
+__all__ = ["IMAGEDATA_KEYS", "config_value",
            "imagedata_kwargs", "model_kwargs", "optimizer_kwargs",
-           "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs"]
+           "lr_scheduler_kwargs", "engine_kwargs", "engine_run_kwargs", "make_meta"]
 
 
 #: ``ImageDataManager`` keyword -> config key (torchreid's ``imagedata_kwargs``, same keys)
@@ -26,21 +28,6 @@ IMAGEDATA_KEYS: dict[str, str] = {
     "num_datasets": "sampler.num_datasets", "train_sampler": "sampler.train_sampler",
     "train_sampler_t": "sampler.train_sampler_t",
 }
-
-#: engine constructor keyword -> config key
-ENGINE_KEYS: dict[str, str] = {
-    "margin": "loss.triplet.margin", "weight_t": "loss.triplet.weight_t",
-    "weight_x": "loss.triplet.weight_x", "use_gpu": "use_gpu",
-    "label_smooth": "loss.softmax.label_smooth", "weight_ratio": "sdtps.weight_ratio",
-    "weight_align": "sdtps.weight_align", "align_margin": "sdtps.align_margin",
-    "align_center": "sdtps.align_center", "use_amp": "sdtps.use_amp",
-    "soft_margin": "loss.triplet.soft_margin", "head_reduction": "loss.head_reduction",
-    "best_on_test": "test.best_on_test", "eval_amp": "test.amp",
-    "modality_dropout": "train.modality_dropout.prob",
-    "dropout_subsets": "train.modality_dropout.subsets",
-    "dropout_triplet": "train.modality_dropout.triplet",
-}
-
 
 def config_value(cfg: CfgNode, key: str) -> Any:
     """The value of the dotted ``key`` (lists as lists)."""
@@ -74,6 +61,20 @@ def model_kwargs(cfg: CfgNode, num_cameras: int = 0) -> dict[str, Any]:
         "num_cameras": int(num_cameras),
         "options": model_options(cfg),
     }
+
+
+def make_meta(cfg: CfgNode, num_classes: int, num_cameras: int,
+              modalities: Sequence[str] = MODALITIES) -> dict[str, Any]:
+    """The checkpoint meta of a model built from ``cfg``
+    (:func:`torchreid_sdtps.checkpoint.make_meta` with the config's values)."""
+    from ..checkpoint import make_meta as make_plain_meta
+    from .defaults import model_options
+
+    return make_plain_meta(
+        str(cfg.model.name), num_classes, num_cameras, model_options(cfg).to_dict(),
+        height=cfg.data.height, width=cfg.data.width, norm_mean=list(cfg.data.norm_mean),
+        norm_std=list(cfg.data.norm_std), sources=list(cfg.data.sources),
+        config_text=cfg.dump(), modalities=modalities)
 
 
 def optimizer_kwargs(cfg: CfgNode) -> dict[str, Any]:
@@ -118,9 +119,13 @@ def lr_scheduler_kwargs(cfg: CfgNode) -> dict[str, Any]:
 
 
 def engine_kwargs(cfg: CfgNode) -> dict[str, Any]:
-    """Engine constructor keyword arguments (:data:`ENGINE_KEYS`; ``build.build_engine`` passes
-    those the engine takes and refuses a changed value of one it does not)."""
-    return _from_table(cfg, ENGINE_KEYS)
+    """Engine constructor keyword arguments: every
+    :class:`~torchreid_sdtps.engine.options.EngineOptions` field from its config key
+    (``build.build_engine`` passes those the engine takes and refuses a changed value of one it
+    does not)."""
+    from ..engine.options import EngineOptions
+
+    return _from_table(cfg, EngineOptions.keys())
 
 
 def engine_run_kwargs(cfg: CfgNode) -> dict[str, Any]:

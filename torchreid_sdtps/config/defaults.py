@@ -118,12 +118,8 @@ def get_default_config() -> CfgNode:
     cfg.train.seed = 1
     cfg.train.sync_bn = False  # DDP: synchronise every BatchNorm across ranks
     cfg.train.auto_resume = False  # resume from the latest checkpoint in save_dir (restarts)
-    # training for missing modalities (engine sdtps; docs/engine.md): a sample loses, with
-    # probability prob, one of the subsets (missing-table names), removed as evaluation does
-    cfg.train.modality_dropout = CfgNode()
-    cfg.train.modality_dropout.prob = 0.0  # 0 = off (bit-identical to training without it)
-    cfg.train.modality_dropout.subsets = [s for s in MISSING_SETTINGS if s != "none"]
-    cfg.train.modality_dropout.triplet = "all"  # all | complete: samples the triplet ranks
+    # training for missing modalities (engine sdtps; docs/engine.md): train.modality_dropout
+    # .prob/.subsets/.triplet, keys of EngineOptions (below)
 
     cfg.sgd = CfgNode()
     cfg.sgd.momentum = 0.9
@@ -138,13 +134,7 @@ def get_default_config() -> CfgNode:
     cfg.loss = CfgNode()
     cfg.loss.name = "triplet"
     cfg.loss.softmax = CfgNode()
-    cfg.loss.softmax.label_smooth = True
     cfg.loss.triplet = CfgNode()
-    cfg.loss.triplet.margin = 0.3
-    cfg.loss.triplet.weight_t = 1.0
-    cfg.loss.triplet.weight_x = 1.0
-    cfg.loss.triplet.soft_margin = False  # soft-margin batch-hard triplet (needs margin 0)
-    cfg.loss.head_reduction = "mean"  # several heads: one of choices.HEAD_REDUCTIONS
 
     cfg.test = CfgNode()
     cfg.test.batch_size = 128
@@ -160,20 +150,16 @@ def get_default_config() -> CfgNode:
     cfg.test.missing_modalities = False  # also rank with modalities zeroed (one table)
     cfg.test.missing_settings = list(MISSING_SETTINGS)
     cfg.test.compare_untrained = False  # rank a random-init model of the same architecture too
-    # ALSO keep the checkpoint with the best mAP *on the test set* (model-best.pth.tar; DeMo
-    # does this). Selecting on the test set is optimistic: results report the last epoch.
-    cfg.test.best_on_test = False
-    cfg.test.amp = False  # fp16 autocast for evaluation (CUDA); default fp32, as DeMo ranks
 
     # the model's options: one key per SDTPSOptions field (models/options.py documents them),
-    # then the engine's keys (options.ENGINE_KEYS)
+    # then the engine's name
     cfg.sdtps = _options_node()
     cfg.sdtps.engine = "sdtps"  # any registered engine: sdtps, triplet, softmax, third-party
-    cfg.sdtps.weight_ratio = 1.0  # SelectionRatioLoss weight (0 under topk anyway)
-    cfg.sdtps.weight_align = 0.5  # CrossModalAlignmentLoss weight
-    cfg.sdtps.align_margin = 0.2
-    cfg.sdtps.align_center = True  # centre tokens in the alignment loss (no collapse shortcut)
-    cfg.sdtps.use_amp = True  # CUDA only; ignored (with a note) on the CPU
+    # the engine's options: one key per EngineOptions field (engine/options.py documents them:
+    # loss.triplet.*, loss.softmax.label_smooth, loss.head_reduction, test.best_on_test,
+    # test.amp, train.modality_dropout.*, sdtps.weight_*/align_*/use_amp)
+    for key, value in _engine_options_class().config_defaults().items():
+        _set_key(cfg, key, value)
 
     cfg.synthetic = _synthetic_node()  # the spec of synthetic_msreid (when it is used)
     return cfg
@@ -184,6 +170,24 @@ def get_demo_config() -> CfgNode:
     cfg = get_default_config()
     cfg.merge_from_file(DEMO_CONFIG)
     return cfg
+
+
+def _engine_options_class() -> type:
+    """``EngineOptions`` (pure Python: the engine's options and their config keys)."""
+    from ..engine.options import EngineOptions
+
+    return EngineOptions
+
+
+def _set_key(cfg: CfgNode, key: str, value: Any) -> None:
+    """Set the dotted ``key`` to ``value``, creating the nodes on its way."""
+    *path, last = key.split(".")
+    node = cfg
+    for part in path:
+        if part not in node:
+            node[part] = CfgNode()
+        node = node[part]
+    node[last] = value
 
 
 def _options_class() -> type:

@@ -30,7 +30,6 @@ from .. import compat, config
 from ..checkpoint import (
     CheckpointError,
     load_into_model,
-    make_meta,
     read_checkpoint,
     state_dict_of,
 )
@@ -52,8 +51,8 @@ class ExtractionError(SDTPSError, ValueError):
 
 # ----------------------------------------------------------------------------- checkpoint meta
 
-#: the meta a checkpoint carries (:func:`torchreid_sdtps.checkpoint.make_meta`); old names
-model_meta = checkpoint_meta = make_meta
+#: the meta a checkpoint carries (:func:`torchreid_sdtps.config.make_meta`); old names
+model_meta = checkpoint_meta = config.make_meta
 
 
 def _shape_of(state: dict[str, torch.Tensor], suffix: str) -> torch.Size | None:
@@ -126,7 +125,7 @@ def load_meta(checkpoint: str = "", config_file: str = "", opts: Sequence[str] =
             num_classes = int(cls_shape[0])
             sie = _shape_of(state, "sie_embed")
             num_cameras = int(sie[0]) if sie is not None else 0
-    return make_meta(cfg, num_classes, num_cameras), ckpt
+    return config.make_meta(cfg, num_classes, num_cameras), ckpt
 
 
 def load_model(checkpoint: str = "", config_file: str = "", opts: Sequence[str] = ()
@@ -147,7 +146,8 @@ def load_model(checkpoint: str = "", config_file: str = "", opts: Sequence[str] 
     kwargs["img_size"] = tuple(kwargs.get("img_size", (meta["height"], meta["width"])))
     model = factory(num_classes=meta["num_classes"], **kwargs)
     if checkpoint:  # every parameter and buffer, same shapes; the error names the file
-        load_into_model(model, checkpoint, strict=True, model_name=meta["model_name"])
+        load_into_model(model, ckpt, strict=True, model_name=meta["model_name"],
+                        source_name=checkpoint)  # what load_meta read: one read per file
     return model.eval(), meta
 
 

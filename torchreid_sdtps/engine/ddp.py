@@ -12,13 +12,14 @@ single process unless stated):
 3. :func:`convert_model` - ``train.sync_bn``: every BatchNorm synchronised across ranks
    (before the optimizer is built: the layers are new modules);
 4. :func:`wrap_model` - ``DistributedDataParallel``;
-5. :func:`prepare_engine` - the engine's class gains :class:`DistributedEngineMixin`:
+5. :func:`engine_class` - the engine is built from its class with
+   :class:`DistributedEngineMixin` in front (made once per class, before construction):
    global-batch triplet/alignment losses (:class:`~torchreid_sdtps.losses.GlobalBatchLoss`),
    ``set_epoch`` on the sampler, per-(epoch, rank) reseeding, checkpoints and tensorboard on
    rank 0 only (checkpoints hold the *unwrapped* model, loadable without DDP), evaluation
    on the unwrapped model with rank 0's BatchNorm statistics;
-6. :func:`resume_path` - ``train.auto_resume``: a run restarted by ``torchrun --max-restarts``
-   continues from the latest checkpoint in ``data.save_dir``.
+6. ``train.auto_resume``: a run restarted by ``torchrun --max-restarts`` continues from the
+   latest checkpoint in ``data.save_dir`` (:meth:`Checkpointer.find_resume`).
 
 Reseeding: at the start of epoch e rank r seeds Python, NumPy and torch with
 ``train.seed + e * N + r``. The random state of an epoch is then a function of (seed, epoch,
@@ -40,16 +41,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import compat, dist
+from ..checkpoint import Checkpointer, unwrap_model
 from ..choices import SAMPLER_MODES
 from ..data.samplers import DistributedIdentitySampler
 from ..errors import ConfigError
+from ..losses.criterion import SDTPSCriterion
 from ..losses.gather import GlobalBatchLoss
 from ..models.sync_bn import convert_sync_batchnorm
-from .state import latest_checkpoint
 
 __all__ = [
-    "DistributedEngineMixin", "prepare_engine", "convert_model", "wrap_model", "unwrap",
-    "use_distributed_sampler", "resume_path", "swapped_model", "shard_loader", "gather_shards",
+    "DistributedEngineMixin", "engine_class", "make_engine", "is_distributed_run", "convert_model",
+    "wrap_model", "use_distributed_sampler", "swapped_model", "shard_loader", "gather_shards",
     "FAIL_AT_ENV", "FAIL_MARKER_ENV",
 ]
 
@@ -62,12 +64,6 @@ FAIL_MARKER_ENV = "TORCHREID_SDTPS_FAIL_MARKER"
 
 
 # ----------------------------------------------------------------------------- model
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP (or DataParallel) wrapper; ``model`` itself otherwise."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
-
 
 def convert_model(model: nn.Module, cfg: Any) -> nn.Module:
     """``train.sync_bn``: synchronised BatchNorm (needs a process group of > 1 process)."""
@@ -201,12 +197,22 @@ def _maybe_fail(epoch: int, batch: int) -> None:
 
 
 class DistributedEngineMixin:
-    """Methods added in front of an engine class by :func:`prepare_engine`."""
+    """Put in front of an engine class by :func:`engine_class`; ``seed`` is ``train.seed``
+    (the per-(epoch, rank) reseeding). The batch-mining losses become global-batch ones: the
+    SDTPS engine's criterion (:meth:`SDTPSCriterion.global_batch`) or a stock triplet engine's
+    ``criterion_t``."""
 
-    seed: int = 0
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed = int(seed)
+        criterion = getattr(self, "criterion", None)
+        if isinstance(criterion, SDTPSCriterion):
+            criterion.global_batch()
+        elif getattr(self, "criterion_t", None) is not None:  # torchreid's triplet engine
+            self.criterion_t = GlobalBatchLoss(self.criterion_t)
 
     def _plain_model(self) -> nn.Module:
-        return unwrap(self.model)
+        return unwrap_model(self.model)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         if not dist.is_main_process():
@@ -226,7 +232,7 @@ class DistributedEngineMixin:
                                       model: Any = None) -> None:
         # torchreid looks up open_layers as attributes of the model: not of a DDP wrapper
         super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
-                                              model=unwrap(self.model if model is None
+                                              model=unwrap_model(self.model if model is None
                                                            else model))
 
     def forward_backward(self, data: Any) -> Any:
@@ -247,44 +253,40 @@ class DistributedEngineMixin:
                 super().save_model(epoch, rank1, save_dir, is_best=is_best)
         dist.barrier()
 
-    def resume(self, fpath: str) -> int:
-        """The engine's ``resume`` into the unwrapped model (checkpoints hold no DDP prefix)."""
+    def resume(self, source: Any) -> int:
+        """The engine's ``resume`` (a stock engine: weights, optimizer, scheduler) into the
+        unwrapped model (checkpoints hold no DDP prefix)."""
         with swapped_model(self, self._plain_model()):
-            return super().resume(fpath)  # type: ignore[misc]
+            if hasattr(super(), "resume"):
+                return super().resume(source)  # type: ignore[misc]
+            return Checkpointer.resume(source, self.model, self.optimizer, self.scheduler)[0]
 
 
 _CLASSES: dict[type, type] = {}
 
 
-def prepare_engine(engine: Any, cfg: Any) -> Any:
-    """``engine`` with :class:`DistributedEngineMixin` in front of its class (distributed
-    runs, or ``sampler.distributed always``); returned unchanged otherwise."""
-    if not (dist.is_distributed() or cfg.sampler.distributed == "always"):
-        return engine
-    cls = type(engine)
-    if not isinstance(engine, DistributedEngineMixin):
-        if cls not in _CLASSES:
-            _CLASSES[cls] = type(f"Distributed{cls.__name__}", (DistributedEngineMixin, cls),
-                                 {"__doc__": cls.__doc__})
-        engine.__class__ = _CLASSES[cls]
-    engine.seed = int(cfg.train.seed)
-    for name in ("criterion_t", "criterion_align"):
-        crit = getattr(engine, name, None)
-        if crit is not None and not isinstance(crit, GlobalBatchLoss):
-            setattr(engine, name, GlobalBatchLoss(crit))
-    return engine
+def is_distributed_run(cfg: Any) -> bool:
+    """Whether the engine runs in its distributed form: under DDP, or with
+    ``sampler.distributed always``."""
+    return dist.is_distributed() or cfg.sampler.distributed == "always"
 
 
-# ----------------------------------------------------------------------------- run control
+def engine_class(cls: type, cfg: Any) -> type:
+    """``cls`` with :class:`DistributedEngineMixin` in front (one class per engine class) for a
+    distributed run (:func:`is_distributed_run`); ``cls`` itself otherwise. Construct it with
+    the engine's arguments plus ``seed=train.seed``."""
+    if not is_distributed_run(cfg) or issubclass(cls, DistributedEngineMixin):
+        return cls
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Distributed{cls.__name__}", (DistributedEngineMixin, cls),
+                             {"__doc__": cls.__doc__})
+    return _CLASSES[cls]
 
-def resume_path(cfg: Any) -> str:
-    """The checkpoint to resume: ``model.resume``, else with ``train.auto_resume`` the latest
-    ``model.pth.tar-<epoch>`` in ``data.save_dir`` (rank 0 decides, every rank gets its
-    answer; multi-node runs need save_dir on a shared file system), else ``""``."""
-    if cfg.model.resume or not cfg.train.auto_resume:
-        return str(cfg.model.resume)
-    found = latest_checkpoint(cfg.data.save_dir) if dist.is_main_process() else None
-    found = dist.broadcast_object(found)
-    if found and dist.is_main_process():
-        logger.info("train.auto_resume: resuming from '%s'", found)
-    return found or ""
+
+def make_engine(cls: type, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``, in its distributed form (:func:`engine_class`, seeded with
+    ``train.seed``) for a distributed run."""
+    if is_distributed_run(cfg):
+        return engine_class(cls, cfg)(*args, seed=int(cfg.train.seed), **kwargs)
+    return cls(*args, **kwargs)
+

@@ -20,8 +20,8 @@ What it adds to ``ImageTripletEngine`` (everything else, ``run()`` included, is 
 - ``test()`` returns rank-1 like torchreid and fills ``last_results`` (mAP, CMC, R1/R5/R10
   per target); :meth:`evaluate` returns that dict; :meth:`evaluate_missing` zeroes the named
   modalities' input images in query and gallery (as DeMo does) and ranks each setting;
-- checkpoints in torchreid's format (``<save_dir>/model/model.pth.tar-<epoch>``, readable by
-  torchreid's ``resume_from_checkpoint`` / ``load_pretrained_weights``) that also hold the
+- checkpoints in torchreid's format (written by :class:`~torchreid_sdtps.checkpoint.Checkpointer`,
+  readable by torchreid's ``resume_from_checkpoint`` / ``load_pretrained_weights``) that also hold the
   Python/NumPy/torch RNG states and the AMP scaler; :meth:`resume` restores them all, and
   evaluation leaves the RNG untouched, so a resumed run ends where an uninterrupted one does.
 """
@@ -37,9 +37,9 @@ from typing import Any
 import torch
 
 from .. import compat
-from ..checkpoint import meta_of
-from ..choices import DROPOUT_TRIPLET, HEAD_REDUCTIONS, MODALITIES
-from ..losses import CrossModalAlignmentLoss, SelectionRatioLoss, SoftMarginTripletLoss
+from ..checkpoint import Checkpointer, Loaded, meta_of
+from ..choices import MODALITIES
+from ..losses.criterion import SDTPSCriterion
 from ..metrics.selection import evaluate_selection, format_selection
 from ..utils.modalities import zero_modalities
 from .evaluation import (
@@ -53,29 +53,16 @@ from .evaluation import (
 )
 from .hooks import EngineHook, HookList
 from .modality_dropout import ModalityDropout
-from .state import (
-    get_rng_state,
-    resume_from_checkpoint,
-    rng_fork,
-    save_checkpoint_atomic,
-    set_rng_state,
-)
+from .options import EngineOptions
+from .state import get_rng_state, rng_fork, set_rng_state
 
 # the helpers stay importable from here (their homes are .state and .evaluation)
 __all__ = [
     "ImageSDTPSEngine", "DEFAULT_MISSING_SETTINGS", "format_table", "get_rng_state",
-    "set_rng_state", "rng_fork", "save_checkpoint_atomic", "parse_setting",
+    "set_rng_state", "rng_fork", "parse_setting",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _float(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.float()
-    if isinstance(x, (list, tuple)):
-        return type(x)(_float(v) for v in x)
-    return x
 
 
 _TripletBase = compat.engine().ImageTripletEngine
@@ -84,82 +71,47 @@ _TripletBase = compat.engine().ImageTripletEngine
 class ImageSDTPSEngine(_TripletBase):
     """Triplet engine for multi-modal SDTPS models (see the module doc).
 
-    Args (torchreid's ``ImageTripletEngine`` ones, plus):
-        weight_ratio: weight of the selection-ratio loss (zero contribution under top-K).
-        weight_align: weight of the cross-modal alignment loss.
-        align_margin: margin of the alignment ranking loss.
-        align_center: centre the tokens in the alignment loss (see its module doc).
-        use_amp: mixed precision for training on CUDA (ignored, with a log note, without CUDA).
-        eval_amp: float16 autocast for the evaluation features too (CUDA only, ignored with a
-            log note without it); default float32, DeMo's evaluation precision.
-        soft_margin: DeMo's soft-margin batch-hard triplet (:class:`SoftMarginTripletLoss`)
-            instead of torchreid's hard-margin one (``margin`` must then be 0).
-        head_reduction: with several heads (lists of logits/features), ``"mean"`` averages
-            their terms (torchreid's ``DeepSupervision``), ``"sum"`` adds them (DeMo).
-        best_on_test: also keep the checkpoint with the best *test-set* mAP of the first target
-            as ``model-best.pth.tar`` (DeMo's selection; optimistic, off by default).
-        modality_dropout: probability that a training sample loses modalities (0 = off).
-        dropout_subsets: the removals drawn from (missing-table names such as ``"RGB"`` or
-            ``"NI+TI"``; None: every row of the table but "none").
-        dropout_triplet: which samples the triplet term ranks under modality dropout:
-            ``"all"`` or ``"complete"`` (only those that kept every modality; the others still
-            count in the ID and alignment terms).
+    Args:
+        datamanager, model, optimizer, scheduler: torchreid's.
+        options: the :class:`~torchreid_sdtps.engine.options.EngineOptions` (default: its
+            defaults); ``**changes`` replace fields of it by name (``weight_align=0.0``,
+            ``margin=0.3``... torchreid's keyword arguments among them).
         hooks: :class:`~torchreid_sdtps.engine.hooks.EngineHook` instances called after each
             step, epoch and evaluation (kept in :attr:`hooks`).
+
+    The loss comes from :attr:`criterion`
+    (:class:`~torchreid_sdtps.losses.criterion.SDTPSCriterion`).
     """
 
     def __init__(self, datamanager: Any, model: torch.nn.Module, optimizer: Any,
-                 margin: float = 0.3, weight_t: float = 1, weight_x: float = 1,
-                 scheduler: Any = None, use_gpu: bool = True, label_smooth: bool = True,
-                 weight_ratio: float = 1.0, weight_align: float = 0.5,
-                 align_margin: float = 0.2, align_center: bool = True,
-                 use_amp: bool = False, soft_margin: bool = False,
-                 head_reduction: str = "mean", best_on_test: bool = False,
-                 eval_amp: bool = False, modality_dropout: float = 0.0,
-                 dropout_subsets: Sequence[str] | None = None,
-                 dropout_triplet: str = "all", hooks: Sequence[EngineHook] = ()) -> None:
-        super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t,
-                         weight_x=weight_x, scheduler=scheduler, use_gpu=use_gpu,
-                         label_smooth=label_smooth)
-        if weight_ratio < 0 or weight_align < 0:
-            raise ValueError(f"ImageSDTPSEngine: loss weights must be >= 0, got "
-                             f"weight_ratio={weight_ratio}, weight_align={weight_align}")
-        if soft_margin and margin != 0:
-            raise ValueError(f"ImageSDTPSEngine: soft_margin=True uses no margin; got "
-                             f"margin={margin} (pass margin=0)")
-        if dropout_triplet not in DROPOUT_TRIPLET:
-            raise ValueError(f"ImageSDTPSEngine: dropout_triplet must be one of "
-                             f"{list(DROPOUT_TRIPLET)}, got {dropout_triplet!r}")
-        self.dropout_triplet = dropout_triplet
+                 scheduler: Any = None, options: EngineOptions | None = None,
+                 hooks: Sequence[EngineHook] = (), **changes: Any) -> None:
+        opts = options if options is not None else EngineOptions()
+        opts = opts.replace(**changes) if changes else opts
+        super().__init__(datamanager, model, optimizer, margin=opts.margin,
+                         weight_t=opts.weight_t, weight_x=opts.weight_x, scheduler=scheduler,
+                         use_gpu=opts.use_gpu, label_smooth=opts.label_smooth)
+        del self.criterion_t, self.criterion_x  # torchreid's: the criterion holds the terms
+        self.options = opts
+        self.criterion = SDTPSCriterion(opts, datamanager.num_train_pids, use_gpu=self.use_gpu)
         self.hooks = HookList(hooks)
-        if head_reduction not in HEAD_REDUCTIONS:
-            raise ValueError(f"ImageSDTPSEngine: head_reduction must be one of "
-                             f"{list(HEAD_REDUCTIONS)}, got {head_reduction!r}")
-        if soft_margin:
-            self.criterion_t = SoftMarginTripletLoss()
-        self.soft_margin = bool(soft_margin)
-        self.head_reduction = head_reduction
-        self.best_on_test = bool(best_on_test)
+        self.best_on_test = bool(opts.best_on_test)
         self.best_test_map = -1.0
-        self.weight_ratio = float(weight_ratio)
-        self.weight_align = float(weight_align)
-        self.criterion_ratio = SelectionRatioLoss()
-        self.criterion_align = CrossModalAlignmentLoss(margin=align_margin, center=align_center)
         if self.use_gpu:
             self.model.cuda()  # in place: the optimizer keeps its parameter references
-        self.use_amp = bool(use_amp) and self.use_gpu
-        if use_amp and not self.use_gpu:
+        self.use_amp = bool(opts.use_amp) and self.use_gpu
+        if opts.use_amp and not self.use_gpu:
             logger.info("use_amp=True ignored: CUDA is not in use, training in float32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.eval_amp = bool(eval_amp) and self.use_gpu
-        if eval_amp and not self.use_gpu:
+        self.eval_amp = bool(opts.eval_amp) and self.use_gpu
+        if opts.eval_amp and not self.use_gpu:
             logger.info("eval_amp=True ignored: CUDA is not in use, evaluating in float32")
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_checkpoint: str | None = None
         self._zeroed: tuple[int, ...] = ()
         train_set = getattr(getattr(datamanager, "train_loader", None), "dataset", None)
         self.modality_dropout = ModalityDropout(
-            modality_dropout, dropout_subsets,
+            opts.modality_dropout, opts.dropout_subsets,
             getattr(train_set, "modalities", MODALITIES))
         self._eval_cam: torch.Tensor | None = None
         # parameters the model froze itself (e.g. BNNeck biases); torchreid's
@@ -213,13 +165,6 @@ class ImageSDTPSEngine(_TripletBase):
         self.hooks.call("after_epoch", self, self.epoch)
         return out
 
-    def compute_loss(self, criterion: Any, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        """torchreid's (one term per head, averaged), or their sum with
-        ``head_reduction="sum"`` (DeMo)."""
-        if self.head_reduction == "sum" and isinstance(outputs, (list, tuple)):
-            return sum(criterion(out, targets) for out in outputs)
-        return super().compute_loss(criterion, outputs, targets)
-
     def forward_backward(self, data: dict) -> dict[str, float]:
         """One optimisation step; returns the loss summary torchreid prints and logs."""
         step = (self.epoch, getattr(self, "batch_idx", 0))
@@ -233,31 +178,8 @@ class ImageSDTPSEngine(_TripletBase):
             imgs, pids = imgs.cuda(), pids.cuda()
             cams = cams.cuda() if cams is not None else None
         with self._autocast():
-            out, aux = self.model(imgs, cam_label=cams, return_aux=True)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError("ImageSDTPSEngine needs the model built with loss='triplet' "
-                             "(outputs (logits, features) in training)")
-        outputs, features = _float(out[0]), _float(out[1])
-
-        loss = torch.zeros((), device=pids.device)
-        summary: dict[str, float] = {}
-        if self.weight_t > 0:
-            loss_t = self._triplet(features, pids, present)
-            loss = loss + self.weight_t * loss_t
-            summary["loss_t"] = loss_t.item()
-        if self.weight_x > 0:
-            loss_x = self.compute_loss(self.criterion_x, outputs, pids)
-            loss = loss + self.weight_x * loss_x
-            summary["loss_x"] = loss_x.item()
-            summary["acc"] = compat.metrics().accuracy(outputs, pids)[0].item()
-        if self.weight_ratio > 0:
-            loss_r = self.criterion_ratio(aux.get("soft_masks"), ratio=aux.get("ratio"))
-            loss = loss + self.weight_ratio * loss_r.to(loss.device)
-            summary["loss_ratio"] = loss_r.item()
-        if self.weight_align > 0:
-            loss_a = self.criterion_align(aux["tokens"], pids, present)
-            loss = loss + self.weight_align * loss_a
-            summary["loss_align"] = loss_a.item()
+            outputs = self.model(imgs, cam_label=cams, return_aux=True)
+        loss, summary = self.criterion(outputs, pids, present)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at epoch {self.epoch + 1}, "
                                      f"batch {getattr(self, 'batch_idx', 0) + 1}: {summary}")
@@ -268,20 +190,6 @@ class ImageSDTPSEngine(_TripletBase):
         self.scaler.update()
         self.hooks.call("after_step", self, *step, summary)
         return summary
-
-    def _triplet(self, features: Any, pids: torch.Tensor,
-                 present: torch.Tensor | None) -> torch.Tensor:
-        """The triplet term; with ``dropout_triplet="complete"`` over the complete samples."""
-        if present is None or self.dropout_triplet == "all":
-            return self.compute_loss(self.criterion_t, features, pids)
-        full = present.all(dim=1).to(pids.device)
-        if int(full.sum()) < 2:  # nothing to rank in this batch
-            return pids.new_zeros((), dtype=torch.float32)
-        if isinstance(features, (list, tuple)):
-            features = type(features)(f[full] for f in features)
-        else:
-            features = features[full]
-        return self.compute_loss(self.criterion_t, features, pids[full])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -377,7 +285,7 @@ class ImageSDTPSEngine(_TripletBase):
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
         """torchreid's checkpoint dict (+ RNG states, AMP scaler, results and the model's
         meta, :func:`~torchreid_sdtps.checkpoint.meta_of`), atomic write; with
-        ``best_on_test`` also ``model-best.pth.tar`` when the first target's mAP improved."""
+        ``best_on_test`` also the best checkpoint when the first target's mAP improved."""
         if self.best_on_test and self.last_results and not is_best:
             first = next(iter(self.last_results.values()))
             if first["mAP"] > self.best_test_map:
@@ -397,15 +305,16 @@ class ImageSDTPSEngine(_TripletBase):
             }
             if self._scheds[name] is not None:
                 state["scheduler"] = self._scheds[name].state_dict()
-            self.last_checkpoint = save_checkpoint_atomic(
-                state, osp.join(save_dir, name), is_best=is_best,
-                meta=meta_of(self._models[name]))
+            self.last_checkpoint = Checkpointer(save_dir).save(
+                state, name, is_best=is_best, meta=meta_of(self._models[name]))
 
-    def resume(self, fpath: str) -> int:
+    def resume(self, source: str | Loaded) -> int:
         """Load weights (strictly), optimizer and scheduler, then the RNG states and AMP
-        scaler; returns the epoch to start from."""
-        start_epoch, ckpt = resume_from_checkpoint(fpath, self.model, self.optimizer,
-                                                   self.scheduler)
+        scaler from ``source`` (a path or what :meth:`Checkpointer.read` read); returns the
+        epoch to start from."""
+        start_epoch, ckpt = Checkpointer.resume(source, self.model, self.optimizer,
+                                                self.scheduler)
+        fpath = source.path if isinstance(source, Loaded) else source
         if "rng_state" in ckpt:
             set_rng_state(ckpt["rng_state"])
         else:

@@ -1,35 +1,18 @@
-"""Run state that must survive a checkpoint: the RNG streams and the checkpoint files.
-
-Checkpoints use torchreid's layout (``<dir>/model.pth.tar-<epoch>``), so torchreid's
-``resume_from_checkpoint`` / ``load_pretrained_weights`` read them; they are written and read
-through :mod:`torchreid_sdtps.checkpoint` (atomic, safe loading, strict weights) and hold the
-RNG states in types that ``torch.load(weights_only=True)`` accepts.
+"""Run state that must survive a checkpoint: the RNG streams, in types that
+``torch.load(weights_only=True)`` accepts (the checkpoint files themselves belong to
+:class:`torchreid_sdtps.checkpoint.Checkpointer`).
 """
 from __future__ import annotations
 
 import contextlib
-import glob
-import logging
-import os.path as osp
 import random
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import (
-    CheckpointError,
-    load_into_model,
-    read_checkpoint,
-    save_checkpoint,
-)
-
-__all__ = ["get_rng_state", "set_rng_state", "rng_fork", "save_checkpoint_atomic",
-           "load_checkpoint", "resume_from_checkpoint", "latest_checkpoint"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["get_rng_state", "set_rng_state", "rng_fork"]
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -70,48 +53,3 @@ def rng_fork() -> Iterator[None]:
         yield
     finally:
         set_rng_state(state)
-
-
-def save_checkpoint_atomic(state: dict[str, Any], save_dir: str, is_best: bool = False,
-                           meta: dict[str, Any] | None = None) -> str:
-    """torchreid's ``save_checkpoint`` layout (``model.pth.tar-<epoch>``, with
-    ``model-best.pth.tar`` when ``is_best``), written by :func:`checkpoint.save_checkpoint`
-    (atomic, with ``meta``)."""
-    fpath = osp.join(save_dir, f"model.pth.tar-{state['epoch']}")
-    for path in [fpath] + ([osp.join(save_dir, "model-best.pth.tar")] if is_best else []):
-        save_checkpoint(state, path, meta=meta)
-    logger.info("Checkpoint saved to \"%s\"", fpath)
-    return fpath
-
-
-def latest_checkpoint(save_dir: str) -> str | None:
-    """The highest-epoch ``model.pth.tar-<epoch>`` under ``<save_dir>/model``, if any."""
-    paths = glob.glob(osp.join(save_dir, "model", "model.pth.tar-*"))
-    epochs = [(int(m.group(1)), p) for p in paths
-              if (m := re.search(r"model\.pth\.tar-(\d+)$", p))]
-    return max(epochs)[1] if epochs else None
-
-
-def load_checkpoint(fpath: str) -> dict[str, Any]:
-    """The checkpoint dict of ``fpath`` (:func:`checkpoint.read_checkpoint`: safe loading,
-    torchreid's NumPy scalars accepted, :class:`CheckpointError` naming the file)."""
-    return read_checkpoint(fpath)
-
-
-def resume_from_checkpoint(fpath: str, model: torch.nn.Module, optimizer: Any = None,
-                           scheduler: Any = None) -> tuple[int, dict[str, Any]]:
-    """What torchreid's ``resume_from_checkpoint`` does, through the checkpoint contract: the
-    weights loaded strictly (:func:`checkpoint.load_into_model`), then the optimizer and
-    scheduler states; returns the epoch to start from and the checkpoint dict."""
-    ckpt = read_checkpoint(fpath)
-    if "epoch" not in ckpt:  # checked first: a refused resume leaves the model untouched
-        raise CheckpointError(f"checkpoint '{fpath}' has no 'epoch': not a training checkpoint "
-                              "to resume (model.load_weights loads weights alone)")
-    load_into_model(model, ckpt, source_name=fpath)
-    if optimizer is not None and "optimizer" in ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and "scheduler" in ckpt:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    start_epoch = int(ckpt["epoch"])
-    logger.info("Resumed from \"%s\" at epoch %d", fpath, start_epoch)
-    return start_epoch, ckpt

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import unwrap_model
+
 __all__ = ["selection_counts", "selection_scores", "cue_mask", "has_cue_truth",
-           "unwrap_model", "evaluate_selection", "format_selection"]
+           "evaluate_selection", "format_selection"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +80,6 @@ def _sample_paths(impath: Any) -> list[tuple[str, ...]]:
     if isinstance(impath, (list, tuple)) and impath and isinstance(impath[0], (list, tuple)):
         return [tuple(p) for p in zip(*impath)]
     return [(p,) if isinstance(p, str) else tuple(p) for p in impath]
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The network under DataParallel / DDP wrappers (the first module with ``extract``)."""
-    while hasattr(model, "module") and not hasattr(model, "extract"):
-        model = model.module
-    return model
 
 
 @torch.no_grad()

@@ -1,9 +1,9 @@
 """``SDTPSOptions``: every design option of an SDTPS model, one typed object.
 
 The route from the configuration to the model is one name all the way: the ``sdtps`` config node
-has one key per field (plus the engine's keys, :data:`ENGINE_NODE_KEYS`), ``config.model_options``
-turns it into an ``SDTPSOptions``, the ``sdtps_*`` factories pass it to ``SDTPSNet``, which gives
-each field to the part that uses it under the same name (``ratio`` -> ``SDTPS(ratio=...)``,
+has one key per field (plus the engine's name and some ``EngineOptions`` keys),
+``config.model_options`` turns it into an ``SDTPSOptions``, the ``sdtps_*`` factories pass it
+to ``SDTPSNet``, which gives each field to the part that uses it under the same name (``ratio`` -> ``SDTPS(ratio=...)``,
 ``drop_path`` -> the backbone's stochastic depth, ``sie_coe`` -> its camera embedding).
 
 Pure Python (no torch), so the config can mirror it without importing a model.
@@ -17,25 +17,7 @@ from typing import Any
 from ..choices import NECK_FEATS, ORI_HEADS, SELECTIONS, TEST_FEATURES, refuse_removed_stages
 from ..errors import ConfigError
 
-__all__ = ["SDTPSOptions", "ENGINE_NODE_KEYS", "LEGACY_OPTION_NAMES", "as_options",
-           "upgrade_legacy_names"]
-
-#: keys of the ``sdtps`` config node that configure the engine, not the model
-ENGINE_NODE_KEYS: tuple[str, ...] = ("engine", "weight_ratio", "weight_align", "align_margin",
-                                "align_center", "use_amp")
-
-#: options the previous release stored in checkpoints under other names -> field name
-LEGACY_OPTION_NAMES: dict[str, str] = {"sdtps_ratio": "ratio", "drop_path_rate": "drop_path"}
-
-
-def upgrade_legacy_names(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with :data:`LEGACY_OPTION_NAMES` renamed and the old "unset"
-    ``gumbel_tau: None`` dropped (the default then applies): reads old checkpoints' meta."""
-    out = {LEGACY_OPTION_NAMES.get(k, k): v for k, v in options.items()}
-    if "gumbel_tau" in out and out["gumbel_tau"] is None:
-        del out["gumbel_tau"]
-    return out
-
+__all__ = ["SDTPSOptions", "as_options"]
 
 @dataclasses.dataclass(frozen=True)
 class SDTPSOptions:

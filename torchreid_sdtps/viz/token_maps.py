@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..checkpoint import unwrap_model
 from ..data.multimodal import load_modalities
 from ..io import atomic_path
-from ..metrics.selection import cue_mask, has_cue_truth, selection_scores, unwrap_model
+from ..metrics.selection import cue_mask, has_cue_truth, selection_scores
 
 __all__ = ["KEPT_COLOUR", "CUE_COLOUR", "panel_origin", "token_map", "sample_token_map",
            "save_token_maps"]
