@@ -144,7 +144,7 @@ def test_a_refused_run_leaves_no_folder_and_no_log(tmp_path, capsys, case):
         expected = "sdtps.ratio=1.5: expected in (0, 1]"
     else:
         args += ["train.lr", "-1"]
-        expected = "train.lr=-1.0: expected > 0"
+        expected = "train.lr -1.0: must be > 0"
     assert cli.run("train", args) == 2  # the console entry, in-process
     captured = capsys.readouterr()
     lines = [ln for ln in captured.err.splitlines() if ln.strip() and "warn" not in ln.lower()]

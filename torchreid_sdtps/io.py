@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "current_umask", "new_file_mode"]
+__all__ = ["atomic_path", "write_json", "current_umask", "new_file_mode", "absent_dirs",
+           "remove_empty_dirs"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -66,3 +67,24 @@ def write_json(obj: Any, path: str) -> str:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2)
     return path
+
+
+def absent_dirs(path: str) -> list[str]:
+    """``path`` and its parents that do not exist yet, deepest first (what a later
+    ``os.makedirs(path)`` creates, so that a refused command can take it back)."""
+    out: list[str] = []
+    path = osp.abspath(path)
+    while not osp.exists(path) and osp.dirname(path) != path:
+        out.append(path)
+        path = osp.dirname(path)
+    return out
+
+
+def remove_empty_dirs(dirs: list[str]) -> None:
+    """Remove the folders of ``dirs`` (deepest first) that are empty; stop at the first that
+    is not (a run that wrote anything keeps its folder)."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            break

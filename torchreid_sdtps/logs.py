@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import SDTPSError
+from .io import absent_dirs
 
 __all__ = ["console_logging", "ConsoleFormatter", "run_logging", "RunLog", "SHOW", "silenced"]
 
@@ -94,16 +95,6 @@ class RunLog:
             self.file.write(text.rstrip("\n") + "\n")
 
 
-def _absent_dirs(path: str) -> list[str]:
-    """``path`` and its parents that do not exist yet, deepest first."""
-    out: list[str] = []
-    path = osp.abspath(path)
-    while not osp.exists(path) and osp.dirname(path) != path:
-        out.append(path)
-        path = osp.dirname(path)
-    return out
-
-
 #: ``logger.info(..., extra=SHOW)``: a result (a table, the checkpoint path) shown on stdout by
 #: :func:`run_logging` besides the log file (the rest of a run's chatter goes to the file only)
 SHOW = {"show": True}
@@ -122,7 +113,7 @@ def run_logging(save_dir: str, name: str, echo: bool = False) -> Iterator[RunLog
     ``echo``. Yields the :class:`RunLog`; when the block fails with a user error or an
     interrupt before :meth:`RunLog.keep`, the file and the folders made for it are removed."""
     log = RunLog(osp.join(save_dir, f"{name}.log-" + time.strftime("%Y-%m-%d-%H-%M-%S")))
-    created = _absent_dirs(save_dir)
+    created = absent_dirs(save_dir)
     old_stdout = sys.stdout
     tee = _Tee(old_stdout, log.path, echo=echo)
     log.file = tee.file

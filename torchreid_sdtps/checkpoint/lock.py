@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 
 from .. import dist
 from ..errors import SDTPSError
-from ..io import write_json
+from ..io import absent_dirs, remove_empty_dirs, write_json
 
 __all__ = ["RunLock", "RunDirLockedError", "LOCK_FILE", "HOLDER_FILE"]
 
@@ -48,6 +48,7 @@ class RunLock:
         self.path = osp.join(self.run_dir, LOCK_FILE)
         self.holder_path = osp.join(self.run_dir, HOLDER_FILE)
         self._lock: FileLock | None = None
+        self._created: list[str] = []
 
     def holder(self) -> dict[str, Any]:
         """What the holder wrote about itself (empty if unreadable)."""
@@ -68,6 +69,7 @@ class RunLock:
 
     def _acquire(self) -> str:
         """Take the lock (rank 0); the refusal message, or "" when taken."""
+        self._created = absent_dirs(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         lock = FileLock(self.path, timeout=0)
         try:
@@ -97,6 +99,13 @@ class RunLock:
             pass
         self._lock.release()
         self._lock = None
+        if self._created and os.listdir(self.run_dir) == [LOCK_FILE]:
+            # a run refused or interrupted before it wrote anything: no trace of it is left
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            remove_empty_dirs(self._created)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

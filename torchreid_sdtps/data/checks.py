@@ -77,14 +77,7 @@ def check_train_sampler(data_source: Sequence[Any], train_sampler: str, batch_si
 
 
 def check_run(cfg: Any) -> None:
-    """The data-free checks of a training config (:func:`check_batch_config`, the ranges of
-    the optimiser's numbers), so that a bad value is refused before anything is written."""
+    """The data-free checks of a training config (:func:`check_batch_config`); value ranges
+    are checked once, by ``config.checks`` when the config is loaded."""
     check_batch_config(cfg.sampler.train_sampler, cfg.train.batch_size,
                        cfg.sampler.num_instances)
-    for key, ok, expected in (
-            ("train.lr", float(cfg.train.lr) > 0, "> 0"),
-            ("train.weight_decay", float(cfg.train.weight_decay) >= 0, ">= 0"),
-            ("test.batch_size", int(cfg.test.batch_size) >= 1, ">= 1")):
-        if not ok:
-            section, name = key.split(".")
-            raise ConfigError(f"{key}={cfg[section][name]!r}: expected {expected}")
