@@ -1,5 +1,5 @@
 # Two user commands: `make demo` (train + rank on the synthetic data) and `make test`;
-# `make lint` runs ruff (configured in pyproject.toml).
+# `make lint` runs ruff (configured in pyproject.toml); `make mutants` runs the mutation check.
 # Each creates .venv when missing and installs the project into it.
 #
 # torch==2.14.1 / torchvision==0.29.1 are pinned: they are the newest pair this project is
@@ -25,7 +25,7 @@ UPSTREAM_TGZ ?= ../shared/upstream/deep-person-reid-f8cd150.tar.gz
 UPSTREAM_REQ := numpy Cython scipy h5py Pillow six opencv-python-headless matplotlib tensorboard \
                 future yacs gdown imageio chardet
 
-.PHONY: install demo test test-upstream lint bench study clean
+.PHONY: install demo test test-upstream lint bench study mutants clean
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ bench: $(STAMP)
 
 study: $(STAMP)
 	$(PY) benchmarks/synthetic_study.py
+
+# the mutation check (docs/testing.md): each listed break of the package must fail a test;
+# minutes, so not part of `make test`
+mutants: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutants.py
 
 clean:
 	rm -rf $(VENV) $(UPVENV) build dist *.egg-info

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import TINY_OPTS
+from _rank import reference_map
+from conftest import TINY_OPTS, tiny_cfg
 
-from torchreid_sdtps import cli
+from torchreid_sdtps import build, cli, compat
 from torchreid_sdtps.cli import test as test_cmd
 from torchreid_sdtps.cli import train as train_cmd
 
@@ -138,7 +140,27 @@ def test_stock_engine_checkpoints_resume_and_load(synthetic_root, tmp_path, engi
     tested = test_cmd.main(["data.root", str(synthetic_root), "data.save_dir",
                             str(tmp_path / "tested"), *TINY_OPTS, "sdtps.engine", engine, *loss,
                             "model.load_weights", resumed["checkpoint"]])
-    assert 0.0 <= tested["results"]["synthetic_msreid"]["mAP"] <= 1.0
+    # the numbers of an independent ranking of the checkpoint's weights (torchreid's stock
+    # engines show the model images only, no camera ids): a checkpoint loaded wrongly, or not
+    # at all, ranks differently
+    cfg = tiny_cfg(synthetic_root, tmp_path / "ref", "sdtps.engine", engine, *loss)
+    dm = build.build_datamanager(cfg)
+    model = build.build_model(cfg, dm)
+    compat.utils().load_pretrained_weights(model, resumed["checkpoint"])
+    model.eval()
+    split = {}
+    for name in ("query", "gallery"):
+        feats, pids, cams = [], [], []
+        for data in dm.test_loader["synthetic_msreid"][name]:
+            with torch.no_grad():
+                feats.append(model(data["img"]))
+            pids += data["pid"].tolist()
+            cams += data["camid"].tolist()
+        split[name] = (torch.cat(feats).numpy(), np.array(pids), np.array(cams))
+    (qf, qp, qc), (gf, gp, gc) = split["query"], split["gallery"]
+    mean_ap, r1 = reference_map(qf, gf, qp, gp, qc, gc, normalize=False)
+    assert tested["results"]["synthetic_msreid"]["mAP"] == pytest.approx(mean_ap, abs=1e-6)
+    assert tested["results"]["synthetic_msreid"]["R1"] == pytest.approx(r1, abs=1e-6)
 
 
 def test_console_scripts_name_themselves(capsys, tmp_path, monkeypatch):

@@ -346,3 +346,19 @@ def test_stock_engine_with_sync_bn_trains_under_torchrun(plain_run):
     _check_rank0_only(tmp / "logs_stock", tmp / "stock", "** Results **")
     state = torch.load(tmp / "stock" / "model" / "model.pth.tar-2", weights_only=False)
     assert not any(k.startswith("module.") for k in state["state_dict"])
+
+
+def test_sampler_mode_never_is_refused_under_ddp(monkeypatch):
+    """``sampler.distributed never`` cannot be honoured with several processes (every rank would
+    draw its own batches): refused, the loader left alone; one process keeps its loader."""
+    cfg = config.get_default_config()
+    cfg.sampler.distributed = "never"
+    loader = object()
+    dm = type("DM", (), {"train_loader": loader})()
+    monkeypatch.setattr(ddp.dist, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="'never' cannot be honoured under DDP"):
+        ddp.use_distributed_sampler(dm, cfg)
+    assert dm.train_loader is loader
+    monkeypatch.setattr(ddp.dist, "world_size", lambda: 1)
+    ddp.use_distributed_sampler(dm, cfg)
+    assert dm.train_loader is loader

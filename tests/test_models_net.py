@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _bn import with_real_stats
 
 import torchreid_sdtps  # noqa: F401  (registers the factories with torchreid)
 from torchreid_sdtps import compat
@@ -49,13 +50,16 @@ def test_eval_returns_one_feature(test_feature, dim, loss):
 
 def test_concat_is_ori_then_sdtps_after_the_bn_by_default():
     x = _x()
-    feats = {tf: _model(test_feature=tf).eval()(x).detach() for tf in ("concat", "sdtps", "ori")}
+    feats = {tf: with_real_stats(_model(test_feature=tf)).eval()(x).detach()
+             for tf in ("concat", "sdtps", "ori")}
     torch.testing.assert_close(feats["concat"], torch.cat([feats["ori"], feats["sdtps"]], 1))
-    model = _model().eval()
+    model = with_real_stats(_model()).eval()
     raw = model.forward_features(x)
     torch.testing.assert_close(feats["ori"], model.neck_ori(raw["ori"]).detach())
-    before = _model(neck_feat="before").eval()(x).detach()
+    torch.testing.assert_close(feats["sdtps"], model.neck_sdtps(raw["sdtps"]).detach())
+    before = with_real_stats(_model(neck_feat="before")).eval()(x).detach()
     torch.testing.assert_close(before, torch.cat([raw["ori"], raw["sdtps"]], 1).detach())
+    assert (before - feats["concat"]).abs().max() > 0.5  # the neck matters with these stats
 
 
 @pytest.mark.parametrize("selection", ["topk", "gumbel"])
@@ -88,7 +92,7 @@ def test_return_aux_in_eval_is_deterministic_even_for_gumbel():
 
 
 def test_extract_exposes_per_modality_outputs():
-    model = _model().eval()
+    model = with_real_stats(_model()).eval()
     x = _x()
     with torch.no_grad():
         out = model.extract(x)
@@ -277,7 +281,7 @@ def test_use_sdtps_false_keeps_backbone_guide_and_ori_head_only():
     assert model.guide.proj.weight.grad is not None
     soft = _model("softmax", use_sdtps=False).train()(_x())
     assert isinstance(soft, list) and len(soft) == 1
-    model.eval()
+    with_real_stats(model).eval()
     with torch.no_grad():
         feat = model(_x())
         torch.testing.assert_close(feat, model.neck_ori(model.forward_features(_x())["ori"]))

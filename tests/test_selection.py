@@ -171,7 +171,13 @@ def test_selection_study_smoke(tmp_path, capsys):
             "--runs-file", str(runs_file), "--out", str(out), "--threads", "1"]
     r = study.main(argv)
     rows = {s["setting"]: s for s in r["summary"].values() if s["trained"]}
-    assert 0 <= rows["sdtps_topk"]["recall"] <= 100 and "recall" not in rows["no_sdtps"]
+    # chance recall is the keep ratio K/N: rho = 0.5 of an even patch count, exactly 50 %
+    assert rows["sdtps_topk"]["chance_recall"] == pytest.approx(50.0, abs=1e-9)
+    # the row is the runs' measured recall (percent), and only SDTPS selects
+    measured = [100 * res["recall"] for run in r["runs"] if run["setting"] == "sdtps_topk"
+                and run["trained"] for res in run["results"].values() if "recall" in res]
+    assert measured and rows["sdtps_topk"]["recall"] == pytest.approx(sum(measured) / len(measured))
+    assert "recall" not in rows["no_sdtps"]
     assert study.BEGIN in out.read_text() and "selection recall" in out.read_text()
     # resumable: a second invocation reuses the 3 finished runs and trains nothing
     again = study.main(argv)
