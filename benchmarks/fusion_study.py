@@ -1,217 +1,198 @@
 #!/usr/bin/env python
-"""SDTPS against no token selection and against an HDM+ATM-style fusion, with enough seeds to
-see a difference: same backbone (``sdtps_vit_tiny`` from random init), data, budget and seeds.
+"""Does SDTPS earn its place? Token selection against no selection, against selection turned
+off (keep all) and against an HDM+ATM-style fusion, at a token count where selection matters
+(issue 23). Same backbone (``sdtps_vit_tiny`` from random init), data, budget and seeds.
 
-Data: ``synthetic_msreid`` with ``cue="localized"`` and ``distractors``: every image shows its
-identity in a framed cue region per modality *and* other identities of the same split in
-unframed cells of the same size, so that pooling every token mixes identities
-(``docs/synthetic.md``, "Distractor identities"). Spec, budget and seeds are fixed below.
+Data: ``synthetic_msreid``, ``cue="localized"``, ``distractors``: per modality the identity's
+framed cue (1x2 cells of the patch grid), ``distractors`` other identities of the split in
+unframed cells of the same size, and clutter in every other cell (no plain cells). Primary
+regime: 64x32 images at patch 8 (``sdtps.patch_size``): N = 32 patches, K = 16, N_c = 6.
 
-Settings (``--settings``, default all):
+Settings (``--settings``, default all); each is ranked with its ``ori`` feature, its token
+branch alone and its shipped feature (the first):
 
-==============  ===========================================================================
-sdtps           the package's model as shipped: SDTPS top-K + its alignment loss
-sdtps_block     the same without the alignment loss (``sdtps.weight_align 0``)
-no_selection    backbone + guide + ``ori`` head, no token selection (``use_sdtps=False``)
-moe_reference   backbone + guide + ``ori`` head + DeMo-style HDM + ATM (``moe_reference.py``)
-==============  ===========================================================================
+=============  ============================================================================
+no_selection   backbone + guide + ``ori`` head (``use_sdtps False``); feature ``ori``
+keep_all       the new head's model with ``ratio 1.0`` (every patch kept, ``num_aggr`` = the
+               selecting model's N_c): the control for selection itself
+previous_head  SDTPS as before issue 23: head ``mean`` (mean of [V̂, e]), top-K, beta 0.25
+new_head       SDTPS with head ``refine`` (guide cross-attends [V̂, e]), selection ``ste``
+               (straight-through soft mask; the score learns from the retrieval losses),
+               beta 0.1 (the learned predictor can outweigh the guide cosines, see
+               docs/model.md "Why the selection missed the cue")
+moe_reference  backbone + guide + ``ori`` head + DeMo-style HDM + ATM (``moe_reference.py``,
+               unchanged, DeMo-sized); feature ``concat`` = [ori, moe]
+=============  ============================================================================
 
-Main feature: ``concat`` (``[ori, fusion]``) for the fusion settings, ``ori`` for
-``no_selection``; the fusion settings are also ranked with ``ori`` alone. Per setting the
-report gives mAP and Rank-1 as mean ± 95 % t-interval half-width over seeds, the paired
-difference to ``no_selection`` (same seed) with its t-interval, the selection recall, the
-parameters of the fusion part and the training-step time (minimum over round-robin repeats,
-all settings in one process). Seed 0 of every setting also records mAP after every epoch.
+FIXED BEFORE THE FIRST COMPARISON RUN (issue 23; committed with this docstring, not changed
+after any comparison result):
 
-    python benchmarks/fusion_study.py --out benchmarks/RESULTS.md    # 64 runs; 47 min, 2 shared cores
-    python benchmarks/fusion_study.py --smoke                        # seconds (the tests)
+* spec: :func:`regime_spec` at the defaults (48 train / 48 test ids, 3 cameras x 2 images,
+  64x32, patch 8, cue 1x2, 1 distractor, clutter in every other cell, data seed 0);
+* budget: :data:`EPOCHS` epochs, batch 32 (4 images per id), the demo's Adam lr 1e-3 with
+  warm-up cosine. The budget pilot is the study's first run, ``no_selection`` seed 0 (tested
+  after every epoch): the study goes on only if its last 4 epochs lie within 1 mAP and its
+  final mAP in [40, 85] (:func:`budget_check`); otherwise it stops before any comparison run
+  (:class:`BudgetError`) and the budget is re-piloted (more epochs first), then committed again;
+* seeds: 0..15 (``train.seed``: init, sampling, augmentation), the same for every setting;
+  the pilots of the new head ran on data seed 1, never on the comparison's data;
+* **the rule that picks the shipped head**: the package default becomes ``new_head``'s
+  (``sdtps.head refine``, ``sdtps.selection ste``, ``sdtps.beta 0.1``) if and only if, with
+  all 16 seeds of both settings finished, the 95 % paired t-interval of
+  ``new_head - previous_head`` (shipped feature ``concat``, mAP) lies above 0. Otherwise the
+  default stays ``previous_head``'s (``mean``, ``topk``, 0.25). Until the 16 seeds are in,
+  the default stays ``previous_head``'s and the JSON says ``"rule_applied": false``.
 
-Finished runs are appended to ``--runs-file`` (default ``log/fusion_study_runs.jsonl``); a rerun
-with the same budget reuses them, so an interrupted study resumes where it stopped.
+    python benchmarks/fusion_study.py --root /tmp/fusion-data --jobs 1 \\
+        --json benchmarks/results/fusion_study.json --out benchmarks/RESULTS.md
+    python benchmarks/fusion_study.py --height 128 --width 64 --seeds 6 \\
+        --settings new_head,no_selection,moe_reference --json benchmarks/results/fusion_study_n128.json \\
+        --runs-file benchmarks/results/fusion_study_n128_runs.jsonl     # N = 128 confirmation
+    python benchmarks/fusion_study.py --smoke                            # seconds (the tests)
+
+Finished runs are appended to ``--runs-file`` (default
+``benchmarks/results/fusion_study_runs.jsonl``, committed) keyed by the budget and the
+setting's definition; a rerun reuses them, so the study resumes across sessions.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
-import logging
-import multiprocessing
 import os
-import os.path as osp
-import statistics
-import tempfile
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fusion_report
-import synthetic_study as st
-import torch
-from fusion_report import t_interval
-from moe_reference import MoEReferenceNet, fusion_parameters
-from synthetic_study import Setting
-from torch import nn
+import harness
+from harness import Setting
+from moe_reference import fusion_parameters, register_models
 
-import torchreid_sdtps
-from torchreid_sdtps import build, compat, config, optim
+from torchreid_sdtps import config
 from torchreid_sdtps.data.synthetic import SyntheticSpec, ensure_generated
+from torchreid_sdtps.engine.hooks import EngineHook
+from torchreid_sdtps.models.sdtps import num_aggregated, num_keep
 
-__all__ = ["SETTINGS", "FUSION_SPEC", "SMOKE_SPEC", "BASELINE", "build_model", "run_one",
-           "run_all", "step_times", "t_interval", "paired", "report", "parse_args", "main"]
+__all__ = ["SETTINGS", "EPOCHS", "SEEDS", "BASELINE", "NEW", "PREVIOUS", "PAIRS", "regime_spec",
+           "settings_for", "build_config", "run_one", "step_times", "summary", "shipped",
+           "budget_check", "BudgetError",
+           "t_interval", "paired", "report", "parse_args", "main"]
 
-BEGIN, END = "<!-- fusion_study:begin -->", "<!-- fusion_study:end -->"
-BASELINE = "no_selection"
-_NO_ALIGN = ("sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0")
-SETTINGS: dict[str, Setting] = {
-    "sdtps": Setting("SDTPS top-K + alignment loss (as shipped)", evals=("concat", "ori")),
-    "sdtps_block": Setting("SDTPS top-K, no alignment loss", opts=("sdtps.weight_align", "0.0"),
-                           evals=("concat", "ori")),
-    "no_selection": Setting("no selection: backbone + guide + ori head", opts=_NO_ALIGN,
-                            model_kwargs={"use_sdtps": False}, evals=("ori",)),
-    "moe_reference": Setting("HDM + ATM reference (DeMo-style MoE)", opts=_NO_ALIGN,
-                             model_kwargs={"use_sdtps": False}, evals=("concat", "ori")),
-}
-#: settings whose SDTPSNet (built without SDTPS) is wrapped with the HDM + ATM stages
-MOE_SETTINGS = frozenset({"moe_reference"})
+BEGIN, END = "<!-- fusion_study_n32:begin -->", "<!-- fusion_study_n32:end -->"
+BASELINE, NEW, PREVIOUS, KEEP_ALL, MOE = ("no_selection", "new_head", "previous_head", "keep_all",
+                                          "moe_reference")
+EPOCHS, SEEDS = 36, 16
+RATIO, AGGR_RATIO = 0.5, 0.4
+_NO_AUX = ("sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0")
+_NEW = ("sdtps.head", "refine", "sdtps.selection", "ste", "sdtps.beta", "0.1")
+_PREVIOUS = ("sdtps.head", "mean", "sdtps.selection", "topk", "sdtps.beta", "0.25")
+_SDTPS_EVALS = ("concat", "sdtps", "ori")
 
-#: FIXED before the first comparison run, with EPOCHS and SEEDS (docs/synthetic.md, "Distractor
-#: identities"): 64x32 images = the 4x2 patch grid of sdtps_vit_tiny; cue 1x2 (one patch row)
-#: per modality; 1 distractor identity in 2 unframed cells; the other 4 cells random clutter
-FUSION_SPEC = SyntheticSpec(num_train_ids=48, num_test_ids=48, num_cameras=3,
-                            images_per_camera=2, height=64, width=32, cue="localized",
-                            cue_size=(1, 2), clutter=8, distractors=1)
-SMOKE_SPEC = SyntheticSpec(num_train_ids=6, num_test_ids=6, num_cameras=2, images_per_camera=2,
-                           height=64, width=32, cue="localized", cue_size=(1, 2), clutter=8,
-                           distractors=1)
-EPOCHS, SEEDS = 12, 16
+#: the pairs of the JSON summary and the report (a - b, same seed)
+PAIRS: tuple[tuple[str, str], ...] = (
+    (NEW, BASELINE), (NEW, MOE), (NEW, KEEP_ALL), (NEW, PREVIOUS),
+    (PREVIOUS, BASELINE), (PREVIOUS, MOE), (MOE, BASELINE))
 
 
-def build_model(name: str, factory: Any, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
-    """The network of setting ``name`` (``kwargs``: the config's model kwargs)."""
-    net = factory(num_classes=num_classes, **kwargs, **SETTINGS[name].model_kwargs)
-    return MoEReferenceNet(net, num_classes) if name in MOE_SETTINGS else net
+def settings_for(num_patches: int) -> dict[str, Setting]:
+    """The settings at a regime of ``num_patches`` patches per modality (``keep_all`` pins
+    ``num_aggr`` to the selecting models' N_c there)."""
+    n_c = num_aggregated(num_patches, RATIO, AGGR_RATIO)
+    return {
+        BASELINE: Setting("no selection: backbone + guide + ori head",
+                          opts=("sdtps.use_sdtps", "False", *_NO_AUX), evals=("ori",)),
+        NEW: Setting("new head: guide cross-attends [V̂, e], ste, beta 0.1", opts=_NEW,
+                     evals=_SDTPS_EVALS),
+        PREVIOUS: Setting("previous head: mean of [V̂, e], top-K, beta 0.25", opts=_PREVIOUS,
+                          evals=_SDTPS_EVALS),
+        KEEP_ALL: Setting(f"keep all: new head, ratio 1.0, N_c {n_c}",
+                          opts=(*_NEW, "sdtps.ratio", "1.0", "sdtps.num_aggr", str(n_c)),
+                          evals=_SDTPS_EVALS),
+        MOE: Setting("HDM + ATM reference (DeMo-style MoE)", model="moe_reference_vit_tiny",
+                     opts=("sdtps.use_sdtps", "False", *_NO_AUX), evals=("concat", "moe", "ori")),
+    }
 
 
-def _recorder(engine: Any, curve: list[dict[str, float]], losses: dict[int, list[float]]) -> None:
-    """Record the ID + triplet loss of every step and, when the engine tests, the mAP."""
-    step, test = engine.forward_backward, engine.test
-
-    def forward_backward(data: dict) -> dict[str, float]:
-        summary = step(data)
-        losses.setdefault(engine.epoch, []).append(summary.get("loss_x", 0.0)
-                                                   + summary.get("loss_t", 0.0))
-        return summary
-
-    def tested(*args: Any, **kwargs: Any) -> Any:
-        out = test(*args, **kwargs)
-        res = next(iter(engine.last_results.values()))
-        curve.append({"epoch": engine.epoch + 1, "mAP": float(res["mAP"])})
-        return out
-
-    engine.forward_backward, engine.test = forward_backward, tested
+#: settings whose seed 0 tests after every epoch (the budget pilot and the two heads)
+CURVES = frozenset({BASELINE, NEW, PREVIOUS})
+#: the settings of the primary regime (N = 32)
+SETTINGS = settings_for(32)
+#: the token-branch feature of each setting (the "branch alone" row)
+BRANCH = {KEEP_ALL: "sdtps", PREVIOUS: "sdtps", NEW: "sdtps", MOE: "moe"}
 
 
-def _build_all(args: argparse.Namespace, name: str, seed: int, save_dir: str,
-               curve: bool = False) -> tuple[Any, nn.Module, Any, Any]:
-    """(config, model, engine, data manager) of one run; the model seeded with ``seed``."""
-    setting = SETTINGS[name]
-    if curve:  # test after every epoch (the engine's tests leave the RNG untouched)
-        setting = dataclasses.replace(setting, opts=(*setting.opts, "test.eval_freq", "1"))
-    cfg = st.build_config(args, setting, seed, save_dir)
-    compat.utils().set_random_seed(seed)
-    dm = build.build_datamanager(cfg)
-    kwargs = config.model_kwargs(cfg, num_cameras=build.num_camera_labels(dm))
-    model = build_model(name, compat.model_factory()[cfg.model.name], dm.num_train_pids, kwargs)
-    optimizer = optim.build_optimizer(model, **config.optimizer_kwargs(cfg))
-    scheduler = optim.build_lr_scheduler(optimizer, **config.lr_scheduler_kwargs(cfg))
-    return cfg, model, build.build_engine(cfg, dm, model, optimizer, scheduler), dm
+def regime_spec(height: int = 64, width: int = 32, patch_size: int = 8, distractors: int = 1,
+                data_seed: int = 0, smoke: bool = False) -> SyntheticSpec:
+    """The study's data: cue 1x2 cells, ``distractors`` identities, clutter in every other
+    cell (``clutter`` = all cells: no plain cells)."""
+    cells = (height // patch_size) * (width // patch_size)
+    if smoke:
+        return SyntheticSpec(num_train_ids=6, num_test_ids=6, num_cameras=2, images_per_camera=2,
+                             height=height, width=width, cue="localized", cue_size=(1, 2),
+                             clutter=cells, distractors=distractors, patch_size=patch_size,
+                             seed=data_seed)
+    return SyntheticSpec(num_train_ids=48, num_test_ids=48, num_cameras=3, images_per_camera=2,
+                         height=height, width=width, cue="localized", cue_size=(1, 2),
+                         clutter=cells, distractors=distractors, patch_size=patch_size,
+                         seed=data_seed)
+
+
+def build_config(args: argparse.Namespace, setting: Setting, seed: int, save_dir: str,
+                 curve: bool = False) -> Any:
+    """The demo config with the study's data, patch size, budget, seed and the setting's
+    overrides (``curve``: test after every epoch)."""
+    opts = harness.spec_overrides(args.spec) + [
+        "data.root", args.root, "data.save_dir", save_dir, "use_gpu", "False",
+        "model.pretrained", "False", "sdtps.patch_size", str(args.patch_size),
+        "train.max_epoch", str(args.epochs), "train.batch_size", str(args.batch),
+        "train.seed", str(seed), "train.print_freq", "1000",
+        "test.eval_freq", "1" if curve else "-1", "test.ranks", "[1, 5, 10]",
+        "test.compare_untrained", "False", "sampler.num_instances", str(args.num_instances),
+        *setting.overrides(),
+    ]
+    return config.load_config(opts=opts, demo=True)
+
+
+class _EpochLog(EngineHook):
+    """One stderr line per epoch (the study runs for hours: shows where it is)."""
+
+    def __init__(self, name: str, seed: int, epochs: int) -> None:
+        self.name, self.seed, self.epochs, self.start = name, seed, epochs, time.time()
+
+    def after_epoch(self, engine: Any, epoch: int) -> None:
+        sys.stderr.write(f"  {self.name} seed {self.seed}: epoch {epoch + 1}/{self.epochs} "
+                         f"({time.time() - self.start:.0f} s)\n")
+        sys.stderr.flush()
 
 
 def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
-    """Train setting ``name`` with ``seed`` and rank it with each of its eval features."""
-    start = time.time()
-    curve: list[dict[str, float]] = []
-    losses: dict[int, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="fusion_study_") as save_dir, st._quiet():
-        cfg, model, engine, _ = _build_all(args, name, seed, save_dir, curve=seed == 0)
-        _recorder(engine, curve, losses)
-        run_kwargs = config.engine_run_kwargs(cfg)
-        run_kwargs.pop("test_only")
-        engine.run(**run_kwargs)  # trains, then torchreid's final test
-        train_s = time.time() - start
-        curve = list(curve)  # the tests of the extra eval features below are not epochs
-        results = {SETTINGS[name].evals[0]: st._metrics(next(iter(engine.last_results.values())))}
-        test_kwargs = {"dist_metric": cfg.test.dist_metric,
-                       "normalize_feature": cfg.test.normalize_feature,
-                       "ranks": list(cfg.test.ranks)}
-        for feature in SETTINGS[name].evals[1:]:
-            model.test_feature = feature
-            results[feature] = st._metrics(engine.evaluate(**test_kwargs))
-        if getattr(engine, "writer", None) is not None:
-            engine.writer.close()
-    return {"setting": name, "seed": seed, "trained": True, "results": results,
-            "curve": curve, "loss": [round(statistics.fmean(v), 4) for _, v in sorted(losses.items())],
-            "fusion_params": fusion_parameters(model),
-            "params": sum(p.numel() for p in model.parameters()),
-            "wall_s": round(time.time() - start, 1), "train_s": round(train_s, 1),
-            "fingerprint": fingerprint(args)}
-
-
-def fingerprint(args: argparse.Namespace) -> dict[str, Any]:
-    """What a run's numbers depend on besides (setting, seed): resumed runs must match it."""
-    return {"study": "fusion", **st.fingerprint(args)}
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(max(1, threads))
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torchreid_sdtps.load_plugins()
-
-
-def _run_item(item: tuple[argparse.Namespace, str, int]) -> dict[str, Any]:
-    return run_one(*item)
-
-
-def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
-    """Every (setting, seed), seed-major (a cut-short study has every setting for the seeds it
-    finished); finished runs read back from ``--runs-file``. Returns runs and wall seconds."""
-    start = time.time()
-    runs: list[dict[str, Any]] = []
-    if args.runs_file and osp.isfile(args.runs_file):
-        with open(args.runs_file, encoding="utf-8") as fh:
-            stored = [json.loads(line) for line in fh if line.strip()]
-        runs = [r for r in stored if r.get("fingerprint") == fingerprint(args)
-                and r["setting"] in args.settings and r["seed"] < args.seeds]
-        print(f"resuming: {len(runs)} finished runs read from {args.runs_file}", flush=True)
-    args.resumed = len(runs)
-    done = {(r["setting"], r["seed"]) for r in runs}
-    plan = [(name, s) for s in range(args.seeds) for name in args.settings]
-    todo = [(args, name, s) for name, s in plan if (name, s) not in done]
-    pool = None
-    if args.jobs > 1 and len(todo) > 1:
-        threads = max(1, (args.threads or torch.get_num_threads()) // args.jobs)
-        pool = multiprocessing.get_context("spawn").Pool(args.jobs, _init_worker, (threads,))
-        results: Any = pool.imap_unordered(_run_item, todo)
-    else:
-        results = map(_run_item, todo)
-    try:
-        for i, r in enumerate(results, len(plan) - len(todo) + 1):
-            st._record(args, runs, r, i, len(plan), start, print)
-    finally:
-        if pool is not None:
-            pool.terminate()
-    order = {name: i for i, name in enumerate(SETTINGS)}
-    return sorted(runs, key=lambda r: (order[r["setting"]], r["seed"])), time.time() - start
+    """Train setting ``name`` with ``seed`` through ``build_all`` and rank it with each of its
+    eval features; seed 0 of :data:`CURVES` also tests after every epoch (the curve)."""
+    setting = args.catalog[name]
+    record = harness.RecordHook()
+    with harness.save_dir() as save_dir, harness.quiet():
+        cfg = build_config(args, setting, seed, save_dir, curve=seed == 0 and name in CURVES)
+        done = harness.train_and_rank(cfg, setting.evals,
+                                      hooks=[record, _EpochLog(name, seed, args.epochs)])
+    return {"results": done.results, "curve": record.curve, "loss": record.epoch_losses(),
+            "fusion_params": fusion_parameters(done.model),
+            "params": sum(p.numel() for p in done.model.parameters()),
+            "train_s": round(done.train_s, 1)}
 
 
 def step_times(args: argparse.Namespace, repeats: int = 12) -> dict[str, float]:
     """Minimum seconds of one training step (``engine.forward_backward``: forward, losses,
-    backward, optimizer step) per setting on the same batch, the settings interleaved in
-    this process so that a busy machine slows them alike."""
+    backward, Adam step) per setting on the same batch, the settings interleaved in this
+    process so that a busy machine slows them alike."""
+    from torchreid_sdtps import build
+
     engines = {}
-    with tempfile.TemporaryDirectory(prefix="fusion_time_") as save_dir, st._quiet():
+    with harness.save_dir() as save_dir, harness.quiet():
         for name in args.settings:
-            _, _, engine, dm = _build_all(args, name, 0, save_dir)
+            cfg = build_config(args, args.catalog[name], 0, os.path.join(save_dir, name))
+            dm, _, _, _, engine = build.build_all(cfg)
             engines[name] = engine
         batch = next(iter(dm.train_loader))
         times: dict[str, list[float]] = {name: [] for name in engines}
@@ -225,51 +206,142 @@ def step_times(args: argparse.Namespace, repeats: int = 12) -> dict[str, float]:
     return {name: min(v) for name, v in times.items()}
 
 
-def paired(runs: Sequence[dict[str, Any]], name: str, base: str = BASELINE,
-           metric: str = "mAP") -> tuple[float, float, int]:
-    """:func:`fusion_report.paired` over this study's settings (default base: no selection)."""
-    return fusion_report.paired(runs, SETTINGS, name, base, metric)
+def budget(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's numbers depend on besides its setting and seed (resumed runs must match)."""
+    return {"study": "fusion_n", "epochs": args.epochs, "batch": args.batch,
+            "num_instances": args.num_instances, "patch_size": args.patch_size,
+            "spec": args.spec.to_dict()}
 
 
-def report(args: argparse.Namespace, runs: Sequence[dict[str, Any]], times: dict[str, float],
-           wall_s: float, command: str) -> str:
-    """The markdown section: command, machine, data, budget, table, paired differences."""
-    return fusion_report.render(args, runs, times, wall_s, command)
+class BudgetError(RuntimeError):
+    """The budget pilot (``no_selection``, seed 0) failed the committed criterion."""
 
 
+def budget_check(curve: Sequence[Mapping[str, float]], last: int = 4, spread: float = 1.0,
+                 low: float = 40.0, high: float = 85.0) -> tuple[bool, str]:
+    """The committed budget criterion on a learning curve (test mAP after each epoch): the
+    last ``last`` epochs within ``spread`` mAP points and the final mAP in [low, high]."""
+    maps = [100 * c["mAP"] for c in curve]
+    if len(maps) < last:
+        return False, f"{len(maps)} evaluations, need the last {last} epochs"
+    tail = maps[-last:]
+    flat, level = max(tail) - min(tail) <= spread, low <= maps[-1] <= high
+    text = (f"no_selection seed 0: last {last} epochs {', '.join(f'{m:.1f}' for m in tail)} "
+            f"(spread {max(tail) - min(tail):.2f}, {'flat' if flat else 'NOT flat'}), final "
+            f"{maps[-1]:.1f} ({'in' if level else 'NOT in'} [{low:.0f}, {high:.0f}])")
+    return flat and level, text
+
+
+# ----------------------------------------------------------------------------- statistics
+t_interval = harness.t_interval
+
+
+def paired(runs: Sequence[Mapping[str, Any]], a: str, b: str, metric: str = "mAP"
+           ) -> tuple[float, float, int]:
+    """Mean and 95 % half-width of ``a - b`` on each setting's shipped feature, same seeds."""
+    cat = SETTINGS
+    return harness.paired(harness.values(runs, a, cat[a].evals[0], metric),
+                          harness.values(runs, b, cat[b].evals[0], metric))
+
+
+def shipped(runs: Sequence[Mapping[str, Any]], seeds: int = SEEDS) -> tuple[str, bool]:
+    """The committed rule: (setting whose head the package ships, whether the rule applied)."""
+    a = harness.values(runs, NEW, "concat")
+    b = harness.values(runs, PREVIOUS, "concat")
+    both = set(a) & set(b)
+    if len(both) < seeds:
+        return PREVIOUS, False
+    mean, half, _ = harness.paired(a, b)
+    return (NEW if mean - half > 0 else PREVIOUS), True
+
+
+def summary(args: argparse.Namespace, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The issue's JSON summary (points, 95 % t-intervals) plus every run."""
+    cat = {n: args.catalog[n] for n in args.catalog if n in args.settings}
+    stats = harness.json_summary(runs, cat, [p for p in PAIRS if p[0] in cat and p[1] in cat])
+    name, applied = shipped(runs, args.seeds_required)
+    grid = args.spec.grid
+    return {"regime": {"patches": grid[0] * grid[1], "height": args.spec.height,
+                       "width": args.spec.width, "patch_size": args.patch_size,
+                       "data_seed": args.spec.seed, "distractors": args.spec.distractors},
+            "shipped": name, "rule_applied": applied, **stats, "runs": list(runs)}
+
+
+def report(args: argparse.Namespace, result: harness.Runs, times: dict[str, float],
+           command: str) -> str:
+    """The markdown section (``fusion_report.render``)."""
+    return fusion_report.render(args, result, times, command)
+
+
+# ----------------------------------------------------------------------------- flags, main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Flags of the study (``synthetic_study.py``'s, with this study's settings and budget)."""
-    parser = st.study_parser(__doc__.split("\n\n")[0], SETTINGS, default_settings=list(SETTINGS),
-                             epochs=EPOCHS, runs_file=os.path.join("log", "fusion_study_runs.jsonl"))
-    parser.set_defaults(seeds=SEEDS, root=os.path.join("log", "fusion-data"))
+    """The harness's study flags plus the regime's and ``--json``."""
+    parser = harness.study_parser(__doc__.split("\n\n")[0], SETTINGS, epochs=EPOCHS,
+                                  runs_file=os.path.join("benchmarks", "results",
+                                                         "fusion_study_runs.jsonl"),
+                                  root=os.path.join("log", "fusion-data"))
+    parser.set_defaults(seeds=SEEDS, jobs=1)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--distractors", type=int, default=1,
+                        help="other identities shown in every image (cells of the cue's size)")
+    parser.add_argument("--patch-size", type=int, default=8, help="ViT patch size (sdtps.patch_size)")
+    parser.add_argument("--height", type=int, default=64, help="image height")
+    parser.add_argument("--width", type=int, default=32, help="image width")
+    parser.add_argument("--json", default="", help="write every run and the summary here")
+    parser.add_argument("--no-budget-gate", dest="budget_gate", action="store_false",
+                        help="skip the budget pilot check (no_selection seed 0 first; the "
+                             "study stops before any comparison run when it fails)")
     parser.add_argument("--time-repeats", type=int, default=12,
                         help="round-robin repeats of the training-step timing (0: skip it)")
-    args = st.parse_study_args(parser, argv, SETTINGS)
-    args.spec = SMOKE_SPEC if args.smoke else FUSION_SPEC
-    args.catalog, args.baseline = SETTINGS, BASELINE
+    args = harness.parse_study_args(parser, argv, SETTINGS)
+    try:
+        args.spec = regime_spec(args.height, args.width, args.patch_size, args.distractors,
+                                args.data_seed, smoke=args.smoke)
+    except ValueError as exc:
+        parser.error(str(exc))
+    grid = args.spec.grid
+    args.catalog = settings_for(grid[0] * grid[1])
+    args.seeds_required = args.seeds if args.smoke else SEEDS
     if args.smoke:
         args.time_repeats = min(args.time_repeats, 2)
+        args.budget_gate = False
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) the study, time the steps, print the report, optionally write ``--out``."""
+    """Run (or resume) the study, time the steps, print the report, write ``--out``/``--json``."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torchreid_sdtps.load_plugins()
-    command = st.command_line("fusion_study.py", argv)
+    harness.start(args)
+    register_models()
+    command = harness.command_line("fusion_study.py", argv)
     ensure_generated(args.root, args.spec, progress=False)
-    runs, wall_s = run_all(args)
-    if args.time_repeats:
-        torch.set_num_threads(1)  # as each run's worker
-        times = step_times(args, args.time_repeats)
-    else:
-        times = {}
-    text = report(args, runs, times, wall_s, command)
-    st.publish(args, text, BEGIN, END)
-    return {"runs": runs, "times": times, "wall_s": wall_s, "report": text}
+    n = args.spec.grid[0] * args.spec.grid[1]
+    print(f"regime: {args.spec.height}x{args.spec.width} at patch {args.patch_size}: N = {n}, "
+          f"K = {num_keep(n, RATIO)}, N_c = {num_aggregated(n, RATIO, AGGR_RATIO)}", flush=True)
+    run = functools.partial(harness.run_study, functools.partial(run_one, args), args.catalog,
+                            runs_file=args.runs_file, jobs=args.jobs, threads=args.threads,
+                            setup=register_models)
+    if args.budget_gate and BASELINE in args.settings:  # the pilot before any comparison run
+        pilot = run([BASELINE], [0], budget(args)).runs[0]
+        ok, text = budget_check(pilot["curve"])
+        print(f"budget pilot: {text} -> {'accepted' if ok else 'REJECTED'}", flush=True)
+        if not ok:
+            raise BudgetError(f"the budget failed its pilot ({text}); no comparison run was "
+                              "started. Re-pilot the budget (docs/model.md) before the study.")
+    result = run(args.settings, list(range(args.seeds)), budget(args))
+    times = step_times(args, args.time_repeats) if args.time_repeats else {}
+    text = report(args, result, times, command)
+    harness.publish(text, args.out, BEGIN, END)
+    out = summary(args, result.runs)
+    if args.json:
+        from torchreid_sdtps.io import atomic_path
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with atomic_path(args.json) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=1)
+        print(f"written: {args.json}")
+    return {"runs": result.runs, "times": times, "summary": out, "report": text,
+            "runs_read_back": result.read_back}
 
 
 if __name__ == "__main__":

@@ -187,8 +187,9 @@ class MoEReferenceNet(nn.Module):
 
 
 def fusion_parameters(model: nn.Module) -> int:
-    """Parameters of the fusion part: SDTPS block (``SDTPSNet.sdtps``) or HDM + ATM; 0 without."""
-    parts = [getattr(model, name, None) for name in ("sdtps", "hdm", "atm")]
+    """Parameters of the fusion part: SDTPS block and token-branch head (``SDTPSNet.sdtps``,
+    ``SDTPSNet.head``) or HDM + ATM; 0 without."""
+    parts = [getattr(model, name, None) for name in ("sdtps", "head", "hdm", "atm")]
     return sum(p.numel() for part in parts if part is not None for p in part.parameters())
 
 

@@ -178,37 +178,67 @@ def test_moe_reference_matches_demo_structure(benchmark_module):
                                           embed_dim=c, num_heads=3), 5)
 
 
-def test_fusion_intervals_and_paired_differences(fusion):
+def test_fusion_intervals_paired_differences_and_the_committed_rule(fusion):
     mean, half = fusion.t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)
     runs = [{"setting": s, "seed": i, "results": {f: {"mAP": v / 100, "R1": v / 100}}}
-            for s, f, vals in (("sdtps", "concat", (50, 52, 55)), ("no_selection", "ori", (48, 51, 52)))
+            for s, f, vals in (("new_head", "concat", (50, 52, 55)),
+                               ("previous_head", "concat", (48, 51, 52)),
+                               ("no_selection", "ori", (48, 51, 52)))
             for i, v in enumerate(vals)]
-    mean, half, n = fusion.paired(runs, "sdtps")
+    mean, half, n = fusion.paired(runs, "new_head", "no_selection")
     assert n == 3 and mean == pytest.approx(2.0) and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-4)
+    assert fusion.shipped(runs) == ("previous_head", False)  # fewer than 16 seeds: not applied
+    assert fusion.shipped(runs, seeds=3) == ("previous_head", True)  # interval contains 0
+    wide = [dict(r, results={"concat": {"mAP": r["results"]["concat"]["mAP"] + 0.05, "R1": 0}})
+            if r["setting"] == "new_head" else r for r in runs]
+    assert fusion.shipped(wide, seeds=3) == ("new_head", True)
 
 
-def test_fusion_study_smoke_resumes_and_writes_the_section(fusion, tmp_path, capsys):
-    out = tmp_path / "RESULTS.md"
+def test_fusion_budget_criterion(fusion):
+    flat = [{"mAP": m / 100} for m in (30, 40, 47.0, 47.5, 47.2, 47.9)]
+    assert fusion.budget_check(flat)[0]
+    assert not fusion.budget_check(flat[:-1] + [{"mAP": 0.49}])[0]  # last 4 spread 2.0
+    assert not fusion.budget_check([{"mAP": m / 100} for m in (30, 31, 31, 31.5)])[0]  # < 40
+    assert not fusion.budget_check(flat[:3])[0]
+
+
+def test_fusion_study_smoke_resumes_and_writes_json_and_section(fusion, tmp_path, capsys):
+    out, js = tmp_path / "RESULTS.md", tmp_path / "fusion.json"
     argv = ["--smoke", "--threads", "1", "--root", str(tmp_path / "data"),
             "--runs-file", str(tmp_path / "runs.jsonl")]
-    res = fusion.main([*argv, "--out", str(out)])
+    res = fusion.main([*argv, "--out", str(out), "--json", str(js)])
     printed = capsys.readouterr().out
     assert {r["setting"] for r in res["runs"]} == set(fusion.SETTINGS)
     by = {r["setting"]: r for r in res["runs"]}
-    assert by["no_selection"]["fusion_params"] == 0 < by["sdtps"]["fusion_params"] \
-        < by["moe_reference"]["fusion_params"]
-    assert set(by["sdtps"]["results"]) == {"concat", "ori"} and "recall" in by["sdtps"]["results"]["concat"]
-    assert "recall" not in by["moe_reference"]["results"]["concat"]
-    for r in res["runs"]:
-        assert len(r["curve"]) == 1 and len(r["loss"]) == 1  # seed 0, 1 epoch: tested once
+    assert by["no_selection"]["fusion_params"] == 0 < by["previous_head"]["fusion_params"] \
+        < by["new_head"]["fusion_params"] <= by["moe_reference"]["fusion_params"] // 10
+    for name in ("previous_head", "new_head", "keep_all"):
+        assert set(by[name]["results"]) == {"concat", "sdtps", "ori"}
+        assert "recall" in by[name]["results"]["concat"]
+    assert set(by["moe_reference"]["results"]) == {"concat", "moe", "ori"}
+    assert len(by["no_selection"]["curve"]) == 1  # 1 epoch, tested once
     assert set(res["times"]) == set(fusion.SETTINGS) and all(t > 0 for t in res["times"].values())
-    for text in ("| setting | main feature | seeds |", "no_selection` (same seed)",
-                 "Learning curves", "t-interval", "machine:", "command:"):
+    for text in ("| setting | seeds |", "`new_head` − `no_selection`", "Learning curves",
+                 "t-intervals", "machine:", "command:", "N = 32"):
         assert text in printed
     assert fusion.BEGIN in out.read_text()
+    summary = json.loads(js.read_text())
+    assert summary["regime"] == {"patches": 32, "height": 64, "width": 32, "patch_size": 8,
+                                 "data_seed": 0, "distractors": 1}
+    assert summary["shipped"] == "previous_head" and len(summary["runs"]) == 5
+    assert set(summary["settings"]["new_head"]) == {"seeds", "mAP", "half_width"}
+    assert set(summary["paired"]["new_head - moe_reference"]) == {"seeds", "mean", "low", "high"}
     again = fusion.main([*argv, "--time-repeats", "0"])  # resumes: nothing retrained
-    assert again["runs"] == res["runs"] and again["times"] == {}
+    assert again["runs"] == res["runs"] and again["times"] == {} and again["runs_read_back"] == 5
+
+
+def test_selection_toy_runs_and_reports_kept_shares(benchmark_module, capsys):
+    toy = benchmark_module("selection_toy")
+    out = toy.main(["--betas", "0.0", "--selections", "topk,ste", "--seeds", "1", "--steps", "3"])
+    assert set(out) == {(0.0, "topk"), (0.0, "ste")}
+    assert all(0.0 <= v <= 1.0 for vals in out.values() for v in vals)
+    assert "| 0.0 | ste |" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- ablation

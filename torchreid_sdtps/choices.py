@@ -10,15 +10,20 @@ from collections.abc import Iterable
 
 from .errors import ConfigError
 
-__all__ = ["MODALITIES", "SELECTIONS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
+__all__ = ["MODALITIES", "SELECTIONS", "HEADS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
            "TRANSFORM_STYLES", "MISSING_SETTINGS", "DROPOUT_TRIPLET", "SYNTHETIC_DATASET",
            "SAMPLER_MODES",
            "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
 
 #: modality order of the shipped data sets and models: RGB, near infrared, thermal infrared
 MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
-#: SDTPS token selection during training (evaluation is always hard top-K)
-SELECTIONS: tuple[str, ...] = ("topk", "gumbel")
+#: SDTPS token selection during training (evaluation is always hard top-K): hard top-K (no
+#: gradient into the decision), "ste" (the same decision, straight-through soft mask) and
+#: "gumbel" (Gumbel noise in the ranking, straight-through soft mask)
+SELECTIONS: tuple[str, ...] = ("topk", "ste", "gumbel")
+#: what SDTPSNet's token branch hands to retrieval (models/heads.py): the seed review's plain
+#: mean of the enhanced tokens, or the guide refined by a cross-attention over them
+HEADS: tuple[str, ...] = ("mean", "refine")
 #: evaluation feature of SDTPSNet: [ori, sdtps] concatenated, or one of them
 TEST_FEATURES: tuple[str, ...] = ("concat", "sdtps", "ori")
 #: evaluation feature taken after or before the BNNeck BatchNorm

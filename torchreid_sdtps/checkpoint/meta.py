@@ -66,19 +66,32 @@ def checkpoint_meta(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
     return _upgrade_legacy_meta(meta)
 
 
+#: options a checkpoint written before they existed was trained with (the then only behaviour),
+#: whatever today's default: a checkpoint without ``head`` holds the seed review's mean head
+PRE_OPTION_VALUES: dict[str, Any] = {"head": "mean"}
+
+
 def _upgrade_legacy_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` (a copy when changed) with the previous release's option names renamed in its
-    ``model_kwargs`` and stored config, so its checkpoints still rebuild their model."""
+    ``model_kwargs`` and stored config, and the options it predates (:data:`PRE_OPTION_VALUES`)
+    set to the behaviour it was trained with, so its checkpoints still rebuild their model."""
     kwargs, cfg_text = meta.get("model_kwargs"), meta.get("config")
-    if not (isinstance(kwargs, dict) and set(kwargs) & set(LEGACY_OPTION_NAMES)):
+    if not isinstance(kwargs, dict):
         return meta
-    meta = {**meta, "model_kwargs": upgrade_legacy_names(kwargs)}
+    missing = {k: v for k, v in PRE_OPTION_VALUES.items() if k not in kwargs}
+    if not (set(kwargs) & set(LEGACY_OPTION_NAMES) or missing):
+        return meta
+
+    def upgrade(options: dict[str, Any]) -> dict[str, Any]:
+        return {**upgrade_legacy_names(options), **missing}
+
+    meta = {**meta, "model_kwargs": upgrade(kwargs)}
     if isinstance(cfg_text, str):
         import yaml
 
         tree = yaml.safe_load(cfg_text)
         if isinstance(tree, dict) and isinstance(tree.get("sdtps"), dict):
-            meta["config"] = yaml.safe_dump({**tree, "sdtps": upgrade_legacy_names(tree["sdtps"])})
+            meta["config"] = yaml.safe_dump({**tree, "sdtps": upgrade(tree["sdtps"])})
     return meta
 
 

@@ -23,8 +23,9 @@ from .. import dist as _dist
 from ..choices import NECK_FEATS, ORI_HEADS, TEST_FEATURES, refuse_removed_stages
 from ..errors import ConfigError, InputShapeError
 from ..utils.modalities import present_modalities
-from .backbone import _TIMM_ARGS
+from .backbone import _TIMM_ARGS, VARIANTS
 from .factory import build_backbone
+from .heads import build_head
 from .options import SDTPSOptions, as_options
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
@@ -135,19 +136,22 @@ class SDTPSNet(nn.Module):
         self.use_sdtps = bool(opts.use_sdtps)
         self.sdtps: SDTPS | None = None
         self.neck_sdtps: BNNeck | None = None
+        self.head: nn.Module | None = None  # token-branch head (models/heads.py, option "head")
         if self.use_sdtps:
             self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=opts.ratio, beta=opts.beta,
                                selection=opts.selection, gumbel_noise=opts.gumbel_noise,
                                gumbel_tau=opts.gumbel_tau, score_grad=opts.score_grad)
+            self.head = build_head(opts.head, dim, num_modalities)
             self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
         self.ori_head = opts.ori_head
         self.neck_ori = BNNeck(num_modalities * dim, num_classes,
                                groups=num_modalities if opts.ori_head == "per_modality" else 1)
         self.feature_dim = (2 if test_feature == "concat" else 1) * num_modalities * dim
         if _dist.is_main_process():  # R10: one line per model build, rank 0 only
-            logger.info("SDTPSNet: %.2fM params (guide %.3fM, SDTPS %.3fM), M=%d, C=%d, N=%d, K=%d, "
-                        "N_c=%d, selection=%s", _count(self) / 1e6, _count(self.guide) / 1e6,
-                        _count(self.sdtps) / 1e6, num_modalities, dim, n, num_keep(n, opts.ratio),
+            logger.info("SDTPSNet: %.2fM params (guide %.3fM, SDTPS %.3fM, head %s %.3fM), M=%d, C=%d, "
+                        "N=%d, K=%d, N_c=%d, selection=%s", _count(self) / 1e6,
+                        _count(self.guide) / 1e6, _count(self.sdtps) / 1e6, opts.head,
+                        _count(self.head) / 1e6, num_modalities, dim, n, num_keep(n, opts.ratio),
                         n_c, opts.selection if self.use_sdtps else "none (use_sdtps=False)")
 
     def backbone_param_prefixes(self) -> tuple[str, ...]:
@@ -202,7 +206,8 @@ class SDTPSNet(nn.Module):
             return {"cls": cls, "global": g_out, "tokens": None, "masks": None, "soft_masks": None,
                     "scores": None, "sdtps": None, "ori": g_out.flatten(1), "present": present}
         out = self.sdtps(patches, guide, present)
-        feature = out.feature if keep is None else out.feature * keep
+        feature = self.head(out.tokens, guide)  # f_m (B, M, C)
+        feature = feature if keep is None else feature * keep
         return {"cls": cls, "global": g_out, "tokens": out.tokens, "masks": out.mask,
                 "soft_masks": out.soft_mask, "scores": out.score, "present": present,
                 "sdtps": feature.flatten(1), "ori": g_out.flatten(1)}  # (B, M*C) each
@@ -278,6 +283,16 @@ def _build(variant: str, img_size: int | tuple[int, int], num_classes: int, loss
                           f"{sorted(fields)}; backbone overrides: {sorted(_BACKBONE_ARGS)}")
     if loss not in LOSSES:  # before the (possibly downloading) backbone build
         raise ConfigError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if opts.patch_size is not None:
+        if "patch_size" in kwargs:
+            raise ConfigError(f"sdtps_{variant}: patch size given twice (sdtps.patch_size "
+                              f"{opts.patch_size} and backbone override {kwargs['patch_size']})")
+        native = VARIANTS[variant].timm_kwargs["patch_size"]
+        if int(opts.patch_size) != native and (opts.backbone_weights or pretrained):
+            raise ConfigError(f"sdtps.patch_size {opts.patch_size} differs from the pretrained "
+                              f"weights' {native} of sdtps_{variant}: use model.pretrained False "
+                              "(random init) or the variant's patch size")
+        kwargs["patch_size"] = int(opts.patch_size)
     backbone = build_backbone(variant, img_size=img_size,
                               num_cameras=num_cameras if opts.sie_camera else 0,
                               pretrained=opts.backbone_weights or pretrained,

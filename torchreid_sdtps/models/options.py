@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..choices import NECK_FEATS, ORI_HEADS, SELECTIONS, TEST_FEATURES, refuse_removed_stages
+from ..choices import HEADS, NECK_FEATS, ORI_HEADS, SELECTIONS, TEST_FEATURES, refuse_removed_stages
 from ..errors import ConfigError
 
 __all__ = ["SDTPSOptions", "as_options"]
@@ -29,6 +29,9 @@ class SDTPSOptions:
     sie_camera: bool = True
     #: weight of the SIE camera embedding (TransReID 3.0, DeMo 1.0)
     sie_coe: float = 3.0
+    #: ViT patch size in pixels; None = the backbone variant's (16). Another value changes the
+    #: patch grid (N) and needs random init (pretrained weights have the variant's patch size)
+    patch_size: int | None = None
     #: stochastic depth of the backbone blocks (timm's ``drop_path_rate``); None = the backbone
     #: variant's DeMo value (0 for CLIP, which DeMo never gives MODEL.DROP_PATH; 0.1 for ImageNet)
     drop_path: float | None = None
@@ -38,6 +41,9 @@ class SDTPSOptions:
     neck_feat: str = "after"
     #: ``concat`` (DeMo DIRECT=1) | ``per_modality`` (DIRECT=0) classifier on the [CLS] tokens
     ori_head: str = "concat"
+    #: token-branch head (``models/heads.py``): one of ``choices.HEADS``; "mean" = the seed
+    #: review's mean of [V̂, e], "refine" = the guide refined by a cross-attention over [V̂, e]
+    head: str = "mean"
     #: False: the ablation baseline without SDTPS (backbone, guide and ``ori`` head only)
     use_sdtps: bool = True
     #: rho: kept fraction of patches (``SDTPS.ratio``)
@@ -58,7 +64,8 @@ class SDTPSOptions:
 
     def __post_init__(self) -> None:
         for name, allowed in (("test_feature", TEST_FEATURES), ("neck_feat", NECK_FEATS),
-                              ("ori_head", ORI_HEADS), ("selection", SELECTIONS)):
+                              ("ori_head", ORI_HEADS), ("selection", SELECTIONS),
+                              ("head", HEADS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"sdtps.{name} must be one of {list(allowed)}, got "
                                   f"{getattr(self, name)!r}")
@@ -70,7 +77,9 @@ class SDTPSOptions:
                   ("gumbel_noise", self.gumbel_noise >= 0, ">= 0"),
                   ("drop_path", self.drop_path is None or 0 <= self.drop_path < 1,
                    "in [0, 1) or None"),
-                  ("sie_coe", self.sie_coe >= 0, ">= 0"))
+                  ("sie_coe", self.sie_coe >= 0, ">= 0"),
+                  ("patch_size", self.patch_size is None or int(self.patch_size) >= 1,
+                   ">= 1 or None"))
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"sdtps.{name}={getattr(self, name)!r}: expected {expected}")

@@ -138,9 +138,13 @@ class GlobalLocalGuide(nn.Module):
 class TokenAggregation(nn.Module):
     """SEPS TokenAggregation ``N_s -> N_c``: ``W = softmax_Ns(MLP_m(V_s)^T * scale)``, ``V̂ = W V_s``.
 
-    The kept decision values ``D`` mask the softmax multiplicatively (``+ log D`` on the logits):
-    in the forward pass kept tokens have ``D = 1`` (no change) and, unlike SEPS's
-    ``- (1 - D) * 1e10``, the straight-through gradient into ``D`` stays finite.
+    The decision values ``D`` weight the softmax multiplicatively,
+    ``W_ij = D_j exp(l_ij) / Σ_k D_k exp(l_ik)``: with the forward value of ``D`` exactly 0/1 this
+    is the softmax over the kept tokens, and unlike SEPS's ``- (1 - D) * 1e10`` the
+    straight-through gradient into ``D`` stays finite, also at ``D_j = 0``:
+    ``dW_ij/dD_j = exp(l_ij) (δ - W_i·) / Σ``. So when the input holds *all* N tokens (the
+    straight-through modes of :class:`SDTPS`), a dropped token learns what joining the kept set
+    would do to the aggregated tokens.
     """
 
     def __init__(self, dim: int, num_out: int, num_modalities: int = 3,
@@ -152,7 +156,8 @@ class TokenAggregation(nn.Module):
         self.scale = nn.Parameter(torch.ones(num_modalities, 1, 1))
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (B, M, N_s, C)``, ``keep (B, M, N_s)`` or None (all 1) -> ``V̂ (B, M, N_c, C)``.
+        """``x (B, M, N_s, C)``, ``keep (B, M, N_s)`` decision values or None (all 1) ->
+        ``V̂ (B, M, N_c, C)``.
 
         ``MLP(LN(x))`` with the LayerNorm's affine folded into the first linear layer:
         ``(y * w + b) @ W1 + b1 = y @ (w W1) + (b @ W1 + b1)``, so the per-token affine pass
@@ -165,9 +170,14 @@ class TokenAggregation(nn.Module):
         hidden = mlp.act(mlp.fc1(y, in_affine=self.norm))  # (B, M, N_s, hidden)
         h = mlp.fc2(hidden).transpose(0, 1)  # (M, B, N_s, N_c)
         logits = h.transpose(-1, -2) * self.scale.unsqueeze(1)  # (M, B, N_c, N_s)
-        if keep is not None:  # decision values of the kept tokens
-            logits = logits + keep.transpose(0, 1).clamp_min(_EPS).log().unsqueeze(-2)
-        return (logits.softmax(dim=-1) @ x.transpose(0, 1)).transpose(0, 1)  # one bmm over M*B
+        if keep is None:
+            weights = logits.softmax(dim=-1)
+        else:  # D-weighted softmax, shifted by the largest logit of a kept token
+            d = keep.transpose(0, 1).unsqueeze(-2)  # (M, B, 1, N_s)
+            top = logits.detach().masked_fill(d.detach() <= 0, float("-inf")).amax(-1, keepdim=True)
+            e = (logits - top.clamp_min(torch.finfo(logits.dtype).min)).clamp_max(30.0).exp() * d
+            weights = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+        return (weights @ x.transpose(0, 1)).transpose(0, 1)  # one bmm over M*B
 
 
 def num_keep(n: int, ratio: float) -> int:
@@ -237,13 +247,15 @@ class Selection(NamedTuple):
 
 
 def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: float = 0.1,
-                  tau: float = 0.1) -> Selection:
+                  tau: float = 0.1, straight_through: bool = False) -> Selection:
     """Top-K decision over the last dim of ``score`` (B, M, N).
 
-    ``gumbel=False``: hard top-K, ``D`` has no gradient. ``gumbel=True`` (R2, R8): the noise
-    ``noise * Gumbel(0, 1)`` enters the ranking; the hard mask is the top-K of the noisy score
-    ``s̃`` and ``D = D_hard + D_soft - D_soft.detach()`` with ``D_soft = sigmoid((s̃ - t) / tau)``,
-    ``t`` midway between the K-th and (K+1)-th noisy score, so every patch's score gets gradient.
+    ``gumbel=False, straight_through=False``: hard top-K, ``D`` has no gradient.
+    ``straight_through=True``: the same decision, with ``D = D_hard + D_soft - D_soft.detach()``,
+    ``D_soft = sigmoid((s - t) / tau)``, ``t`` midway between the K-th and (K+1)-th score, so
+    every patch's score gets gradient (forward value exactly hard). ``gumbel=True`` (R2, R8):
+    straight-through, and the noise ``noise * Gumbel(0, 1)`` enters the ranking first: the hard
+    mask is the top-K of the noisy score ``s̃`` and ``D_soft`` is computed on ``s̃``.
     """
     n = score.shape[-1]
     noisy = score
@@ -254,7 +266,7 @@ def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: floa
     order = noisy.detach().argsort(dim=-1, descending=True)  # (B, M, N)
     keep, drop = order[..., :k], order[..., k:]
     hard = torch.zeros_like(score).scatter_(-1, keep, 1.0)
-    if not gumbel:
+    if not (gumbel or straight_through):
         return Selection(keep, drop, hard, None)
     if k < n:
         ranked = noisy.detach().gather(-1, order[..., k - 1:k + 1])  # K-th, (K+1)-th
@@ -315,7 +327,10 @@ class SDTPS(nn.Module):
         num_modalities: M (>= 2; the cross-modal score needs another modality).
         ratio: rho, kept fraction; ``K = ceil(rho * N)`` with N read from the input (R9).
         beta: score mixing weight in [0, 0.5].
-        selection: ``"topk"`` or ``"gumbel"`` (training only; eval is always hard top-K).
+        selection: ``"topk"``, ``"ste"`` or ``"gumbel"`` (training only; eval is always hard
+            top-K), see :func:`select_tokens`. In the straight-through modes the aggregation
+            runs over all N patches with ``D`` as its softmax weights (forward value: the kept
+            patches'), so a dropped patch's score learns what keeping it would do.
         gumbel_noise: sigma_g, scale of the Gumbel noise added to the score before ranking.
         gumbel_tau: tau, temperature of the soft mask ``sigmoid((s̃ - t) / tau)``.
         score_grad: let gradient flow through the cosine scores (off by default, as SEPS).
@@ -363,19 +378,22 @@ class SDTPS(nn.Module):
         patches = _modality_major(patches)  # every stacked op below reshapes without copying
         score = self.scores(patches, guide, present)  # (B, M, N)
         k = num_keep(patches.shape[2], self.ratio)
-        sel = select_tokens(score, k, gumbel=self.training and self.selection == "gumbel",
-                            noise=self.gumbel_noise, tau=self.gumbel_tau)
+        train_mode = self.selection if self.training else "topk"
+        sel = select_tokens(score, k, gumbel=train_mode == "gumbel", noise=self.gumbel_noise,
+                            tau=self.gumbel_tau, straight_through=train_mode == "ste")
         kept, dropped = _partition_tokens(patches, sel.keep, sel.drop)  # (M, B, K, C), (M, B, N-K, C)
-        kept = kept.transpose(0, 1)  # V_s = gather(P * D), (B, M, K, C)
         weights = score.gather(-1, sel.drop).softmax(dim=-1)  # (B, M, N-K)
-        d_keep = None
-        if sel.soft is not None:  # D carries gradient (Gumbel): apply it. Else D is exactly 1 on the
-            # kept and 0 on the dropped tokens, and multiplying by it would change no number.
-            d_keep, d_drop = sel.mask.gather(-1, sel.keep), sel.mask.gather(-1, sel.drop)
-            kept = kept * d_keep.unsqueeze(-1)
-            weights = weights * (1 - d_drop)
+        if sel.soft is None:  # D is exactly 1 on the kept and 0 on the dropped tokens:
+            # aggregate the kept tokens V_s (multiplying by D would change no number)
+            aggr = self.aggregate(kept.transpose(0, 1))
+        else:  # D carries gradient: all N patches, D weighting the aggregation softmax (forward
+            # value: the kept tokens' aggregation). The patches themselves are not multiplied by
+            # D: a dropped patch's gradient then says what joining the kept set with its own
+            # value (not a zeroed one) would do
+            weights = weights * (1 - sel.mask.gather(-1, sel.drop))
+            aggr = self.aggregate(patches, sel.mask)
         extra = weights.transpose(0, 1).unsqueeze(-2) @ dropped  # e (M, B, 1, C): one bmm over M*B
-        aggr = self.aggregate(kept, d_keep).transpose(0, 1)  # V̂ (M, B, N_c, C)
+        aggr = aggr.transpose(0, 1)  # V̂ (M, B, N_c, C)
         tokens = torch.cat([aggr, extra], dim=2).transpose(0, 1)  # T_m (B, M, N_c + 1, C)
         return SDTPSOutput(tokens, tokens.mean(dim=2), sel.mask, sel.soft, score)
 
