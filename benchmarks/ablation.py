@@ -52,7 +52,12 @@ VARIANTS: dict[str, Setting] = {
                         ("sdtps.use_sdtps", "False", "sdtps.weight_align", "0.0")),
     "sdtps_block": Setting("SDTPS block (align 0)", ("sdtps.weight_align", "0.0")),
     "sdtps_align": Setting("SDTPS + alignment"),
+    # the demo's missing-modality method (docs/engine.md, issue 25): --variants sdtps_missing
+    "sdtps_missing": Setting("SDTPS + alignment, missing-modality method",
+                             ("sdtps.mask_missing", "True", "sdtps.missing_match", "present")),
 }
+#: what runs without --variants (the recipe's three; sdtps_missing on request)
+DEFAULT_VARIANTS = ("no_sdtps", "sdtps_block", "sdtps_align")
 
 #: --smoke: the recipe on a tiny model and synthetic data, on the CPU (what the tests run)
 SMOKE = ["model.name", "sdtps_vit_tiny", "model.pretrained", "False",
@@ -76,7 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                    help="default cuda (--smoke: cpu)")
     p.add_argument("--root", default="reid-data", help="data root (data.root)")
     p.add_argument("--out", default="log/ablation", help="folder for the runs and the table")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="subset, comma-separated")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--resume", action="store_true",
                    help="reuse the runs in --out that finished with the same config and keys")
     p.add_argument("--smoke", action="store_true",

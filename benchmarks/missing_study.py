@@ -7,15 +7,21 @@ Each run is the CPU demo (``torchreid_sdtps/configs/synthetic_demo.yaml``: ``sdt
 ``tools/train.py`` trains with; ``benchmarks/harness.py``) and ranked with the engine's
 missing-modality table (what ``tools/test.py --missing`` prints). Variants (``--variants``):
 
-==========  ===================================================================================
-without     no modality dropout, ``sdtps.mask_missing False`` (the demo as it was)
-with        ``train.modality_dropout.prob 0.5``, subsets RGB / NI / TI, ``.triplet complete``,
-            ``sdtps.mask_missing True``
-==========  ===================================================================================
+============  =================================================================================
+without       no modality dropout, ``sdtps.mask_missing False`` (the demo before issue 25)
+with          ``train.modality_dropout.prob 0.5``, subsets RGB / NI / TI, ``.triplet complete``,
+              ``sdtps.mask_missing True``
+per_modality  issue 25: ``sdtps.ori_head per_modality`` (an ID and triplet term per modality),
+              ``sdtps.mask_missing True``, ``sdtps.missing_match present``
+learned       per_modality + the learned stand-in (``sdtps.missing_standin``) and modality
+              dropout 0.15 from epoch 5 (``train.modality_dropout.start_epoch``)
+============  =================================================================================
 
 plus, from the ``without`` runs (no training), ``without+mask``: the same weights ranked with
 ``mask_missing`` on, i.e. what masking alone does at evaluation time (the option adds no
-weights: it only tells the model to treat an all-zero modality as absent).
+weights: it only tells the model to treat an all-zero modality as absent), and
+``without+match``: also with the presence-aware match (``missing_match present``, no weights
+either).
 
     python benchmarks/missing_study.py                 # 6 demo runs (~3 min each on 2 quiet cores)
     python benchmarks/missing_study.py --seeds 1 --epochs 4 --work log/missing_quick
@@ -47,17 +53,33 @@ __all__ = ["VARIANTS", "EVAL_ONLY", "SMOKE", "run_variant", "table", "main"]
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
+#: the demo before issue 25 (explicit, so the demo config's own choice does not matter)
+_BEFORE = ("sdtps.ori_head", "concat", "sdtps.missing_match", "plain", "sdtps.missing_standin",
+           "False", "sdtps.sie_camera", "True", "train.modality_dropout.start_epoch", "0")
+#: issue 25: per-modality heads, the absence mask and the presence-aware match
+_PRESENT = (*_BEFORE, "sdtps.ori_head", "per_modality", "sdtps.mask_missing", "True",
+            "sdtps.missing_match", "present")
 #: training overrides of each variant (explicit, so the demo config's own choice does not matter)
 VARIANTS: dict[str, Setting] = {
-    "without": Setting("without", ("train.modality_dropout.prob", "0.0",
+    "without": Setting("without", (*_BEFORE, "train.modality_dropout.prob", "0.0",
                                    "sdtps.mask_missing", "False")),
-    "with": Setting("with", ("train.modality_dropout.prob", "0.5",
+    "with": Setting("with", (*_BEFORE, "train.modality_dropout.prob", "0.5",
                              "train.modality_dropout.subsets", "['RGB', 'NI', 'TI']",
                              "train.modality_dropout.triplet", "complete",
                              "sdtps.mask_missing", "True")),
+    "per_modality": Setting("per_modality", (*_PRESENT, "train.modality_dropout.prob", "0.0")),
+    "learned": Setting("learned", (*_PRESENT, "sdtps.missing_standin", "True",
+                                   "train.modality_dropout.prob", "0.15",
+                                   "train.modality_dropout.start_epoch", "5",
+                                   "train.modality_dropout.subsets", "['RGB', 'NI', 'TI']",
+                                   "train.modality_dropout.triplet", "complete")),
 }
-#: evaluation-only variants: the trained variant whose weights are ranked with mask_missing on
-EVAL_ONLY: dict[str, str] = {"without+mask": "without"}
+#: evaluation-only variants: the trained variant whose weights are ranked again, and the model
+#: attributes changed for it (options that add no weights)
+EVAL_ONLY: dict[str, str] = {"without+mask": "without", "without+match": "without"}
+_EVAL_ATTRS: dict[str, dict[str, Any]] = {
+    "without+mask": {"mask_missing": True},
+    "without+match": {"mask_missing": True, "missing_match": "present"}}
 
 #: ``--smoke``: the demo on a tiny synthetic set, 1 epoch (what the tests run)
 SMOKE = ["synthetic.height", "64", "synthetic.width", "32", "data.height", "64", "data.width", "32",
@@ -92,7 +114,8 @@ def run_variant(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any
     def rank(model: Any, engine: Any) -> None:
         tables[name] = _missing_table(engine, cfg)
         for view in (v for v, trained in EVAL_ONLY.items() if trained == name):
-            model.mask_missing = True  # the same weights, the absent modality masked
+            for attr, value in _EVAL_ATTRS[view].items():  # the same weights
+                setattr(model, attr, value)
             tables[view] = _missing_table(engine, cfg)
 
     with harness.quiet():
@@ -166,8 +189,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "runs_now": result.now, "runs_read_back": result.read_back,
               "wall_s": round(result.wall_s, 1), "variants": {
                   **{k: list(v.opts) for k, v in VARIANTS.items()},
-                  **{k: {"trained": t, "test": ["sdtps.mask_missing", "True"]}
-                     for k, t in EVAL_ONLY.items()}},
+                  **{k: {"trained": t, "test": _EVAL_ATTRS[k]} for k, t in EVAL_ONLY.items()}},
               "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()},
               "summary": summary, "table": md}
     write_json(report, osp.join(args.work, "missing_study.json"))

@@ -31,6 +31,9 @@ TINY_OPTS: tuple[str, ...] = (
     "synthetic.images_per_camera", "2", "synthetic.height", "64", "synthetic.width", "32",
     "data.height", "64", "data.width", "32", "train.batch_size", "8",
     "sampler.num_instances", "2", "test.batch_size", "64", "use_gpu", "False",
+    # the demo ranks with its missing-modality method (issue 25); the tests keep the model's
+    # plain ranking feature unless they ask for it (tests/test_missing.py, test_search.py)
+    "sdtps.mask_missing", "False", "sdtps.missing_match", "plain", "sdtps.test_feature", "concat",
 )
 
 

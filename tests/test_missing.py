@@ -283,3 +283,118 @@ def test_missing_study_table_mean_and_std(benchmark_module):
     assert summary["with"]["RGB"] == pytest.approx({"mean": 30.0, "std": 14.142135}, rel=1e-6)
     assert summary["with"]["single_missing_avg"]["mean"] == pytest.approx(100 * (0.3 + 1.0) / 3)
     assert "| with | 2 | 50.0 ± 0.0 | 30.0 ± 14.1 |" in md
+
+
+# ----------------------------------------------------------------------------- issue 25
+
+def test_presence_match_is_the_normalised_match_over_common_modalities():
+    from torchreid_sdtps.models.missing import presence_match_feature
+
+    g = torch.Generator().manual_seed(0)
+    c, m = 4, 3
+    raw = torch.randn(5, 2 * m * c, generator=g)  # [ori, sdtps], modality-major
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, True],
+                            [True, True, True], [False, False, True]])
+    f = presence_match_feature(raw, present, c)
+    blocks = raw.view(5, 2, m, c)
+    unit = blocks / blocks.square().sum(dim=(1, 3), keepdim=True).sqrt()
+    cos = torch.einsum("ipmc,jpmc->ijm", unit, unit)  # per-modality cosine of every pair
+    common = (present[:, None, :] & present[None, :, :]).float()
+    n = present.sum(1).float()
+    expected = 2 - 2 * (cos * common).sum(-1) / (n[:, None] * n[None, :]).sqrt()
+    assert torch.allclose(torch.cdist(f, f).square(), expected, atol=1e-5)
+    assert torch.allclose(f.norm(dim=1), torch.ones(5))
+    assert (f.view(5, 2, m, c)[~present[:, None, :].expand(5, 2, m)] == 0).all()
+    # what an absent block held does not matter
+    raw2 = blocks.clone()
+    raw2[1, :, 1] = 1e3
+    assert torch.equal(presence_match_feature(raw2.view(5, -1), present, c)[1], f[1])
+    with pytest.raises(ValueError, match="presence match"):
+        presence_match_feature(raw[:, :-1], present, c)
+
+
+def test_learned_stand_in_replaces_absent_features_and_needs_the_mask():
+    with pytest.raises(ConfigError, match="missing_standin needs sdtps.mask_missing"):
+        _tiny(mask_missing=False, missing_standin=True)
+    model = _tiny(missing_standin=True).eval()
+    c = model.dim
+    with torch.no_grad():
+        model.standin.ori.copy_(torch.arange(3 * c, dtype=torch.float32).view(3, c))
+        model.standin.sdtps.fill_(-2.0)
+    x = torch.randn(2, 3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = model.forward_features(zero_modalities(x, (2,)))
+        full = model.forward_features(x)
+    assert torch.equal(feats["global"][:, 2], model.standin.ori[2].expand(2, c))
+    assert (feats["sdtps"][:, 2 * c:] == -2.0).all()
+    assert torch.equal(feats["global"][:, :2], full["global"][:, :2])
+    # trained end to end: the stand-in gets a gradient from samples that lack its modality
+    model.train()
+    removed = torch.tensor([[True, False, False], [False, False, False]] * 2)
+    logits, metric = model(zero_modalities(x.repeat(2, 1, 1, 1, 1), removed))
+    sum((v * torch.randn(v.shape, generator=torch.Generator().manual_seed(4))).sum()
+        for v in logits).backward()
+    assert model.standin.ori.grad[0].abs().sum() > 0 and model.standin.ori.grad[1:].eq(0).all()
+
+
+def test_dropout_waits_for_its_start_epoch(built, monkeypatch):
+    _, dm, model, _ = built
+    calls = []
+    original = modalities_module.zero_modalities
+    monkeypatch.setattr(engine_module, "zero_modalities",
+                        lambda imgs, zeroed: calls.append(zeroed) or original(imgs, zeroed))
+    engine = _engine(dm, model, modality_dropout=0.9, dropout_start=2)
+    batch = [next(iter(dm.train_loader))]
+    for epoch, draws in ((0, 0), (1, 0), (2, 1), (5, 2)):
+        engine.epoch = epoch
+        _train(engine, batch)
+        assert len(calls) == draws, epoch
+    with pytest.raises(ValueError, match=r"start_epoch \(dropout_start\) -1: must be >= 0"):
+        _engine(dm, model, dropout_start=-1)
+
+
+def test_onnx_export_of_the_learned_presence_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from torchreid_sdtps.deploy.onnx import PARITY_RTOL, OrtForward, export_onnx
+
+    model = _tiny(missing_match="present", missing_standin=True).eval()
+    with torch.no_grad():
+        model.standin.ori.normal_(generator=torch.Generator().manual_seed(3))
+    meta = {"modalities": list(MODS), "height": 64, "width": 32}
+    ort = OrtForward(export_onnx(model, str(tmp_path / "m.onnx"), meta, cameras=False))
+    x = torch.randn(3, 3, 3, 64, 32, generator=torch.Generator().manual_seed(2))
+    removed = torch.tensor([[False, True, False], [False, False, False], [True, False, True]])
+    xs = zero_modalities(x, removed)
+    with torch.no_grad():
+        ref = model(xs)
+    got = ort(xs)
+    assert (got - ref).abs().max() / ref.norm(dim=1).max() <= PARITY_RTOL
+    blocks = got.view(3, 2, 3, -1)
+    assert blocks[:, :, 1][0].abs().max() == 0 and blocks[2, :, [0, 2]].abs().max() == 0
+    assert torch.allclose(got.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_the_demo_ranks_with_the_missing_modality_method():
+    """The demo's default (docs/engine.md, issue 25); the real-data configs keep DeMo parity."""
+    from pathlib import Path
+
+    from torchreid_sdtps import config
+
+    demo = config.get_demo_config().sdtps
+    assert (demo.mask_missing, demo.missing_match, demo.test_feature) == (True, "present", "ori")
+    real = config.load_config(str(Path(__file__).resolve().parents[1] / "configs"
+                                  / "rgbnt201_sdtps_clip.yaml")).sdtps
+    assert (real.mask_missing, real.missing_match, real.missing_standin) == (False, "plain", False)
+
+
+def test_mask_missing_trains_a_complete_batch_bit_for_bit():
+    """The demo turns mask_missing on; without dropout its training is the plain one exactly."""
+    x = torch.randn(4, 3, 3, 64, 32, generator=torch.Generator().manual_seed(5))
+    outs = []
+    for mask in (False, True):
+        model = _tiny(mask_missing=mask).train()
+        torch.manual_seed(0)
+        logits, metric = model(x)
+        outs.append(torch.cat([*logits, *metric], dim=1))
+    assert torch.equal(outs[0], outs[1])

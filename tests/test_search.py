@@ -91,21 +91,57 @@ def test_search_tool_feature_files_and_json(files, tmp_path, capsys):
     assert first["query"]["paths"][0] in printed and "euclidean dist" in printed
 
 
-def test_search_tool_one_sample_with_a_missing_modality(files, capsys):
-    gallery = load_features(files["gallery"])
+@pytest.fixture(scope="module")
+def present_files(tmp_path_factory, files):
+    """A tiny checkpoint with the presence-aware match (issue 25) and its gallery file."""
+    root = files["root"]
+    log = tmp_path_factory.mktemp("present")
+    _, _, _, ckpt = tiny_checkpoint(root, log, "sdtps.mask_missing", "True",
+                                    "sdtps.missing_match", "present")
+    gallery = str(log / "gallery.pt")
+    main_extract(["--weights", ckpt, "--dataset", "synthetic_msreid", "--split", "gallery",
+                  "--root", str(root), "-o", gallery])
+    return {"ckpt": ckpt, "gallery": gallery}
+
+
+def test_search_tool_one_sample_with_a_missing_modality(present_files, capsys):
+    """A query without NI is matched over RGB and TI only (never against a zero block)."""
+    gallery = load_features(present_files["gallery"])
     rgb, _, ti = gallery.paths[5]
     cam = str(gallery.cam_labels[5])
-    res = main_search(["--gallery", files["gallery"], "--images", rgb, "none", ti, "--weights",
-                       files["ckpt"], "--cam", cam, "--topk", "3"])["results"][0]
-    fx = FeatureExtractor(files["ckpt"], device="cpu")
+    args = ["--gallery", present_files["gallery"], "--images", rgb, "none", ti, "--weights",
+            present_files["ckpt"], "--cam", cam]
+    res = main_search([*args, "--topk", "3"])["results"][0]
+    fx = FeatureExtractor(present_files["ckpt"], device="cpu")
     feat = fx((rgb, None, ti), cam_ids=[int(cam)])
     expected = torch.cdist(feat, gallery.features).pow(2)[0].topk(3, largest=False)
     assert [m["index"] for m in res["matches"]] == expected.indices.tolist()
     assert res["query"]["paths"] == [rgb, "none", ti]
-    nothing = main_search(["--gallery", files["gallery"], "--images", rgb, "none", ti,
-                           "--weights", files["ckpt"], "--cam", cam, "--threshold", "-1"])
+    # the same ranking as the match restricted to RGB and TI, each modality normalised
+    q, g = feat.view(1, 2, 3, -1), gallery.features.view(len(gallery), 2, 3, -1)
+    unit = lambda t: t / t.square().sum(dim=(1, 3), keepdim=True).sqrt()  # noqa: E731
+    common = torch.einsum("ipmc,jpmc->jm", unit(q[:, :, [0, 2]]), unit(g[:, :, [0, 2]])).sum(1)
+    assert [m["index"] for m in res["matches"]] == common.topk(3).indices.tolist()
+    assert q[:, :, 1].abs().max() == 0
+    nothing = main_search([*args, "--threshold", "-1"])
     assert nothing["results"][0]["no_match"]
     assert "no match within the distance threshold" in capsys.readouterr().out
+
+
+def test_search_refuses_a_missing_modality_against_a_zero_block(files, tmp_path):
+    """A model without the presence-aware match would compare a zero block: refused, for an
+    images query and for a feature file marked with the modalities its samples lack."""
+    gallery = load_features(files["gallery"])
+    rgb, _, ti = gallery.paths[5]
+    with pytest.raises(ValueError, match=r"lacks modality \['NI'\].*missing_match 'plain'"):
+        main_search(["--gallery", files["gallery"], "--images", rgb, "none", ti, "--weights",
+                     files["ckpt"], "--cam", str(gallery.cam_labels[5])])
+    marked = load_features(files["query"])
+    marked.info["missing_modalities"] = [[] for _ in range(len(marked))]
+    marked.info["missing_modalities"][3] = ["TI"]
+    save_features(marked, str(tmp_path / "q.pt"))
+    with pytest.raises(ValueError, match=r"sample 3 lacks modality \['TI'\]"):
+        main_search(["--gallery", files["gallery"], "--query", str(tmp_path / "q.pt")])
 
 
 def test_extract_a_folder_of_triples(files, tmp_path):

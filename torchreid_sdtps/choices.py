@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from .errors import ConfigError
 
 __all__ = ["MODALITIES", "SELECTIONS", "HEADS", "TEST_FEATURES", "NECK_FEATS", "ORI_HEADS", "HEAD_REDUCTIONS",
-           "TRANSFORM_STYLES", "MISSING_SETTINGS", "DROPOUT_TRIPLET", "SYNTHETIC_DATASET",
+           "TRANSFORM_STYLES", "MISSING_SETTINGS", "MISSING_MATCHES", "DROPOUT_TRIPLET", "SYNTHETIC_DATASET",
            "SAMPLER_MODES",
            "REMOVED_STAGES", "removed_stage", "refuse_removed_stages"]
 
@@ -38,6 +38,9 @@ TRANSFORM_STYLES: tuple[str, ...] = ("torchreid", "demo")
 MISSING_SETTINGS: tuple[str, ...] = ("none", *MODALITIES,
                                      *(f"{a}+{b}" for i, a in enumerate(MODALITIES)
                                        for b in MODALITIES[i + 1:]))
+#: ``sdtps.missing_match``: the ranking feature as it is ("plain") or presence-aware, per-modality
+#: normalised blocks so that a match runs over the modalities both sides have ("present")
+MISSING_MATCHES: tuple[str, ...] = ("plain", "present")
 #: ``train.modality_dropout.triplet``: the samples the triplet term ranks under modality dropout
 DROPOUT_TRIPLET: tuple[str, ...] = ("all", "complete")
 #: ``sampler.distributed``: P x K share per rank under DDP (see torchreid_sdtps.engine.ddp)

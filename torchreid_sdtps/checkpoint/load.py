@@ -19,7 +19,7 @@ _SHOWN = 5
 #: model options that change what a model computes without changing any weight's shape, and
 #: the data keys of its input: the weights load whatever they are, so a difference from the
 #: checkpoint's training values is reported (:attr:`LoadReport.changed_settings`, a warning)
-WEIGHTLESS_OPTIONS = ("ratio", "beta", "sie_coe", "mask_missing")
+WEIGHTLESS_OPTIONS = ("ratio", "beta", "sie_coe", "mask_missing", "missing_match")
 INPUT_KEYS = ("height", "width", "norm_mean", "norm_std")
 
 # ----------------------------------------------------------------------------- load into a model

@@ -109,7 +109,7 @@ def format_search(results: list[dict[str, Any]], metric: str = "euclidean") -> s
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from ..deploy.exact import rank_results, topk_exact
-    from ..deploy.provenance import check_comparable
+    from ..deploy.provenance import check_comparable, check_missing
     from ..deploy.store import load_features
     from ..io import write_json
 
@@ -139,6 +139,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     query = load_features(args.query) if args.query else _image_query(args, gallery)
     check_comparable(query, gallery, allow_mismatch=args.allow_mismatch,
                      names=(args.query or "the --images query", gname))
+    check_missing(query, gallery, names=(args.query or "the --images query", gname))
     if args.fill_exact and index is None:
         raise ConfigError("--fill-exact completes an --index search; without --index the "
                           "search is exact already")

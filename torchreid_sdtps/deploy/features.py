@@ -19,7 +19,10 @@ import torch
 from ..errors import SDTPSError
 from ..io import atomic_path
 
-__all__ = ["FeatureSet", "FeatureFileError", "FeatureFileNotFoundError", "FILE_KEYS",
+#: ``FeatureSet.info`` key: per row, the names of the modalities that sample lacks
+MISSING_KEY = "missing_modalities"
+
+__all__ = ["FeatureSet", "MISSING_KEY", "FeatureFileError", "FeatureFileNotFoundError", "FILE_KEYS",
            "save_features", "extract_samples", "folder_samples"]
 
 
@@ -94,5 +97,11 @@ def extract_samples(extractor: Any, paths: list[tuple[str, ...]], pids: Sequence
     n = len(paths)
     cams = list(cam_labels) if cam_labels else None
     feats = extractor(list(paths), cam_ids=cams) if n else torch.zeros(0, 0)
+    info = dict(info or {})
+    mods = tuple(getattr(extractor, "modalities", ()))
+    absent = [[mods[i] if i < len(mods) else str(i) for i, p in enumerate(s) if p is None]
+              for s in paths]
+    if any(absent):  # the marks a search reads (provenance.check_missing)
+        info[MISSING_KEY] = absent
     return FeatureSet(feats, list(pids) or [-1] * n, list(camids) or [-1] * n,
-                      cams or [-1] * n, list(paths), dict(info or {}))
+                      cams or [-1] * n, list(paths), info)

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import SDTPSError
 
 __all__ = ["ProvenanceError", "COMPARED", "FORMAT", "CAMERA_TERMS", "file_digest", "record",
-           "provenance_of", "differences", "check", "check_comparable"]
+           "provenance_of", "differences", "check", "check_comparable", "check_missing"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ def record(extractor: Any, checkpoint: str, feature_dim: int, cameras_given: boo
         "modalities": list(extractor.modalities),
         "feature_dim": int(feature_dim),
         "test_feature": str(meta.get("model_kwargs", {}).get("test_feature", "")),
+        # "present": an absent modality is left out of the match (models/missing.py)
+        "missing_match": str(meta.get("model_kwargs", {}).get("missing_match", "plain")),
         "backend": backend,
     }
 
@@ -123,3 +125,28 @@ def check_comparable(query: Any, gallery: Any, allow_mismatch: bool = False,
     """:func:`check` on the records of two feature sets or stores: refuse to compare features
     made differently; returns the warnings given instead."""
     return check(provenance_of(query), provenance_of(gallery), names, allow_mismatch)
+
+
+def check_missing(query: Any, gallery: Any, names: tuple[str, str] = ("query", "gallery")
+                  ) -> None:
+    """Refuse a search in which a sample marked as lacking a modality (``info["missing_
+    modalities"]``: one list of modality names per row, written by ``extract_samples`` for
+    ``None`` inputs, or by hand) would be compared through a zero block: only features of a
+    model with ``sdtps.missing_match "present"`` (recorded here) leave an absent modality out
+    of the match (``models/missing.py``)."""
+    from .features import MISSING_KEY
+
+    for fs, name in ((query, names[0]), (gallery, names[1])):
+        info = getattr(fs, "info", None)
+        marks = (info.get(MISSING_KEY) if isinstance(info, dict) else None) or []
+        row = next((i for i, m in enumerate(marks) if m), None)
+        if row is None:
+            continue
+        match = (provenance_of(fs) or {}).get("missing_match", "plain")
+        if match != "present":
+            raise ProvenanceError(
+                f"{name}: sample {row} lacks modality {list(marks[row])}, and its features come "
+                f"from a model with sdtps.missing_match {match!r}, which holds a zero block for an "
+                "absent modality: the distances would compare that block with the other side's. "
+                "Extract with a checkpoint built with sdtps.missing_match 'present' (the demo's "
+                "default), which leaves absent modalities out of the match")

@@ -78,6 +78,8 @@ class EngineOptions:
         config=[s for s in MISSING_SETTINGS if s != "none"])
     #: which samples the triplet term ranks under modality dropout: all | complete
     dropout_triplet: str = option("all", "train.modality_dropout.triplet")
+    #: first epoch (0-based) whose samples may lose modalities (dropout after a warm-up)
+    dropout_start: int = option(0, "train.modality_dropout.start_epoch", plain=0)
 
     def __post_init__(self) -> None:
         for name in ("weight_t", "weight_x", "weight_ratio", "weight_align"):
@@ -95,6 +97,8 @@ class EngineOptions:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{self.named(name)} must be one of {list(allowed)}, got "
                                   f"{getattr(self, name)!r}")
+        if int(self.dropout_start) < 0:
+            raise ConfigError(f"{self.named('dropout_start')} {self.dropout_start}: must be >= 0")
         if not 0.0 <= float(self.modality_dropout) < 1.0:
             raise ConfigError(f"{self.named('modality_dropout')} {self.modality_dropout}: "
                               "must be in [0, 1)")

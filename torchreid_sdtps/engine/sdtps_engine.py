@@ -171,7 +171,8 @@ class ImageSDTPSEngine(_TripletBase):
         self.hooks.call("before_step", self, *step)
         imgs, pids, cams = self.parse_data_for_train(data)
         present = None
-        if self.modality_dropout.active:  # prob 0 draws nothing: the plain step, bit for bit
+        # prob 0 (or an epoch before dropout_start) draws nothing: the plain step, bit for bit
+        if self.modality_dropout.active and self.epoch >= self.options.dropout_start:
             removed = self.modality_dropout.sample(imgs.shape[0])
             imgs, present = zero_modalities(imgs, removed), ~removed
         if self.use_gpu:

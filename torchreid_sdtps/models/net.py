@@ -26,6 +26,7 @@ from ..utils.modalities import present_modalities
 from .backbone import _TIMM_ARGS, VARIANTS
 from .factory import build_backbone
 from .heads import build_head
+from .missing import MissingStandIn, fill_absent, presence_match_feature
 from .options import SDTPSOptions, as_options
 from .sdtps import SDTPS, GlobalLocalGuide, num_aggregated, num_keep
 
@@ -127,12 +128,15 @@ class SDTPSNet(nn.Module):
         self.loss, self.test_feature, self.neck_feat = loss, test_feature, opts.neck_feat
         self.num_modalities = num_modalities
         self.mask_missing = bool(opts.mask_missing)
+        self.missing_match = opts.missing_match
         self.backbone = backbone
         self.img_size: tuple[int, int] | None = getattr(backbone, "img_size", None)
         dim, n = int(backbone.out_dim), int(backbone.num_patches)
         n_c = (int(opts.num_aggr) if opts.num_aggr is not None
                else num_aggregated(n, opts.ratio, opts.aggr_ratio))
+        self.dim = dim
         self.guide = GlobalLocalGuide(dim, num_modalities)
+        self.standin = MissingStandIn(num_modalities, dim) if opts.missing_standin else None
         self.use_sdtps = bool(opts.use_sdtps)
         self.sdtps: SDTPS | None = None
         self.neck_sdtps: BNNeck | None = None
@@ -190,7 +194,12 @@ class SDTPSNet(nn.Module):
         x = self.as_multimodal(x)
         self._check_input(x)
         b, m = x.shape[:2]
-        present = present_modalities(x) if self.mask_missing else None  # (B, M) or None
+        # (B, M) bool or None: which modalities hold an image (models/missing.py)
+        present = (present_modalities(x) if self.mask_missing or self.missing_match != "plain"
+                   else None)
+        hidden = present if self.mask_missing else None  # absent modalities masked in the model
+        if hidden is not None and self.training and bool(hidden.all()):
+            hidden = None  # a complete training batch: the plain path, bit for bit (same values)
         if cam_label is not None:
             cam_label = torch.as_tensor(cam_label, device=x.device).reshape(-1)
             if cam_label.shape[0] != b:
@@ -200,28 +209,31 @@ class SDTPSNet(nn.Module):
         cls, patches = self.backbone(x.flatten(0, 1), cam_label)  # (B*M, C), (B*M, N, C)
         cls, patches = cls.unflatten(0, (b, m)), patches.unflatten(0, (b, m))  # (B,M,C), (B,M,N,C)
         guide = self.guide(cls, patches)  # g' (B, M, C)
-        keep = None if present is None else present.unsqueeze(-1).to(guide.dtype)  # (B, M, 1)
-        g_out = guide if keep is None else guide * keep  # an absent modality's features are 0
+        standin = self.standin
+        # an absent modality's features: 0, or the learned stand-in
+        g_out = fill_absent(guide, hidden, None if standin is None else standin.ori)
         if self.sdtps is None:  # ablation baseline: guide + ori head only
             return {"cls": cls, "global": g_out, "tokens": None, "masks": None, "soft_masks": None,
                     "scores": None, "sdtps": None, "ori": g_out.flatten(1), "present": present}
-        out = self.sdtps(patches, guide, present)
+        out = self.sdtps(patches, guide, hidden)
         feature = self.head(out.tokens, guide)  # f_m (B, M, C)
-        feature = feature if keep is None else feature * keep
+        feature = fill_absent(feature, hidden, None if standin is None else standin.sdtps)
         return {"cls": cls, "global": g_out, "tokens": out.tokens, "masks": out.mask,
                 "soft_masks": out.soft_mask, "scores": out.score, "present": present,
                 "sdtps": feature.flatten(1), "ori": g_out.flatten(1)}  # (B, M*C) each
 
     def _test_output(self, feats: dict) -> torch.Tensor:
-        if self.sdtps is None:
-            return self.neck_ori(feats["ori"]) if self.neck_feat == "after" else feats["ori"]
-        if self.neck_feat == "after":
-            sdtps, ori = self.neck_sdtps(feats["sdtps"]), self.neck_ori(feats["ori"])
+        after = self.neck_feat == "after"
+        ori = self.neck_ori(feats["ori"]) if after else feats["ori"]
+        if self.sdtps is None:  # the ablation baseline: its feature is ori
+            out = ori
         else:
-            sdtps, ori = feats["sdtps"], feats["ori"]
-        if self.test_feature == "sdtps":
-            return sdtps
-        return ori if self.test_feature == "ori" else torch.cat([ori, sdtps], dim=1)
+            sdtps = self.neck_sdtps(feats["sdtps"]) if after else feats["sdtps"]
+            out = {"sdtps": sdtps, "ori": ori}.get(self.test_feature)
+            out = torch.cat([ori, sdtps], dim=1) if out is None else out
+        if self.missing_match == "present":  # the match over present modalities only
+            return presence_match_feature(out, feats["present"], self.dim)
+        return out
 
     def forward(self, x: torch.Tensor, cam_label: torch.Tensor | None = None,
                 return_aux: bool = False) -> Any:

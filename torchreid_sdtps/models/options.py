@@ -14,7 +14,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..choices import HEADS, NECK_FEATS, ORI_HEADS, SELECTIONS, TEST_FEATURES, refuse_removed_stages
+from ..choices import (
+    HEADS,
+    MISSING_MATCHES,
+    NECK_FEATS,
+    ORI_HEADS,
+    SELECTIONS,
+    TEST_FEATURES,
+    refuse_removed_stages,
+)
 from ..errors import ConfigError
 
 __all__ = ["SDTPSOptions", "as_options"]
@@ -61,11 +69,16 @@ class SDTPSOptions:
     score_grad: bool = False
     #: an all-zero modality input is absent: out of the cross-modal scores, its features 0
     mask_missing: bool = False
+    #: ranking feature: ``plain`` | ``present`` (per-modality normalised blocks, absent ones
+    #: left out of the match; ``models.missing.presence_match_feature``)
+    missing_match: str = "plain"
+    #: learned stand-ins for an absent modality's features (needs ``mask_missing``)
+    missing_standin: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("test_feature", TEST_FEATURES), ("neck_feat", NECK_FEATS),
                               ("ori_head", ORI_HEADS), ("selection", SELECTIONS),
-                              ("head", HEADS)):
+                              ("head", HEADS), ("missing_match", MISSING_MATCHES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"sdtps.{name} must be one of {list(allowed)}, got "
                                   f"{getattr(self, name)!r}")
@@ -83,6 +96,9 @@ class SDTPSOptions:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"sdtps.{name}={getattr(self, name)!r}: expected {expected}")
+        if self.missing_standin and not self.mask_missing:
+            raise ConfigError("sdtps.missing_standin needs sdtps.mask_missing True (the stand-in "
+                              "replaces the features of a modality the model sees as absent)")
         if not self.use_sdtps and self.test_feature == "sdtps":
             raise ConfigError("sdtps.test_feature='sdtps' needs sdtps.use_sdtps True; the model "
                               "without SDTPS has only the 'ori' feature")
