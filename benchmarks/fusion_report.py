@@ -66,10 +66,12 @@ def _paired_table(runs: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, 
 
 def _recall_lines(runs: Sequence[Mapping[str, Any]], names: Sequence[str],
                   catalog: Mapping[str, Any]) -> list[str]:
+    import fusion_study as fs
+
     lines = []
     for name in names:
         recall = harness.values(runs, name, catalog[name].evals[0], "recall")
-        if not recall or name == "keep_all":
+        if not recall or name in fs.CONTROLS:
             continue
         seeds = sorted(recall)
         lines.append(f"- `{name}`: selection recall per seed (%) "
@@ -130,8 +132,8 @@ def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, floa
         "keep ratio 0.5); train step: `engine.forward_backward` on one batch, minimum of "
         f"{args.time_repeats} round-robin repeats in one process",
         f"- shipped head by the committed rule: `{name}`"
-        + ("" if applied else f" (rule not applied yet: fewer than {args.seeds_required} seeds "
-           "of both heads; the default stays the previous head's)"),
+        + ("" if applied else f" (rules not applied yet: fewer than {args.seeds_required} "
+           "seeds of the heads they compare; the default stays the previous head's)"),
         "",
         *table,
         "",

@@ -54,7 +54,7 @@ __all__ = ["VARIANTS", "EVAL_ONLY", "SMOKE", "run_variant", "table", "main"]
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: the demo before issue 25 (explicit, so the demo config's own choice does not matter)
-_BEFORE = ("sdtps.ori_head", "concat", "sdtps.missing_match", "plain", "sdtps.missing_standin",
+_BEFORE = ("sdtps.test_feature", "concat", "sdtps.ori_head", "concat", "sdtps.missing_match", "plain", "sdtps.missing_standin",
            "False", "sdtps.sie_camera", "True", "train.modality_dropout.start_epoch", "0")
 #: issue 25: per-modality heads, the absence mask and the presence-aware match
 _PRESENT = (*_BEFORE, "sdtps.ori_head", "per_modality", "sdtps.mask_missing", "True",
@@ -76,10 +76,14 @@ VARIANTS: dict[str, Setting] = {
 }
 #: evaluation-only variants: the trained variant whose weights are ranked again, and the model
 #: attributes changed for it (options that add no weights)
-EVAL_ONLY: dict[str, str] = {"without+mask": "without", "without+match": "without"}
+EVAL_ONLY: dict[str, str] = {"without+mask": "without", "without+match": "without",
+                             "without+ori": "without", "learned+ori": "learned"}
 _EVAL_ATTRS: dict[str, dict[str, Any]] = {
     "without+mask": {"mask_missing": True},
-    "without+match": {"mask_missing": True, "missing_match": "present"}}
+    "without+match": {"mask_missing": True, "missing_match": "present"},
+    # the demo's default since issue 25: (b) + (c) ranked with the guide feature ``ori``
+    "without+ori": {"mask_missing": True, "missing_match": "present", "test_feature": "ori"},
+    "learned+ori": {"test_feature": "ori"}}
 
 #: ``--smoke``: the demo on a tiny synthetic set, 1 epoch (what the tests run)
 SMOKE = ["synthetic.height", "64", "synthetic.width", "32", "data.height", "64", "data.width", "32",

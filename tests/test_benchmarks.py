@@ -189,10 +189,22 @@ def test_fusion_intervals_paired_differences_and_the_committed_rule(fusion):
     mean, half, n = fusion.paired(runs, "new_head", "no_selection")
     assert n == 3 and mean == pytest.approx(2.0) and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-4)
     assert fusion.shipped(runs) == ("previous_head", False)  # fewer than 16 seeds: not applied
-    assert fusion.shipped(runs, seeds=3) == ("previous_head", True)  # interval contains 0
-    wide = [dict(r, results={"concat": {"mAP": r["results"]["concat"]["mAP"] + 0.05, "R1": 0}})
-            if r["setting"] == "new_head" else r for r in runs]
+    # the first rule keeps previous_head (interval contains 0); the second waits for its seeds
+    assert fusion.shipped(runs, seeds=3) == ("previous_head", False)
+
+    def shifted(rs, name, points):
+        return [dict(r, results={"concat": {"mAP": r["results"]["concat"]["mAP"] + points / 100,
+                                            "R1": 0}}) if r["setting"] == name else r for r in rs]
+
+    wide = shifted(runs, "new_head", 5)
     assert fusion.shipped(wide, seeds=3) == ("new_head", True)
+    residual = [dict(r, setting="residual_head") for r in runs if r["setting"] == "previous_head"]
+    assert fusion.shipped(runs + residual, seeds=3) == ("previous_head", True)  # no better
+    assert fusion.shipped(runs + shifted(residual, "residual_head", 5), seeds=3) == (
+        "residual_head", True)
+    # the first rule comes first: a new_head that wins ships even when residual_head wins too
+    assert fusion.shipped(wide + shifted(residual, "residual_head", 9), seeds=3) == (
+        "new_head", True)
 
 
 def test_fusion_budget_criterion(fusion):
@@ -213,7 +225,9 @@ def test_fusion_study_smoke_resumes_and_writes_json_and_section(fusion, tmp_path
     by = {r["setting"]: r for r in res["runs"]}
     assert by["no_selection"]["fusion_params"] == 0 < by["previous_head"]["fusion_params"] \
         < by["new_head"]["fusion_params"] <= by["moe_reference"]["fusion_params"] // 10
-    for name in ("previous_head", "new_head", "keep_all"):
+    assert by["previous_head"]["fusion_params"] < by["residual_head"]["fusion_params"] \
+        <= by["moe_reference"]["fusion_params"] // 10
+    for name in ("previous_head", "new_head", "keep_all", "residual_head", "keep_all_res"):
         assert set(by[name]["results"]) == {"concat", "sdtps", "ori"}
         assert "recall" in by[name]["results"]["concat"]
     assert set(by["moe_reference"]["results"]) == {"concat", "moe", "ori"}
@@ -226,11 +240,12 @@ def test_fusion_study_smoke_resumes_and_writes_json_and_section(fusion, tmp_path
     summary = json.loads(js.read_text())
     assert summary["regime"] == {"patches": 32, "height": 64, "width": 32, "patch_size": 8,
                                  "data_seed": 0, "distractors": 1}
-    assert summary["shipped"] == "previous_head" and len(summary["runs"]) == 5
+    assert summary["shipped"] == "previous_head" and len(summary["runs"]) == len(fusion.SETTINGS)
     assert set(summary["settings"]["new_head"]) == {"seeds", "mAP", "half_width"}
     assert set(summary["paired"]["new_head - moe_reference"]) == {"seeds", "mean", "low", "high"}
     again = fusion.main([*argv, "--time-repeats", "0"])  # resumes: nothing retrained
-    assert again["runs"] == res["runs"] and again["times"] == {} and again["runs_read_back"] == 5
+    assert again["runs"] == res["runs"] and again["times"] == {}
+    assert again["runs_read_back"] == len(fusion.SETTINGS)
 
 
 def test_selection_toy_runs_and_reports_kept_shares(benchmark_module, capsys):

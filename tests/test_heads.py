@@ -8,7 +8,7 @@ import yaml
 
 from torchreid_sdtps import checkpoint as C
 from torchreid_sdtps.errors import ConfigError
-from torchreid_sdtps.models.heads import MeanHead, RefineHead, build_head
+from torchreid_sdtps.models.heads import MeanHead, RefineHead, ResidualHead, build_head
 from torchreid_sdtps.models.options import SDTPSOptions
 from torchreid_sdtps.models.sdtps import SDTPS
 
@@ -23,7 +23,7 @@ def _tiny(head: str, pretrained: bool = False, **kw):
                           **kw)
 
 
-@pytest.mark.parametrize("name", ["mean", "refine"])
+@pytest.mark.parametrize("name", ["mean", "refine", "residual"])
 def test_head_shapes(name):
     torch.manual_seed(0)
     head = build_head(name, 64, 3)
@@ -83,6 +83,47 @@ def test_refine_head_gradient_reaches_the_selected_tokens_and_the_guide():
     assert grad[kept].gt(0).all()
 
 
+def test_residual_head_starts_as_the_guide_and_leaves_it_untouched():
+    """At initialisation the residual head returns the guide exactly (γ = 0); its own loss
+    never reaches the guide (the residual is gradient-free), but does reach γ and, once γ is
+    non-zero, every enhanced token of every modality (the correction reads all modalities)."""
+    torch.manual_seed(0)
+    head = ResidualHead(64, 3)
+    tokens = torch.randn(2, 3, 5, 64, requires_grad=True)
+    guide = torch.randn(2, 3, 64, requires_grad=True)
+    out = head(tokens, guide)
+    assert torch.equal(out, guide)
+    out.square().sum().backward()
+    assert guide.grad is None or not guide.grad.any()
+    assert head.gamma.grad.abs().sum(-1).gt(0).all()  # every modality's scale learns
+    with torch.no_grad():
+        head.gamma.fill_(0.5)
+    tokens.grad = None
+    head(tokens, guide).square().sum().backward()
+    assert tokens.grad.abs().sum(-1).gt(0).all()
+    assert guide.grad is None or not guide.grad.any()
+
+
+def test_residual_head_reads_every_modality_with_its_own_weights():
+    """Modality m's correction depends on the other modalities' tokens too (cross-modal), and
+    the three weight sets differ (stacked, one batched call)."""
+    torch.manual_seed(0)
+    head = ResidualHead(64, 3)
+    with torch.no_grad():
+        head.gamma.fill_(1.0)
+        head.q.weight.normal_()
+    tokens, guide = torch.randn(2, 3, 6, 64), torch.randn(2, 3, 64)
+    out = head(tokens, guide)
+    changed = tokens.clone()
+    changed[:, 1] *= 3.0
+    out2 = head(changed, guide)
+    assert not torch.allclose(out[:, 0], out2[:, 0]) and not torch.allclose(out[:, 2], out2[:, 2])
+    same = head(tokens, guide[:, [0, 0, 0]])  # one query, three weight sets
+    assert not torch.allclose(same[:, 0], same[:, 1])
+    with pytest.raises(ValueError, match="heads must divide"):
+        ResidualHead(64, 3, num_heads=5)
+
+
 def test_checkpoint_records_the_head_and_round_trips(tmp_path):
     from conftest import tiny_cfg
 
@@ -131,7 +172,7 @@ def test_checkpoint_without_the_head_field_loads_with_the_mean_head(tmp_path):
 
 
 def test_head_and_patch_size_options_are_validated():
-    with pytest.raises(ConfigError, match=r"sdtps.head must be one of \['mean', 'refine'\]"):
+    with pytest.raises(ConfigError, match=r"sdtps.head must be one of \['mean', 'refine', 'residual'\]"):
         SDTPSOptions(head="attention")
     with pytest.raises(ConfigError, match="sdtps.patch_size=0"):
         SDTPSOptions(patch_size=0)
@@ -149,17 +190,19 @@ def test_patch_size_option_sets_the_grid():
     assert model.sdtps.num_aggr == round(32 * 0.5 * 0.4)
 
 
-def test_refine_head_exports_to_onnx_with_parity(tmp_path):
-    """The refining head (stacked weights, one scaled-dot-product attention) exports to ONNX
-    and passes the export's own parity check on the checkpoint's data."""
+@pytest.mark.parametrize("name,cls", [("refine", RefineHead), ("residual", ResidualHead)])
+def test_attention_heads_export_to_onnx_with_parity(tmp_path, name, cls):
+    """The attention heads (stacked weights, one scaled-dot-product attention; the residual
+    head's cross-modal token expansion) export to ONNX and pass the export's own parity check
+    on the checkpoint's data."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from _deploy import tiny_checkpoint
 
     from torchreid_sdtps.cli.export import main as main_export
 
-    _, _, engine, ckpt = tiny_checkpoint(tmp_path, tmp_path / "log", "sdtps.head", "refine")
-    assert isinstance(engine.model.head, RefineHead)
-    summary = main_export(["--weights", ckpt, "-o", str(tmp_path / "refine.onnx")])
-    assert (tmp_path / "refine.onnx").is_file()
+    _, _, engine, ckpt = tiny_checkpoint(tmp_path, tmp_path / "log", "sdtps.head", name)
+    assert isinstance(engine.model.head, cls)
+    summary = main_export(["--weights", ckpt, "-o", str(tmp_path / f"{name}.onnx")])
+    assert (tmp_path / f"{name}.onnx").is_file()
     assert summary

@@ -23,7 +23,7 @@ MODALITIES: tuple[str, ...] = ("RGB", "NI", "TI")
 SELECTIONS: tuple[str, ...] = ("topk", "ste", "gumbel")
 #: what SDTPSNet's token branch hands to retrieval (models/heads.py): the seed review's plain
 #: mean of the enhanced tokens, or the guide refined by a cross-attention over them
-HEADS: tuple[str, ...] = ("mean", "refine")
+HEADS: tuple[str, ...] = ("mean", "refine", "residual")
 #: evaluation feature of SDTPSNet: [ori, sdtps] concatenated, or one of them
 TEST_FEATURES: tuple[str, ...] = ("concat", "sdtps", "ori")
 #: evaluation feature taken after or before the BNNeck BatchNorm
