@@ -15,6 +15,8 @@ per_modality  issue 25: ``sdtps.ori_head per_modality`` (an ID and triplet term 
               ``sdtps.mask_missing True``, ``sdtps.missing_match present``
 learned       per_modality + the learned stand-in (``sdtps.missing_standin``) and modality
               dropout 0.15 from epoch 5 (``train.modality_dropout.start_epoch``)
+partial       without + the partial-match triplet (``sdtps.weight_partial 1``): the triplet on
+              every two modalities' normalised guide blocks, the match one missing leaves
 ============  =================================================================================
 
 plus, from the ``without`` runs (no training), ``without+mask``: the same weights ranked with
@@ -68,6 +70,8 @@ VARIANTS: dict[str, Setting] = {
                              "train.modality_dropout.triplet", "complete",
                              "sdtps.mask_missing", "True")),
     "per_modality": Setting("per_modality", (*_PRESENT, "train.modality_dropout.prob", "0.0")),
+    "partial": Setting("partial", (*_BEFORE, "train.modality_dropout.prob", "0.0",
+                                   "sdtps.mask_missing", "False", "sdtps.weight_partial", "1.0")),
     "learned": Setting("learned", (*_PRESENT, "sdtps.missing_standin", "True",
                                    "train.modality_dropout.prob", "0.15",
                                    "train.modality_dropout.start_epoch", "5",
@@ -77,13 +81,15 @@ VARIANTS: dict[str, Setting] = {
 #: evaluation-only variants: the trained variant whose weights are ranked again, and the model
 #: attributes changed for it (options that add no weights)
 EVAL_ONLY: dict[str, str] = {"without+mask": "without", "without+match": "without",
-                             "without+ori": "without", "learned+ori": "learned"}
+                             "without+ori": "without", "learned+ori": "learned",
+                             "partial+ori": "partial"}
 _EVAL_ATTRS: dict[str, dict[str, Any]] = {
     "without+mask": {"mask_missing": True},
     "without+match": {"mask_missing": True, "missing_match": "present"},
     # the demo's default since issue 25: (b) + (c) ranked with the guide feature ``ori``
     "without+ori": {"mask_missing": True, "missing_match": "present", "test_feature": "ori"},
-    "learned+ori": {"test_feature": "ori"}}
+    "learned+ori": {"test_feature": "ori"},
+    "partial+ori": {"mask_missing": True, "missing_match": "present", "test_feature": "ori"}}
 
 #: ``--smoke``: the demo on a tiny synthetic set, 1 epoch (what the tests run)
 SMOKE = ["synthetic.height", "64", "synthetic.width", "32", "data.height", "64", "data.width", "32",

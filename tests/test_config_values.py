@@ -34,7 +34,8 @@ BAD: dict[str, str] = {
     "synthetic.noise": "[0.03, -0.04, 0.05]", "synthetic.camera_shift": "-1.0",
     "synthetic.pose_jitter": "-1.0", "synthetic.clutter": "-1", "synthetic.jpeg_quality": "0",
     "synthetic.seed": "-1", "synthetic.cue_size": "[0, 2]", "synthetic.patch_size": "4",
-    "synthetic.distractors": "-1",
+    "synthetic.distractors": "-1", "sdtps.patch_size": "0",
+    "train.modality_dropout.start_epoch": "-1",
 }
 #: numeric keys every value of which means something
 UNBOUNDED = {"test.eval_freq": "any integer: <= 0 ranks only after the last epoch"}
@@ -70,6 +71,15 @@ def test_an_out_of_range_value_is_refused_naming_the_key(key):
     field = key.rsplit(".", 1)[1]
     assert key in message or f"{key.split('.')[0]}.{field}" in message, message
     assert field in message
+
+
+def test_the_patch_size_option_sets_the_size_multiple():
+    """``sdtps.patch_size`` replaces the backbone's patch size in the image-size check."""
+    cfg = config.load_config(opts=["sdtps.patch_size", "8", "data.height", "72"])
+    assert cfg.data.height == 72
+    with pytest.raises(ConfigError, match=r"data.height 76: must be a multiple of 8, "
+                                          r"the patch size sdtps.patch_size gives "):
+        config.load_config(opts=["sdtps.patch_size", "8", "data.height", "76"])
 
 
 @pytest.mark.parametrize("key, value, says", [

@@ -120,10 +120,15 @@ def check_values(cfg: CfgNode) -> None:
         if not good:
             raise ConfigError(f"{key} {value!r}: must be {allowed}")
     patch = _patch_size(str(cfg.model.name))
+    override = cfg.sdtps.get("patch_size") if patch else None
+    if override:  # sdtps.patch_size replaces the backbone's own
+        patch, whose = int(override), f"the patch size sdtps.patch_size gives {cfg.model.name}"
+    else:
+        whose = f"the patch size of {cfg.model.name}"
     for key in ("data.height", "data.width"):
         if patch and _value(cfg, key) % patch:
-            raise ConfigError(f"{key} {_value(cfg, key)!r}: must be a multiple of {patch}, the "
-                              f"patch size of {cfg.model.name}")
+            raise ConfigError(f"{key} {_value(cfg, key)!r}: must be a multiple of {patch}, "
+                              f"{whose}")
     from ..engine.options import EngineOptions
     from .adapters import engine_kwargs
     from .defaults import synthetic_spec

@@ -56,6 +56,9 @@ class EngineOptions:
     weight_ratio: float = option(1.0, "sdtps.weight_ratio", plain=0.0)
     #: weight of the cross-modal alignment loss
     weight_align: float = option(0.5, "sdtps.weight_align", plain=0.0)
+    #: weight of the partial-match triplet: the triplet on every M-1 modalities' per-modality
+    #: normalised guide blocks (the match a missing modality leaves; issue 25)
+    weight_partial: float = option(0.0, "sdtps.weight_partial", plain=0.0)
     #: margin of the alignment ranking loss
     align_margin: float = option(0.2, "sdtps.align_margin")
     #: centre the tokens in the alignment loss
@@ -82,7 +85,7 @@ class EngineOptions:
     dropout_start: int = option(0, "train.modality_dropout.start_epoch", plain=0)
 
     def __post_init__(self) -> None:
-        for name in ("weight_t", "weight_x", "weight_ratio", "weight_align"):
+        for name in ("weight_t", "weight_x", "weight_ratio", "weight_align", "weight_partial"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.named(name)} {getattr(self, name)}: loss weights "
                                   "must be >= 0")

@@ -2,8 +2,11 @@
 
 loss = ``weight_t``·triplet + ``weight_x``·ID (label-smoothed CE; both torchreid's, or DeMo's
 soft-margin triplet) + ``weight_ratio``·:class:`SelectionRatioLoss` +
-``weight_align``·:class:`CrossModalAlignmentLoss`; a term of weight 0 is not computed. The
-summary holds each computed term (``loss_t``, ``loss_x``, ``loss_ratio``, ``loss_align``) and
+``weight_align``·:class:`CrossModalAlignmentLoss` + ``weight_partial``·partial-match triplet
+(:meth:`SDTPSCriterion.partial`: the triplet on the per-modality normalised guide blocks of
+every ``M - 1`` modalities, the match a missing modality leaves at evaluation); a term of weight
+0 is not computed. The summary holds each computed term (``loss_t``, ``loss_x``, ``loss_ratio``,
+``loss_align``, ``loss_partial``) and
 the ID accuracy ``acc``, the names torchreid's printed lines and tensorboard scalars show.
 
 With several heads (lists of logits / features), ``head_reduction`` ``"mean"`` averages their
@@ -103,7 +106,30 @@ class SDTPSCriterion:
             loss_a = self.align(aux["tokens"], pids, present)
             loss = loss + opts.weight_align * loss_a
             summary["loss_align"] = loss_a.item()
+        if opts.weight_partial > 0:
+            loss_p = self.partial(aux["global"], pids, present)
+            loss = loss + opts.weight_partial * loss_p
+            summary["loss_partial"] = loss_p.item()
         return loss, summary
+
+    def partial(self, glob: torch.Tensor, pids: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean triplet term over the ``M`` subsets of ``M - 1`` modalities of ``glob (B, M, C)``
+        (the guides), each subset's feature being its L2-normalised blocks scaled by
+        ``1/sqrt(M - 1)``: exactly the ranking feature of ``missing_match present`` with one
+        modality absent. Under modality dropout only complete samples take part."""
+        if glob.dim() != 3 or glob.shape[1] < 2:
+            raise ValueError("partial-match triplet: needs the guides (B, M, C) with M >= 2, got "
+                             f"{tuple(glob.shape)}")
+        if present is not None:
+            full = present.all(dim=1).to(glob.device)
+            glob, pids = glob[full], pids[full.to(pids.device)]
+            if len(pids) < 2:  # nothing to rank in this batch
+                return glob.new_zeros(())
+        b, m, _ = glob.shape
+        unit = torch.nn.functional.normalize(_float(glob), dim=-1) / (m - 1) ** 0.5
+        subsets = [[k for k in range(m) if k != drop] for drop in range(m)]
+        return sum(self.triplet(unit[:, keep].flatten(1), pids) for keep in subsets) / m
 
     def _triplet(self, features: Any, pids: torch.Tensor,
                  present: torch.Tensor | None) -> torch.Tensor:

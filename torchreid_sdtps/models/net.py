@@ -255,7 +255,7 @@ class SDTPSNet(nn.Module):
             return output
         ratio = float(self.sdtps.ratio) if self.sdtps is not None else None
         aux = {"masks": feats["masks"], "soft_masks": feats["soft_masks"], "scores": feats["scores"],
-               "tokens": feats["tokens"], "ratio": ratio}
+               "tokens": feats["tokens"], "ratio": ratio, "global": feats["global"]}
         return output, aux
 
     def extract(self, x: torch.Tensor, cam_label: torch.Tensor | None = None) -> dict:
