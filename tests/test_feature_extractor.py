@@ -71,7 +71,8 @@ def test_every_input_type_gives_the_same_features(tiny):
     for other in (fx(tuple(pil), cam_ids=cam), fx(arrays, cam_ids=[cam]),
                   fx(tensor, cam_ids=[cam]), fx(tensor[0], cam_ids=[cam]),
                   fx([sample, sample], cam_ids=[cam, cam])[1:]):
-        torch.testing.assert_close(other, ref, atol=1e-6, rtol=0)
+        # float32: a batch of 2 may take another kernel path than a batch of 1 (~1e-6 apart)
+        torch.testing.assert_close(other, ref, atol=1e-5, rtol=0)
 
 
 def test_batch_size_and_normalize(tiny):

@@ -38,6 +38,19 @@ def _aggregate_one(agg: TokenAggregation, m: int, v: torch.Tensor, d: torch.Tens
     return torch.softmax(logits, dim=-1) @ v
 
 
+def _aggregate_weighted(agg: TokenAggregation, m: int, v: torch.Tensor, d: torch.Tensor
+                        ) -> torch.Tensor:
+    """The straight-through aggregation of one sample of modality m over *all* its patches
+    ``v (N, C)``: ``W_ij = D_j exp(l_ij) / Σ_k D_k exp(l_ik)`` (finite gradient at ``D_j = 0``;
+    forward value: the softmax over the kept patches)."""
+    y = F.layer_norm(v, (v.shape[-1],), agg.norm.weight[m], agg.norm.bias[m], agg.norm.eps)
+    fc1, fc2 = agg.weight.fc1, agg.weight.fc2
+    h = F.gelu(y @ fc1.weight[m] + fc1.bias[m]) @ fc2.weight[m] + fc2.bias[m]  # (N, N_c)
+    logits = h.T * agg.scale[m]  # (N_c, N)
+    w = d[None] * torch.exp(logits - logits.max(-1, keepdim=True).values.detach())
+    return (w / w.sum(-1, keepdim=True)) @ v
+
+
 def _aggregate_ref(agg: TokenAggregation, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """:func:`_aggregate_one` for every sample and modality of ``x (B, M, N_s, C)``."""
     return torch.stack([torch.stack([_aggregate_one(agg, m, x[b, m], None if keep is None else keep[b, m])
@@ -99,9 +112,10 @@ def test_gumbel_selection_matches_the_hand_derived_relaxation():
 
 
 def test_sdtps_gumbel_training_forward_and_gradient_match_the_formulas():
-    """V_s = gather(P * D, topK), e = Σ_dropped softmax(score_dropped)_i (1 - D_i) P_i,
-    T = [TokenAggregation(V_s, D_kept), e], f = mean(T): values and gradients (into the patches,
-    the score MLP and the aggregation) equal a per-sample reference on the module's own score."""
+    """V̂ = TokenAggregation over all N patches with D weighting its softmax (forward: the kept
+    patches' aggregation), e = Σ_dropped softmax(score_dropped)_i (1 - D_i) P_i, T = [V̂, e],
+    f = mean(T): values and gradients (into the patches, the score MLP and the aggregation)
+    equal a per-sample reference on the module's own score."""
     torch.manual_seed(0)
     sdtps = _randomise(SDTPS(C, 3, M, ratio=0.5, selection="gumbel", gumbel_noise=0.2,
                              gumbel_tau=0.3), seed=2).train()
@@ -124,11 +138,10 @@ def test_sdtps_gumbel_training_forward_and_gradient_match_the_formulas():
     for b in range(B):
         per_mod = []
         for m in range(M):
-            keep, drop = order[b, m, :k], order[b, m, k:]
-            v_s = patches[b, m, keep] * d[b, m, keep, None]
+            drop = order[b, m, k:]
             w = torch.softmax(score[b, m, drop], dim=0) * (1 - d[b, m, drop])
             e = (w[:, None] * patches[b, m, drop]).sum(0, keepdim=True)
-            v_hat = _aggregate_one(sdtps.aggregate, m, v_s, d[b, m, keep])
+            v_hat = _aggregate_weighted(sdtps.aggregate, m, patches[b, m], d[b, m])
             per_mod.append(torch.cat([v_hat, e]))
         tokens.append(torch.stack(per_mod))
     ref = torch.stack(tokens)
