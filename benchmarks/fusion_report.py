@@ -7,7 +7,7 @@ import argparse
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import harness
@@ -65,13 +65,11 @@ def _paired_table(runs: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, 
 
 
 def _recall_lines(runs: Sequence[Mapping[str, Any]], names: Sequence[str],
-                  catalog: Mapping[str, Any]) -> list[str]:
-    import fusion_study as fs
-
+                  catalog: Mapping[str, Any], controls: Collection[str]) -> list[str]:
     lines = []
     for name in names:
         recall = harness.values(runs, name, catalog[name].evals[0], "recall")
-        if not recall or name in fs.CONTROLS:
+        if not recall or name in controls:
             continue
         seeds = sorted(recall)
         lines.append(f"- `{name}`: selection recall per seed (%) "
@@ -101,16 +99,17 @@ def _curves(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str
 
 
 def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, float],
-           command: str) -> str:
-    """The whole section."""
-    import fusion_study as fs
-
+           command: str, *, branch: Mapping[str, str], pairs: Sequence[tuple[str, str]],
+           controls: Collection[str], shipped: tuple[str, bool]) -> str:
+    """The whole section. ``branch``: each setting's token-branch feature; ``pairs``: the paired
+    differences shown; ``controls``: the selection-free settings (no recall line);
+    ``shipped``: the committed rules' outcome, (setting, applied)."""
     catalog, runs, spec = args.catalog, result.runs, args.spec
     names = [n for n in catalog if n in args.settings]
     grid = spec.grid
     n = grid[0] * grid[1]
-    table, worst = _main_table(runs, names, times, catalog, fs.BRANCH)
-    name, applied = fs.shipped(runs, args.seeds_required)
+    table, worst = _main_table(runs, names, times, catalog, branch)
+    name, applied = shipped
     train_s = [r["train_s"] for r in runs]
     lines = [
         f"### SDTPS at N = {n}: selection vs no selection vs keep-all vs HDM+ATM "
@@ -140,9 +139,9 @@ def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, floa
         f"Power (every setting's mAP half-width <= {TARGET_HALF_WIDTH}): largest "
         f"{worst:.2f} -> **{'met' if worst <= TARGET_HALF_WIDTH else 'NOT met'}**.",
         "",
-        *_paired_table(runs, fs.PAIRS, {k: catalog[k] for k in names}),
+        *_paired_table(runs, pairs, {k: catalog[k] for k in names}),
         "",
-        *_recall_lines(runs, names, catalog),
+        *_recall_lines(runs, names, catalog, controls),
         "",
         *_curves(runs, names),
         "",

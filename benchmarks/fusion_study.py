@@ -311,7 +311,8 @@ def summary(args: argparse.Namespace, runs: Sequence[Mapping[str, Any]]) -> dict
 def report(args: argparse.Namespace, result: harness.Runs, times: dict[str, float],
            command: str) -> str:
     """The markdown section (``fusion_report.render``)."""
-    return fusion_report.render(args, result, times, command)
+    return fusion_report.render(args, result, times, command, branch=BRANCH, pairs=PAIRS,
+                                controls=CONTROLS, shipped=shipped(result.runs, args.seeds_required))
 
 
 # ----------------------------------------------------------------------------- flags, main
