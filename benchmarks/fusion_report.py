@@ -12,7 +12,7 @@ from typing import Any
 
 import harness
 
-__all__ = ["render", "TARGET_HALF_WIDTH"]
+__all__ = ["render", "readme_table", "TARGET_HALF_WIDTH"]
 
 #: issue 23: every setting's mAP 95 % half-width at most this (points)
 TARGET_HALF_WIDTH = 1.0
@@ -154,4 +154,38 @@ def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, floa
         "",
         "</details>",
     ]
+    return "\n".join(lines)
+
+
+def readme_table(args: argparse.Namespace, stats: Mapping[str, Any], baseline: str,
+                 reference: str, shipped: tuple[str, bool]) -> str:
+    """The README's short table of the study (``--readme``): each setting's shipped-feature mAP
+    and its paired differences to ``baseline`` (no selection) and ``reference`` (HDM + ATM),
+    from :func:`harness.json_summary`-shaped ``stats`` (points, 95 % t-intervals)."""
+    grid = args.spec.grid
+    settings = stats["settings"]
+    seeds = max((v["seeds"] for v in settings.values()), default=0)
+    name, applied = shipped
+    lines = [f"Fusion study at N = {grid[0] * grid[1]} patches per modality "
+             f"({args.spec.height}×{args.spec.width} at patch {args.patch_size}; up to {seeds} of "
+             f"16 seeds; shipped head `{name}`"
+             + ("" if applied else ", rules not applied yet") + "; written by "
+             "`benchmarks/fusion_study.py --readme README.md`, details in "
+             "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):", "",
+             "| setting | seeds | mAP (%) | − no selection (paired) | − HDM+ATM (paired) |",
+             "| --- | --- | --- | --- | --- |"]
+
+    def diff(a: str, b: str) -> str:
+        d = stats["paired"].get(f"{a} - {b}")
+        if a == b or not d:
+            return "—"
+        if math.isnan(d["low"]):  # one seed: no interval
+            return f"{d['mean']:+.1f}"
+        return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+    for setting, v in settings.items():
+        half = v["half_width"]
+        value = f"{v['mAP']:.1f}" + ("" if math.isnan(half) else f" ± {half:.1f}")
+        lines.append(f"| `{setting}` | {v['seeds']} | {value} | {diff(setting, baseline)} | "
+                     f"{diff(setting, reference)} |")
     return "\n".join(lines)

@@ -95,6 +95,7 @@ __all__ = ["SETTINGS", "EPOCHS", "SEEDS", "BASELINE", "NEW", "PREVIOUS", "RESIDU
            "t_interval", "paired", "report", "parse_args", "main"]
 
 BEGIN, END = "<!-- fusion_study_n32:begin -->", "<!-- fusion_study_n32:end -->"
+README_BEGIN, README_END = "<!-- fusion_study:begin -->", "<!-- fusion_study:end -->"
 BASELINE, NEW, PREVIOUS, KEEP_ALL, MOE = ("no_selection", "new_head", "previous_head", "keep_all",
                                           "moe_reference")
 RESIDUAL, KEEP_ALL_RES = "residual_head", "keep_all_res"  # amendment 1
@@ -330,6 +331,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=64, help="image height")
     parser.add_argument("--width", type=int, default=32, help="image width")
     parser.add_argument("--json", default="", help="write every run and the summary here")
+    parser.add_argument("--readme", default="",
+                        help="rewrite the study's short table in this file (README.md)")
     parser.add_argument("--no-budget-gate", dest="budget_gate", action="store_false",
                         help="skip the budget pilot check (no_selection seed 0 first; the "
                              "study stops before any comparison run when it fails)")
@@ -375,6 +378,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = report(args, result, times, command)
     harness.publish(text, args.out, BEGIN, END)
     out = summary(args, result.runs)
+    if args.readme:
+        cat = {n: args.catalog[n] for n in args.catalog if n in args.settings}
+        pairs = [(a, b) for a in cat for b in (BASELINE, MOE) if a != b and b in cat]
+        stats = harness.json_summary(result.runs, cat, pairs)
+        harness.write_section(args.readme, fusion_report.readme_table(
+            args, stats, BASELINE, MOE, (out["shipped"], out["rule_applied"])),
+            README_BEGIN, README_END)
+        print(f"written: {args.readme}")
     if args.json:
         from torchreid_sdtps.io import atomic_path
 

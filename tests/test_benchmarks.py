@@ -216,10 +216,16 @@ def test_fusion_budget_criterion(fusion):
 
 
 def test_fusion_study_smoke_resumes_and_writes_json_and_section(fusion, tmp_path, capsys):
-    out, js = tmp_path / "RESULTS.md", tmp_path / "fusion.json"
+    out, js, readme = tmp_path / "RESULTS.md", tmp_path / "fusion.json", tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- fusion_study:begin -->\nold\n<!-- fusion_study:end -->\ntail\n")
     argv = ["--smoke", "--threads", "1", "--root", str(tmp_path / "data"),
             "--runs-file", str(tmp_path / "runs.jsonl")]
-    res = fusion.main([*argv, "--out", str(out), "--json", str(js)])
+    res = fusion.main([*argv, "--out", str(out), "--json", str(js), "--readme", str(readme)])
+    table = readme.read_text()
+    assert "old" not in table and table.endswith("<!-- fusion_study:end -->\ntail\n")
+    for name in fusion.SETTINGS:  # one row each, with its differences to the two references
+        assert f"| `{name}` | 1 |" in table
+    assert "| − no selection (paired) | − HDM+ATM (paired) |" in table
     printed = capsys.readouterr().out
     assert {r["setting"] for r in res["runs"]} == set(fusion.SETTINGS)
     by = {r["setting"]: r for r in res["runs"]}
