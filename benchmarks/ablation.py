@@ -54,7 +54,8 @@ VARIANTS: dict[str, Setting] = {
     "sdtps_align": Setting("SDTPS + alignment"),
     # the demo's missing-modality method (docs/engine.md, issue 25): --variants sdtps_missing
     "sdtps_missing": Setting("SDTPS + alignment, missing-modality method",
-                             ("sdtps.mask_missing", "True", "sdtps.missing_match", "present")),
+                             ("sdtps.mask_missing", "True", "sdtps.missing_match", "present",
+                              "sdtps.test_feature", "ori")),
 }
 #: what runs without --variants (the recipe's three; sdtps_missing on request)
 DEFAULT_VARIANTS = ("no_sdtps", "sdtps_block", "sdtps_align")
