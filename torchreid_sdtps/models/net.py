@@ -144,7 +144,8 @@ class SDTPSNet(nn.Module):
         if self.use_sdtps:
             self.sdtps = SDTPS(dim, n_c, num_modalities, ratio=opts.ratio, beta=opts.beta,
                                selection=opts.selection, gumbel_noise=opts.gumbel_noise,
-                               gumbel_tau=opts.gumbel_tau, score_grad=opts.score_grad)
+                               gumbel_tau=opts.gumbel_tau, score_grad=opts.score_grad,
+                               shift_invariant=opts.shift_invariant)
             self.head = build_head(opts.head, dim, num_modalities)
             self.neck_sdtps = BNNeck(num_modalities * dim, num_classes)
         self.ori_head = opts.ori_head

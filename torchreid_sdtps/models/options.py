@@ -67,6 +67,9 @@ class SDTPSOptions:
     gumbel_noise: float = 0.1
     gumbel_tau: float = 0.1
     score_grad: bool = False
+    #: straight-through relaxation whose threshold carries gradient, so the soft mask depends on
+    #: score differences only (``ste``/``gumbel``; models/sdtps.py ``select_tokens``)
+    shift_invariant: bool = False
     #: an all-zero modality input is absent: out of the cross-modal scores, its features 0
     mask_missing: bool = False
     #: ranking feature: ``plain`` | ``present`` (per-modality normalised blocks, absent ones
@@ -96,6 +99,9 @@ class SDTPSOptions:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"sdtps.{name}={getattr(self, name)!r}: expected {expected}")
+        if self.shift_invariant and self.selection == "topk":
+            raise ConfigError("sdtps.shift_invariant shapes the straight-through soft mask, which "
+                              "sdtps.selection topk does not have; use ste or gumbel")
         if self.missing_standin and not self.mask_missing:
             raise ConfigError("sdtps.missing_standin needs sdtps.mask_missing True (the stand-in "
                               "replaces the features of a modality the model sees as absent)")

@@ -247,7 +247,8 @@ class Selection(NamedTuple):
 
 
 def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: float = 0.1,
-                  tau: float = 0.1, straight_through: bool = False) -> Selection:
+                  tau: float = 0.1, straight_through: bool = False,
+                  shift_invariant: bool = False) -> Selection:
     """Top-K decision over the last dim of ``score`` (B, M, N).
 
     ``gumbel=False, straight_through=False``: hard top-K, ``D`` has no gradient.
@@ -256,6 +257,10 @@ def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: floa
     every patch's score gets gradient (forward value exactly hard). ``gumbel=True`` (R2, R8):
     straight-through, and the noise ``noise * Gumbel(0, 1)`` enters the ranking first: the hard
     mask is the top-K of the noisy score ``s̃`` and ``D_soft`` is computed on ``s̃``.
+    ``shift_invariant=True``: ``t`` carries gradient too, so ``D_soft`` depends on score
+    differences only, like the decision itself: adding a constant to every score of a row gets
+    no gradient (with ``t`` detached, a loss that wants "more kept" pushes all scores the same
+    way until the sigmoid saturates; measured on the demo, docs/model.md).
     """
     n = score.shape[-1]
     noisy = score
@@ -269,7 +274,8 @@ def select_tokens(score: torch.Tensor, k: int, gumbel: bool = False, noise: floa
     if not (gumbel or straight_through):
         return Selection(keep, drop, hard, None)
     if k < n:
-        ranked = noisy.detach().gather(-1, order[..., k - 1:k + 1])  # K-th, (K+1)-th
+        ranked = (noisy if shift_invariant else noisy.detach()).gather(
+            -1, order[..., k - 1:k + 1])  # K-th, (K+1)-th
         soft = torch.sigmoid((noisy - ranked.mean(dim=-1, keepdim=True)) / tau)
     else:  # everything kept: nothing to learn from the selection
         soft = torch.ones_like(score)
@@ -334,6 +340,8 @@ class SDTPS(nn.Module):
         gumbel_noise: sigma_g, scale of the Gumbel noise added to the score before ranking.
         gumbel_tau: tau, temperature of the soft mask ``sigmoid((s̃ - t) / tau)``.
         score_grad: let gradient flow through the cosine scores (off by default, as SEPS).
+        shift_invariant: the straight-through threshold carries gradient (see
+            :func:`select_tokens`); needs ``selection`` ``"ste"`` or ``"gumbel"``.
         mlp_ratio: hidden width of the score MLP relative to C (C -> C/4 -> 1).
         aggr_hidden_ratio: hidden width of the aggregation MLP relative to C (SEPS: 0.2).
     """
@@ -341,7 +349,7 @@ class SDTPS(nn.Module):
     def __init__(self, dim: int, num_aggr: int, num_modalities: int = 3, ratio: float = 0.5,
                  beta: float = 0.25, selection: str = "topk", gumbel_noise: float = 0.1,
                  gumbel_tau: float = 0.1, score_grad: bool = False, mlp_ratio: float = 0.25,
-                 aggr_hidden_ratio: float = 0.2) -> None:
+                 aggr_hidden_ratio: float = 0.2, shift_invariant: bool = False) -> None:
         super().__init__()
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}; got {selection!r}")
@@ -355,6 +363,10 @@ class SDTPS(nn.Module):
             raise ValueError(f"num_aggr (N_c) must be >= 1; got {num_aggr}")
         if gumbel_noise < 0 or gumbel_tau <= 0:
             raise ValueError(f"need gumbel_noise >= 0 and gumbel_tau > 0; got {gumbel_noise}, {gumbel_tau}")
+        if shift_invariant and selection == "topk":
+            raise ValueError("shift_invariant shapes the straight-through soft mask; selection "
+                             "'topk' has none (use 'ste' or 'gumbel')")
+        self.shift_invariant = shift_invariant
         self.num_modalities, self.ratio, self.beta = num_modalities, ratio, beta
         self.selection, self.gumbel_noise, self.gumbel_tau = selection, gumbel_noise, gumbel_tau
         self.score_grad, self.num_aggr = score_grad, num_aggr
@@ -380,7 +392,8 @@ class SDTPS(nn.Module):
         k = num_keep(patches.shape[2], self.ratio)
         train_mode = self.selection if self.training else "topk"
         sel = select_tokens(score, k, gumbel=train_mode == "gumbel", noise=self.gumbel_noise,
-                            tau=self.gumbel_tau, straight_through=train_mode == "ste")
+                            tau=self.gumbel_tau, straight_through=train_mode == "ste",
+                            shift_invariant=self.shift_invariant)
         kept, dropped = _partition_tokens(patches, sel.keep, sel.drop)  # (M, B, K, C), (M, B, N-K, C)
         weights = score.gather(-1, sel.drop).softmax(dim=-1)  # (B, M, N-K)
         if sel.soft is None:  # D is exactly 1 on the kept and 0 on the dropped tokens:
@@ -400,4 +413,5 @@ class SDTPS(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_modalities={self.num_modalities}, ratio={self.ratio}, num_aggr={self.num_aggr}, "
                 f"beta={self.beta}, selection={self.selection!r}, gumbel_noise={self.gumbel_noise}, "
-                f"gumbel_tau={self.gumbel_tau}, score_grad={self.score_grad}")
+                f"gumbel_tau={self.gumbel_tau}, score_grad={self.score_grad}, "
+                f"shift_invariant={self.shift_invariant}")
