@@ -79,7 +79,7 @@ def _recall_lines(runs: Sequence[Mapping[str, Any]], names: Sequence[str],
 
 
 def _curves(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
-    seed0 = {r["setting"]: r for r in runs if r["seed"] == 0 and r.get("curve")}
+    seed0 = {r["setting"]: r for r in runs if r["seed"] == 0 and len(r.get("curve") or ()) > 1}
     shown = [n for n in names if n in seed0]
     if not shown:
         return []
