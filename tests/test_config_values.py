@@ -35,7 +35,7 @@ BAD: dict[str, str] = {
     "synthetic.pose_jitter": "-1.0", "synthetic.clutter": "-1", "synthetic.jpeg_quality": "0",
     "synthetic.seed": "-1", "synthetic.cue_size": "[0, 2]", "synthetic.patch_size": "4",
     "synthetic.distractors": "-1", "sdtps.patch_size": "0",
-    "train.modality_dropout.start_epoch": "-1",
+    "train.modality_dropout.start_epoch": "-1", "sdtps.weight_partial": "-1.0",
 }
 #: numeric keys every value of which means something
 UNBOUNDED = {"test.eval_freq": "any integer: <= 0 ranks only after the last epoch"}
