@@ -172,8 +172,8 @@ def readme_table(args: argparse.Namespace, stats: Mapping[str, Any], baseline: s
              + ("" if applied else ", rules not applied yet") + "; written by "
              "`benchmarks/fusion_study.py --readme README.md`, details in "
              "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):", "",
-             "| setting | seeds | mAP (%) | − no selection (paired) | − HDM+ATM (paired) |",
-             "| --- | --- | --- | --- | --- |"]
+             "| setting | what it is | seeds | mAP (%) | − no selection (paired) | "
+             "− HDM+ATM (paired) |", "| --- | --- | --- | --- | --- | --- |"]
 
     def diff(a: str, b: str) -> str:
         d = stats["paired"].get(f"{a} - {b}")
@@ -186,6 +186,7 @@ def readme_table(args: argparse.Namespace, stats: Mapping[str, Any], baseline: s
     for setting, v in settings.items():
         half = v["half_width"]
         value = f"{v['mAP']:.1f}" + ("" if math.isnan(half) else f" ± {half:.1f}")
-        lines.append(f"| `{setting}` | {v['seeds']} | {value} | {diff(setting, baseline)} | "
-                     f"{diff(setting, reference)} |")
+        label = args.catalog[setting].label if setting in args.catalog else ""
+        lines.append(f"| `{setting}` | {label} | {v['seeds']} | {value} | "
+                     f"{diff(setting, baseline)} | {diff(setting, reference)} |")
     return "\n".join(lines)

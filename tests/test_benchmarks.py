@@ -224,7 +224,7 @@ def test_fusion_study_smoke_resumes_and_writes_json_and_section(fusion, tmp_path
     table = readme.read_text()
     assert "old" not in table and table.endswith("<!-- fusion_study:end -->\ntail\n")
     for name in fusion.SETTINGS:  # one row each, with its differences to the two references
-        assert f"| `{name}` | 1 |" in table
+        assert f"| `{name}` | {fusion.SETTINGS[name].label} | 1 |" in table
     assert "| − no selection (paired) | − HDM+ATM (paired) |" in table
     printed = capsys.readouterr().out
     assert {r["setting"] for r in res["runs"]} == set(fusion.SETTINGS)
