@@ -56,8 +56,9 @@ __all__ = ["VARIANTS", "EVAL_ONLY", "SMOKE", "run_variant", "table", "main"]
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: the demo before issue 25 (explicit, so the demo config's own choice does not matter)
-_BEFORE = ("sdtps.test_feature", "concat", "sdtps.ori_head", "concat", "sdtps.missing_match", "plain", "sdtps.missing_standin",
-           "False", "sdtps.sie_camera", "True", "train.modality_dropout.start_epoch", "0")
+_BEFORE = ("sdtps.test_feature", "concat", "sdtps.ori_head", "concat", "sdtps.missing_match",
+           "plain", "sdtps.missing_standin", "False", "sdtps.sie_camera", "True",
+           "train.modality_dropout.start_epoch", "0")
 #: issue 25: per-modality heads, the absence mask and the presence-aware match
 _PRESENT = (*_BEFORE, "sdtps.ori_head", "per_modality", "sdtps.mask_missing", "True",
             "sdtps.missing_match", "present")
