@@ -79,7 +79,10 @@ def _recall_lines(runs: Sequence[Mapping[str, Any]], names: Sequence[str],
 
 
 def _curves(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
-    seed0 = {r["setting"]: r for r in runs if r["seed"] == 0 and len(r.get("curve") or ()) > 1}
+    seed0 = {r["setting"]: r for r in runs if r["seed"] == 0 and r.get("curve")}
+    longest = max((len(r["curve"]) for r in seed0.values()), default=0)
+    # the settings tested after every epoch (the others hold only their final test)
+    seed0 = {n: r for n, r in seed0.items() if len(r["curve"]) == longest}
     shown = [n for n in names if n in seed0]
     if not shown:
         return []

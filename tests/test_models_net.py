@@ -68,8 +68,9 @@ def test_return_aux_in_training(selection):
     torch.manual_seed(0)
     (logits, feats), aux = model(_x(), return_aux=True)
     n, k, n_c = 32, 16, 6  # 128x64 / 16 -> 8x4 grid; K = ceil(0.5 N); N_c = round(0.2 N)
-    assert set(aux) == {"masks", "soft_masks", "scores", "tokens", "ratio"}
+    assert set(aux) == {"masks", "soft_masks", "scores", "tokens", "ratio", "global"}
     assert aux["masks"].shape == aux["scores"].shape == (B, M, n)
+    assert aux["global"].shape == (B, M, C)  # the guides g' (the partial-match triplet's input)
     assert (aux["masks"].sum(-1) == k).all()
     assert aux["tokens"].shape == (B, M, n_c + 1, C)
     assert aux["ratio"] == 0.5 and isinstance(aux["ratio"], float)
