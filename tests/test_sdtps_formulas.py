@@ -25,14 +25,19 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
+def _aggregation_logits(agg: TokenAggregation, m: int, v: torch.Tensor) -> torch.Tensor:
+    """``MLP_m(LN_m(v))^T * scale_m`` of one sample of modality m: ``v (N_s, C) -> (N_c, N_s)``."""
+    y = F.layer_norm(v, (v.shape[-1],), agg.norm.weight[m], agg.norm.bias[m], agg.norm.eps)
+    fc1, fc2 = agg.weight.fc1, agg.weight.fc2
+    h = F.gelu(y @ fc1.weight[m] + fc1.bias[m]) @ fc2.weight[m] + fc2.bias[m]  # (N_s, N_c)
+    return h.T * agg.scale[m]
+
+
 def _aggregate_one(agg: TokenAggregation, m: int, v: torch.Tensor, d: torch.Tensor | None
                    ) -> torch.Tensor:
     """``V̂ = softmax_Ns(MLP_m(LN_m(V_s))^T * scale_m + log D) V_s`` of one sample of modality m
     (``v (N_s, C)``, ``d (N_s,)`` or None)."""
-    y = F.layer_norm(v, (v.shape[-1],), agg.norm.weight[m], agg.norm.bias[m], agg.norm.eps)
-    fc1, fc2 = agg.weight.fc1, agg.weight.fc2
-    h = F.gelu(y @ fc1.weight[m] + fc1.bias[m]) @ fc2.weight[m] + fc2.bias[m]  # (N_s, N_c)
-    logits = h.T * agg.scale[m]  # (N_c, N_s)
+    logits = _aggregation_logits(agg, m, v)  # (N_c, N_s)
     if d is not None:
         logits = logits + torch.log(d.clamp_min(1e-12))[None]
     return torch.softmax(logits, dim=-1) @ v
@@ -43,10 +48,7 @@ def _aggregate_weighted(agg: TokenAggregation, m: int, v: torch.Tensor, d: torch
     """The straight-through aggregation of one sample of modality m over *all* its patches
     ``v (N, C)``: ``W_ij = D_j exp(l_ij) / Σ_k D_k exp(l_ik)`` (finite gradient at ``D_j = 0``;
     forward value: the softmax over the kept patches)."""
-    y = F.layer_norm(v, (v.shape[-1],), agg.norm.weight[m], agg.norm.bias[m], agg.norm.eps)
-    fc1, fc2 = agg.weight.fc1, agg.weight.fc2
-    h = F.gelu(y @ fc1.weight[m] + fc1.bias[m]) @ fc2.weight[m] + fc2.bias[m]  # (N, N_c)
-    logits = h.T * agg.scale[m]  # (N_c, N)
+    logits = _aggregation_logits(agg, m, v)  # (N_c, N)
     w = d[None] * torch.exp(logits - logits.max(-1, keepdim=True).values.detach())
     return (w / w.sum(-1, keepdim=True)) @ v
 
