@@ -12,10 +12,12 @@ from typing import Any
 
 import harness
 
-__all__ = ["render", "readme_table", "TARGET_HALF_WIDTH"]
+__all__ = ["render", "readme_table", "confirmation_lines", "TARGET_HALF_WIDTH", "SEEDS_RULE"]
 
 #: issue 23: every setting's mAP 95 % half-width at most this (points)
 TARGET_HALF_WIDTH = 1.0
+#: the seeds the committed rules need of each head they compare
+SEEDS_RULE = 16
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -101,12 +103,35 @@ def _curves(runs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str
     return lines
 
 
+def _interval(d: Mapping[str, float]) -> str:
+    if math.isnan(d["low"]):  # one seed: no interval
+        return f"{d['mean']:+.1f}"
+    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
+def confirmation_lines(confirm: Mapping[str, Any] | None, patches: int) -> list[str]:
+    """The sign-agreement table of a confirmation (``fusion_study.confirmation``)."""
+    if not confirm:
+        return []
+    n0 = confirm["primary_regime"]["patches"]
+    lines = [f"Confirmation: the paired differences at N = {patches} against the primary study "
+             f"at N = {n0} (issue 23: they agree in sign):", "",
+             f"| difference | N = {n0} | N = {patches} | same sign |", "| --- | --- | --- | --- |"]
+    for key, d in confirm["pairs"].items():
+        a, b = key.split(" - ")
+        lines.append(f"| `{a}` − `{b}` | {_interval(d['primary'])} | "
+                     f"{_interval(d['confirmation'])} | {'yes' if d['agree'] else '**no**'} |")
+    return lines
+
+
 def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, float],
            command: str, *, branch: Mapping[str, str], pairs: Sequence[tuple[str, str]],
-           controls: Collection[str], shipped: tuple[str, bool]) -> str:
+           controls: Collection[str], shipped: tuple[str, bool],
+           confirm: Mapping[str, Any] | None = None) -> str:
     """The whole section. ``branch``: each setting's token-branch feature; ``pairs``: the paired
     differences shown; ``controls``: the selection-free settings (no recall line);
-    ``shipped``: the committed rules' outcome, (setting, applied)."""
+    ``shipped``: the committed rules' outcome, (setting, applied); ``confirm``: for a
+    confirmation run, its sign agreement with the primary study."""
     catalog, runs, spec = args.catalog, result.runs, args.spec
     names = [n for n in catalog if n in args.settings]
     grid = spec.grid
@@ -133,8 +158,10 @@ def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, floa
         "- selection recall: share of the cue cells among the kept tokens, test split (chance = "
         "keep ratio 0.5); train step: `engine.forward_backward` on one batch, minimum of "
         f"{args.time_repeats} round-robin repeats in one process",
-        f"- shipped head by the committed rule: `{name}`"
-        + ("" if applied else f" (rules not applied yet: fewer than {args.seeds_required} "
+        (f"- confirmation of the primary study (N = {confirm['primary_regime']['patches']}), "
+         f"whose committed rule ships `{name}`" if confirm is not None else
+         f"- shipped head by the committed rule: `{name}`")
+        + ("" if applied else f" (rules not applied yet: fewer than {SEEDS_RULE} "
            "seeds of the heads they compare; the default stays the previous head's)"),
         "",
         *table,
@@ -145,6 +172,8 @@ def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, floa
         *_paired_table(runs, pairs, {k: catalog[k] for k in names}),
         "",
         *_recall_lines(runs, names, catalog, controls),
+        "",
+        *confirmation_lines(confirm, n),
         "",
         *_curves(runs, names),
         "",
@@ -161,17 +190,21 @@ def render(args: argparse.Namespace, result: harness.Runs, times: dict[str, floa
 
 
 def readme_table(args: argparse.Namespace, stats: Mapping[str, Any], baseline: str,
-                 reference: str, shipped: tuple[str, bool]) -> str:
+                 reference: str, shipped: tuple[str, bool],
+                 confirm: Mapping[str, Any] | None = None) -> str:
     """The README's short table of the study (``--readme``): each setting's shipped-feature mAP
     and its paired differences to ``baseline`` (no selection) and ``reference`` (HDM + ATM),
-    from :func:`harness.json_summary`-shaped ``stats`` (points, 95 % t-intervals)."""
+    from :func:`harness.json_summary`-shaped ``stats`` (points, 95 % t-intervals); for a
+    confirmation, the sign agreement with the primary study below it."""
     grid = args.spec.grid
     settings = stats["settings"]
     seeds = max((v["seeds"] for v in settings.values()), default=0)
     name, applied = shipped
     lines = [f"Fusion study at N = {grid[0] * grid[1]} patches per modality "
              f"({args.spec.height}×{args.spec.width} at patch {args.patch_size}; up to {seeds} of "
-             f"16 seeds; shipped head `{name}`"
+             f"{args.seeds_required} seeds; "
+             + ("confirmation of the primary study; " if confirm is not None else "")
+             + f"shipped head `{name}`"
              + ("" if applied else ", rules not applied yet") + "; written by "
              "`benchmarks/fusion_study.py --readme README.md`, details in "
              "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):", "",
@@ -180,11 +213,7 @@ def readme_table(args: argparse.Namespace, stats: Mapping[str, Any], baseline: s
 
     def diff(a: str, b: str) -> str:
         d = stats["paired"].get(f"{a} - {b}")
-        if a == b or not d:
-            return "—"
-        if math.isnan(d["low"]):  # one seed: no interval
-            return f"{d['mean']:+.1f}"
-        return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+        return "—" if a == b or not d else _interval(d)
 
     for setting, v in settings.items():
         half = v["half_width"]
@@ -192,4 +221,6 @@ def readme_table(args: argparse.Namespace, stats: Mapping[str, Any], baseline: s
         label = args.catalog[setting].label if setting in args.catalog else ""
         lines.append(f"| `{setting}` | {label} | {v['seeds']} | {value} | "
                      f"{diff(setting, baseline)} | {diff(setting, reference)} |")
+    if confirm is not None:
+        lines += ["", *confirmation_lines(confirm, grid[0] * grid[1])]
     return "\n".join(lines)

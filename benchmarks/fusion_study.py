@@ -56,12 +56,30 @@ study, with the same regime, budget and seeds 0..15. Their head was piloted on d
 selection unchanged) if and only if, with all 16 seeds of both settings finished, the 95 %
 paired t-interval of ``residual_head - previous_head`` (``concat``, mAP) lies above 0.
 
+AMENDMENT 2 (the N = 128 confirmation's data; committed after its budget pilot failed and before
+any comparison run at N = 128; nothing of the primary study changed): at 128x64, patch 8, with
+the primary's 1x2-cell cue (1.6 % of the image instead of 6.3 %), the pilot ``no_selection``
+seed 0 ended at 5.6 mAP after 36 epochs (it started learning only at epoch 18, when the cosine
+schedule had half decayed; runs file ``fusion_study_n128_runs.jsonl``) and the gate rejected
+the budget. The confirmation keeps the budget and instead keeps the *scene*: the cue covers
+the primary regime's share of the image (:func:`scaled_cue`: 2x4 of 16x8 cells, 8 of N = 128;
+1x2 of 8x4 unchanged at N = 32), the distractor paints as many cells as the cue, clutter fills
+the rest: the primary's images at twice the resolution, tokenised four times finer. Its own
+budget pilot (``no_selection`` seed 0, same criterion) runs first; ``--cue-size`` overrides.
+
     python benchmarks/fusion_study.py --root /tmp/fusion-data --jobs 1 \\
         --json benchmarks/results/fusion_study.json --out benchmarks/RESULTS.md
     python benchmarks/fusion_study.py --height 128 --width 64 --seeds 6 \\
-        --settings new_head,no_selection,moe_reference --json benchmarks/results/fusion_study_n128.json \\
+        --settings <shipped>,no_selection,moe_reference --primary benchmarks/results/fusion_study.json \\
+        --json benchmarks/results/fusion_study_n128.json --out benchmarks/RESULTS.md --readme README.md \\
         --runs-file benchmarks/results/fusion_study_n128_runs.jsonl     # N = 128 confirmation
     python benchmarks/fusion_study.py --smoke                            # seconds (the tests)
+
+``--primary`` makes a run the confirmation of the primary study whose JSON summary it names: the
+shipped setting is the primary's (it must be among ``--settings``), the JSON gains
+``"confirmation"`` (each paired difference both studies hold, with whether their means agree in
+sign), and the report and README sections are the regime's own (``fusion_study_n<N>``). The
+confirmation's budget pilot is its own ``no_selection`` seed 0, with the same criterion.
 
 Finished runs are appended to ``--runs-file`` (default
 ``benchmarks/results/fusion_study_runs.jsonl``, committed) keyed by the budget and the
@@ -91,15 +109,16 @@ from torchreid_sdtps.models.sdtps import num_aggregated, num_keep
 __all__ = ["SETTINGS", "EPOCHS", "SEEDS", "BASELINE", "NEW", "PREVIOUS", "RESIDUAL", "CONTROLS",
            "PAIRS", "regime_spec",
            "settings_for", "build_config", "run_one", "step_times", "summary", "shipped",
-           "budget_check", "BudgetError",
+           "budget_check", "BudgetError", "CONFIRM_SEEDS", "scaled_cue", "markers", "read_primary",
+           "confirmation", "outcome",
            "t_interval", "paired", "report", "parse_args", "main"]
 
-BEGIN, END = "<!-- fusion_study_n32:begin -->", "<!-- fusion_study_n32:end -->"
-README_BEGIN, README_END = "<!-- fusion_study:begin -->", "<!-- fusion_study:end -->"
 BASELINE, NEW, PREVIOUS, KEEP_ALL, MOE = ("no_selection", "new_head", "previous_head", "keep_all",
                                           "moe_reference")
 RESIDUAL, KEEP_ALL_RES = "residual_head", "keep_all_res"  # amendment 1
 EPOCHS, SEEDS = 36, 16
+#: the seeds the confirmation at the real token count needs (issue 23: at least 6)
+CONFIRM_SEEDS = 6
 RATIO, AGGR_RATIO = 0.5, 0.4
 _NO_AUX = ("sdtps.weight_align", "0.0", "sdtps.weight_ratio", "0.0")
 _NEW = ("sdtps.head", "refine", "sdtps.selection", "ste", "sdtps.beta", "0.1")
@@ -145,23 +164,40 @@ def settings_for(num_patches: int) -> dict[str, Setting]:
 CURVES = frozenset({BASELINE, NEW, PREVIOUS})
 #: the settings of the primary regime (N = 32)
 SETTINGS = settings_for(32)
+
+
+def markers(num_patches: int, readme: bool = False) -> tuple[str, str]:
+    """The begin/end markers of a regime's section: RESULTS.md ``fusion_study_n<N>``; in the
+    README the primary regime (N = 32) owns ``fusion_study`` and others ``fusion_study_n<N>``."""
+    tag = "fusion_study" if readme and num_patches == 32 else f"fusion_study_n{num_patches}"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+BEGIN, END = markers(32)
 #: the token-branch feature of each setting (the "branch alone" row)
 BRANCH = {KEEP_ALL: "sdtps", PREVIOUS: "sdtps", NEW: "sdtps", MOE: "moe", RESIDUAL: "sdtps",
           KEEP_ALL_RES: "sdtps"}
 
 
+def scaled_cue(grid: tuple[int, int]) -> tuple[int, int]:
+    """The cue's cells on a ``(rows, cols)`` patch grid when it covers the primary regime's
+    share of the image (1x2 of 8x4 cells: an eighth of the height, half the width); 2x4 of the
+    16x8 grid at N = 128 (amendment 2)."""
+    return max(1, grid[0] // 8), max(1, grid[1] // 2)
+
+
 def regime_spec(height: int = 64, width: int = 32, patch_size: int = 8, distractors: int = 1,
-                data_seed: int = 0, smoke: bool = False) -> SyntheticSpec:
-    """The study's data: cue 1x2 cells, ``distractors`` identities, clutter in every other
-    cell (``clutter`` = all cells: no plain cells)."""
-    cells = (height // patch_size) * (width // patch_size)
-    if smoke:
-        return SyntheticSpec(num_train_ids=6, num_test_ids=6, num_cameras=2, images_per_camera=2,
-                             height=height, width=width, cue="localized", cue_size=(1, 2),
-                             clutter=cells, distractors=distractors, patch_size=patch_size,
-                             seed=data_seed)
-    return SyntheticSpec(num_train_ids=48, num_test_ids=48, num_cameras=3, images_per_camera=2,
-                         height=height, width=width, cue="localized", cue_size=(1, 2),
+                data_seed: int = 0, smoke: bool = False,
+                cue_size: tuple[int, int] | None = None) -> SyntheticSpec:
+    """The study's data: the cue (``cue_size`` cells, default :func:`scaled_cue`),
+    ``distractors`` identities, clutter in every other cell (``clutter`` = all cells: no plain
+    cells)."""
+    grid = (height // patch_size, width // patch_size)
+    cells = grid[0] * grid[1]
+    cue = tuple(cue_size) if cue_size else scaled_cue(grid)
+    sizes = (dict(num_train_ids=6, num_test_ids=6, num_cameras=2, images_per_camera=2) if smoke
+             else dict(num_train_ids=48, num_test_ids=48, num_cameras=3, images_per_camera=2))
+    return SyntheticSpec(**sizes, height=height, width=width, cue="localized", cue_size=cue,
                          clutter=cells, distractors=distractors, patch_size=patch_size,
                          seed=data_seed)
 
@@ -297,23 +333,72 @@ def shipped(runs: Sequence[Mapping[str, Any]], seeds: int = SEEDS) -> tuple[str,
     return (RESIDUAL if second else PREVIOUS), True
 
 
-def summary(args: argparse.Namespace, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The issue's JSON summary (points, 95 % t-intervals) plus every run."""
+def read_primary(path: str) -> dict[str, Any]:
+    """The primary study's JSON summary (``--primary``), with the keys a confirmation uses."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            primary = json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"--primary {path}: no such file (expected the primary study's "
+                         "--json summary, e.g. benchmarks/results/fusion_study.json)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--primary {path}: not JSON ({exc})") from None
+    missing = [k for k in ("regime", "shipped", "rule_applied", "paired")
+               if not isinstance(primary, dict) or k not in primary]
+    if missing:
+        raise ValueError(f"--primary {path}: missing key(s) {missing}; expected a summary "
+                         "written by benchmarks/fusion_study.py --json")
+    return primary
+
+
+def outcome(args: argparse.Namespace, runs: Sequence[Mapping[str, Any]]) -> tuple[str, bool]:
+    """(shipped setting, rules applied): the committed rules on these runs, or, for a
+    confirmation (``--primary``), the primary study's outcome."""
+    if args.primary is not None:
+        return args.primary["shipped"], bool(args.primary["rule_applied"])
+    return shipped(runs, args.seeds_required)
+
+
+def confirmation(primary: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Each paired difference both the primary study and this one hold: both intervals and
+    whether the two means have the same sign (issue 23: the confirmation agrees in sign)."""
+    out = {}
+    for key, here in stats["paired"].items():
+        there = primary["paired"].get(key)
+        if there is not None:
+            out[key] = {"primary": there, "confirmation": here,
+                        "agree": (there["mean"] > 0) == (here["mean"] > 0)}
+    return {"primary_regime": primary["regime"], "pairs": out}
+
+
+def _stats(args: argparse.Namespace, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     cat = {n: args.catalog[n] for n in args.catalog if n in args.settings}
-    stats = harness.json_summary(runs, cat, [p for p in PAIRS if p[0] in cat and p[1] in cat])
-    name, applied = shipped(runs, args.seeds_required)
+    return harness.json_summary(runs, cat, [p for p in PAIRS if p[0] in cat and p[1] in cat])
+
+
+def summary(args: argparse.Namespace, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The issue's JSON summary (points, 95 % t-intervals) plus every run; a confirmation's
+    also holds ``"confirmation"`` (:func:`confirmation`)."""
+    stats = _stats(args, runs)
+    name, applied = outcome(args, runs)
     grid = args.spec.grid
-    return {"regime": {"patches": grid[0] * grid[1], "height": args.spec.height,
-                       "width": args.spec.width, "patch_size": args.patch_size,
-                       "data_seed": args.spec.seed, "distractors": args.spec.distractors},
-            "shipped": name, "rule_applied": applied, **stats, "runs": list(runs)}
+    out = {"regime": {"patches": grid[0] * grid[1], "height": args.spec.height,
+                      "width": args.spec.width, "patch_size": args.patch_size,
+                      "data_seed": args.spec.seed, "distractors": args.spec.distractors},
+           "shipped": name, "rule_applied": applied, **stats}
+    if args.primary is not None:
+        out["confirmation"] = confirmation(args.primary, stats)
+    return {**out, "runs": list(runs)}
 
 
 def report(args: argparse.Namespace, result: harness.Runs, times: dict[str, float],
            command: str) -> str:
     """The markdown section (``fusion_report.render``)."""
+    confirm = (confirmation(args.primary, _stats(args, result.runs))
+               if args.primary is not None else None)
     return fusion_report.render(args, result, times, command, branch=BRANCH, pairs=PAIRS,
-                                controls=CONTROLS, shipped=shipped(result.runs, args.seeds_required))
+                                controls=CONTROLS, shipped=outcome(args, result.runs),
+                                confirm=confirm)
 
 
 # ----------------------------------------------------------------------------- flags, main
@@ -328,9 +413,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distractors", type=int, default=1,
                         help="other identities shown in every image (cells of the cue's size)")
     parser.add_argument("--patch-size", type=int, default=8, help="ViT patch size (sdtps.patch_size)")
+    parser.add_argument("--cue-size", type=int, nargs=2, default=None, metavar=("ROWS", "COLS"),
+                        help="the cue's cells (default: the primary regime's image share, "
+                             "1x2 of 8x4 cells, scaled to the grid)")
     parser.add_argument("--height", type=int, default=64, help="image height")
     parser.add_argument("--width", type=int, default=32, help="image width")
     parser.add_argument("--json", default="", help="write every run and the summary here")
+    parser.add_argument("--primary", default="",
+                        help="the primary study's --json summary: run as its confirmation (its "
+                             "shipped setting, sign agreement, this regime's own sections)")
     parser.add_argument("--readme", default="",
                         help="rewrite the study's short table in this file (README.md)")
     parser.add_argument("--no-budget-gate", dest="budget_gate", action="store_false",
@@ -341,12 +432,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = harness.parse_study_args(parser, argv, SETTINGS)
     try:
         args.spec = regime_spec(args.height, args.width, args.patch_size, args.distractors,
-                                args.data_seed, smoke=args.smoke)
+                                args.data_seed, smoke=args.smoke, cue_size=args.cue_size)
     except ValueError as exc:
         parser.error(str(exc))
     grid = args.spec.grid
     args.catalog = settings_for(grid[0] * grid[1])
     args.seeds_required = args.seeds if args.smoke else SEEDS
+    args.primary_path, args.primary = args.primary, None
+    if args.primary_path:
+        try:
+            args.primary = read_primary(args.primary_path)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.primary["shipped"] not in args.settings:
+            parser.error(f"--primary {args.primary_path} ships {args.primary['shipped']!r}: "
+                         "a confirmation must run it; add it to --settings")
+        args.seeds_required = args.seeds if args.smoke else CONFIRM_SEEDS
     if args.smoke:
         args.time_repeats = min(args.time_repeats, 2)
         args.budget_gate = False
@@ -376,15 +477,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run(args.settings, list(range(args.seeds)), budget(args))
     times = step_times(args, args.time_repeats) if args.time_repeats else {}
     text = report(args, result, times, command)
-    harness.publish(text, args.out, BEGIN, END)
+    harness.publish(text, args.out, *markers(n))
     out = summary(args, result.runs)
     if args.readme:
         cat = {n: args.catalog[n] for n in args.catalog if n in args.settings}
         pairs = [(a, b) for a in cat for b in (BASELINE, MOE) if a != b and b in cat]
         stats = harness.json_summary(result.runs, cat, pairs)
         harness.write_section(args.readme, fusion_report.readme_table(
-            args, stats, BASELINE, MOE, (out["shipped"], out["rule_applied"])),
-            README_BEGIN, README_END)
+            args, stats, BASELINE, MOE, (out["shipped"], out["rule_applied"]),
+            confirm=out.get("confirmation")), *markers(n, readme=True))
         print(f"written: {args.readme}")
     if args.json:
         from torchreid_sdtps.io import atomic_path

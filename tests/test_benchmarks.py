@@ -207,6 +207,15 @@ def test_fusion_intervals_paired_differences_and_the_committed_rule(fusion):
         "new_head", True)
 
 
+def test_fusion_cue_keeps_the_primary_image_share_at_every_grid(fusion):
+    assert fusion.regime_spec().cue_size == (1, 2)  # the primary regime, as committed
+    n128 = fusion.regime_spec(128, 64, 8)
+    assert n128.grid == (16, 8) and n128.cue_size == (2, 4)  # amendment 2: 8 of 128 cells
+    assert fusion.regime_spec(128, 64, 8, cue_size=(1, 2)).cue_size == (1, 2)
+    assert fusion.parse_args(["--height", "128", "--width", "64", "--cue-size", "1", "2"]
+                             ).spec.cue_size == (1, 2)
+
+
 def test_fusion_budget_criterion(fusion):
     flat = [{"mAP": m / 100} for m in (30, 40, 47.0, 47.5, 47.2, 47.9)]
     assert fusion.budget_check(flat)[0]
@@ -252,6 +261,50 @@ def test_fusion_study_smoke_resumes_and_writes_json_and_section(fusion, tmp_path
     again = fusion.main([*argv, "--time-repeats", "0"])  # resumes: nothing retrained
     assert again["runs"] == res["runs"] and again["times"] == {}
     assert again["runs_read_back"] == len(fusion.SETTINGS)
+
+
+def test_fusion_confirmation_takes_the_primary_outcome_and_checks_signs(fusion, tmp_path):
+    primary = tmp_path / "primary.json"
+    primary.write_text(json.dumps({
+        "regime": {"patches": 32}, "shipped": "residual_head", "rule_applied": True,
+        "paired": {"residual_head - no_selection": {"seeds": 16, "mean": 1.2, "low": 0.3,
+                                                    "high": 2.1},
+                   "moe_reference - no_selection": {"seeds": 16, "mean": -0.5, "low": -1.0,
+                                                    "high": 0.1}}}))
+    here = {"paired": {"residual_head - no_selection": {"mean": 0.4},
+                       "moe_reference - no_selection": {"mean": 0.2},
+                       "residual_head - moe_reference": {"mean": 0.1}}}
+    signs = fusion.confirmation(json.loads(primary.read_text()), here)
+    assert {k: v["agree"] for k, v in signs["pairs"].items()} == {
+        "residual_head - no_selection": True, "moe_reference - no_selection": False}
+    with pytest.raises(SystemExit):  # the primary's shipped head must be confirmed
+        fusion.parse_args(["--primary", str(primary), "--settings", "no_selection,moe_reference"])
+    with pytest.raises(SystemExit):
+        fusion.parse_args(["--primary", str(tmp_path / "missing.json")])
+    (tmp_path / "bad.json").write_text(json.dumps({"shipped": "residual_head"}))
+    with pytest.raises(SystemExit):
+        fusion.parse_args(["--primary", str(tmp_path / "bad.json")])
+    out, js, readme = tmp_path / "RESULTS.md", tmp_path / "n8.json", tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- fusion_study:begin -->\nprimary\n<!-- fusion_study:end -->\n")
+    res = fusion.main(["--smoke", "--threads", "1", "--patch-size", "16", "--time-repeats", "0",
+                       "--root", str(tmp_path / "data"), "--runs-file", "",
+                       "--settings", "residual_head,no_selection,moe_reference",
+                       "--primary", str(primary), "--json", str(js), "--out", str(out),
+                       "--readme", str(readme)])
+    summary = json.loads(js.read_text())
+    assert set(summary) == set(res["summary"])  # what main returns is what it wrote
+    assert summary["regime"]["patches"] == 8
+    assert (summary["shipped"], summary["rule_applied"]) == ("residual_head", True)
+    pairs = summary["confirmation"]["pairs"]
+    assert set(pairs) == {"residual_head - no_selection", "moe_reference - no_selection"}
+    for d in pairs.values():
+        assert d["agree"] == ((d["primary"]["mean"] > 0) == (d["confirmation"]["mean"] > 0))
+    text = readme.read_text()
+    assert "primary" in text.split("<!-- fusion_study:end -->")[0]  # the primary's own table
+    assert "<!-- fusion_study_n8:begin -->" in text and "| same sign |" in text
+    assert "confirmation of the primary study" in text
+    assert "<!-- fusion_study_n8:begin -->" in out.read_text()
+    assert "| `residual_head` − `no_selection` | +1.2 [+0.3, +2.1] |" in out.read_text()
 
 
 def test_selection_toy_runs_and_reports_kept_shares(benchmark_module, capsys):
