@@ -50,7 +50,8 @@ class SDTPSOptions:
     #: ``concat`` (DeMo DIRECT=1) | ``per_modality`` (DIRECT=0) classifier on the [CLS] tokens
     ori_head: str = "concat"
     #: token-branch head (``models/heads.py``): one of ``choices.HEADS``; "mean" = the seed
-    #: review's mean of [V̂, e], "refine" = the guide refined by a cross-attention over [V̂, e]
+    #: review's mean of [V̂, e] (kept by the fusion study's rules), "refine" = the guide refined
+    #: by a cross-attention over [V̂, e], "residual" = the guide plus a zero-initialised correction
     head: str = "mean"
     #: False: the ablation baseline without SDTPS (backbone, guide and ``ori`` head only)
     use_sdtps: bool = True
